@@ -1,0 +1,153 @@
+"""Parquet shard helpers shared by the default corpus and FineWeb-Edu.
+
+A corpus is a folder of ``shard_XXXXX.parquet`` files with a single string column ``text``. As in nanochat, the
+lexicographically last shard is the validation split and all the others are the training split.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+Split = Literal["train", "val"]
+
+TEXT_COLUMN = "text"
+SHARD_GLOB = "*.parquet"
+MAKE_SHARDS_HINT = (
+    "run `python -m revjax.data.corpus` for the default corpus or "
+    "`python -m revjax.data.fineweb -n 2` for FineWeb-Edu shards"
+)
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``: ``shard_00042.parquet``."""
+    return f"shard_{index:05d}.parquet"
+
+
+def write_shard(path: str | os.PathLike[str], docs: list[str], *, row_group_size: int = 1024) -> Path:
+    """Write ``docs`` as one zstd parquet file with a ``text`` column, atomically (temp file, then rename)."""
+    if row_group_size < 1:
+        raise ValueError(f"row_group_size must be at least 1, got {row_group_size}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({TEXT_COLUMN: pa.array(docs, type=pa.string())})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_shards(
+    docs: Iterable[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    docs_per_shard: int,
+    row_group_size: int = 1024,
+    start_index: int = 0,
+) -> list[Path]:
+    """Write ``docs`` in order into ``shard_{i:05d}.parquet`` files of ``docs_per_shard`` documents each.
+
+    Numbering starts at ``start_index``; the last shard may hold fewer documents. Returns the written paths.
+    """
+    if docs_per_shard < 1:
+        raise ValueError(f"docs_per_shard must be at least 1, got {docs_per_shard}")
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    buffer: list[str] = []
+
+    def flush() -> None:
+        paths.append(write_shard(out_dir / shard_name(start_index + len(paths)), buffer, row_group_size=row_group_size))
+        buffer.clear()
+
+    for doc in docs:
+        if not isinstance(doc, str):
+            raise TypeError(f"documents must be str, got {type(doc).__name__}")
+        buffer.append(doc)
+        if len(buffer) == docs_per_shard:
+            flush()
+    if buffer:
+        flush()
+    return paths
+
+
+def list_shards(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """All ``*.parquet`` files in ``data_dir`` (hidden temp files excluded), sorted by name; [] if it does not exist."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    return sorted(p for p in data_dir.glob(SHARD_GLOB) if p.is_file() and not p.name.startswith("."))
+
+
+def split_shards(data_dir: str | os.PathLike[str], split: Split) -> list[Path]:
+    """Shards of ``split``: ``val`` is the lexicographically last shard, ``train`` all the others."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    shards = list_shards(data_dir)
+    if not shards:
+        raise FileNotFoundError(f"no parquet shards found in {data_dir}; {MAKE_SHARDS_HINT}")
+    if len(shards) < 2:
+        raise FileNotFoundError(
+            f"only one shard ({shards[0].name}) in {data_dir}, but a train/val split needs at least two "
+            f"(the last one is val); {MAKE_SHARDS_HINT}"
+        )
+    return shards[:-1] if split == "train" else shards[-1:]
+
+
+def iter_texts(
+    data_dir: str | os.PathLike[str],
+    split: Split,
+    *,
+    start: int = 0,
+    step: int = 1,
+    batch_docs: int = 128,
+) -> Iterator[list[str]]:
+    """Yield the documents of ``split`` in order, as lists of at most ``batch_docs`` strings.
+
+    Within every shard, row groups ``start, start + step, ...`` are read, so process ``rank`` of ``world`` passes
+    ``start=rank, step=world`` and gets a disjoint part of the data, as nanochat's ``parquets_iter_batched`` does.
+    """
+    if start < 0 or step < 1 or batch_docs < 1:
+        raise ValueError(f"need start >= 0, step >= 1 and batch_docs >= 1, got {start}, {step} and {batch_docs}")
+    for path in split_shards(data_dir, split):
+        pf = pq.ParquetFile(path)
+        if TEXT_COLUMN not in pf.schema_arrow.names:
+            raise ValueError(f"{path} has no {TEXT_COLUMN!r} column; delete it and recreate the shards")
+        for rg in range(start, pf.num_row_groups, step):
+            texts = pf.read_row_group(rg, columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()
+            for i in range(0, len(texts), batch_docs):
+                yield texts[i : i + batch_docs]
+
+
+def iter_documents(
+    data_dir: str | os.PathLike[str],
+    split: Split,
+    *,
+    start: int = 0,
+    step: int = 1,
+    max_chars: int | None = None,
+    doc_cap: int | None = None,
+) -> Iterator[str]:
+    """Yield single documents of ``split`` (see ``iter_texts``).
+
+    For tokenizer training, as nanochat's ``tok_train``: each document is cut to ``doc_cap`` characters, and
+    iteration stops once more than ``max_chars`` characters have been yielded.
+    """
+    total = 0
+    for batch in iter_texts(data_dir, split, start=start, step=step):
+        for doc in batch:
+            if doc_cap is not None:
+                doc = doc[:doc_cap]
+            total += len(doc)
+            yield doc
+            if max_chars is not None and total > max_chars:
+                return

@@ -1,0 +1,230 @@
+"""The GPT, in Flax NNX, with exactly onanchat's (nanochat 4a87a0d) semantics.
+
+Token embedding → parameter-free RMSNorm → L pre-norm blocks (causal self-attention with split-halves
+RoPE, QK-norm after RoPE and optional GQA; relu² MLP at 4×) → RMSNorm → untied ``lm_head`` → logit softcap 15.
+Kernels are stored ``(in, out)``; PyTorch's ``(out, in)`` layout is the interop module's business.
+
+The model maps token ids to logits and knows nothing of files, tokenizers or directions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from revjax.config import ModelConfig
+
+ROPE_BASE = 10_000.0
+SOFTCAP = 15.0
+NORM_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, torch's rms_norm default for eps=None
+
+# Logical axis names of every parameter kind; the sharding rules map these names to mesh axes.
+PARAM_AXES: dict[str, tuple[str, str]] = {
+    "wte": ("vocab", "embed"),
+    "c_q": ("embed", "heads"),
+    "c_k": ("embed", "kv_heads"),
+    "c_v": ("embed", "kv_heads"),
+    "attn.c_proj": ("heads", "embed"),
+    "c_fc": ("embed", "mlp"),
+    "mlp.c_proj": ("mlp", "embed"),
+    "lm_head": ("embed", "vocab"),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def rms_norm(x: jax.Array) -> jax.Array:
+    """Parameter-free RMSNorm over the last axis, computed in fp32 and cast back to the input dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + NORM_EPS)
+    return y.astype(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _inv_freq(head_dim: int) -> np.ndarray:
+    channels = np.arange(0, head_dim, 2, dtype=np.float32)
+    return (np.float32(1.0) / (np.float32(ROPE_BASE) ** (channels / np.float32(head_dim)))).astype(np.float32)
+
+
+def rope_tables(positions: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
+    """cos/sin of shape (T, head_dim/2), computed in fp32 and rounded to bf16 (as onanchat's tables always are)."""
+    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(_inv_freq(head_dim))[None, :]
+    return jnp.cos(freqs).astype(jnp.bfloat16), jnp.sin(freqs).astype(jnp.bfloat16)
+
+
+def apply_rope(x_BTHD: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Split-halves rotary embedding: (x1, x2) → (x1·cos + x2·sin, −x1·sin + x2·cos)."""
+    d = x_BTHD.shape[-1] // 2
+    x1, x2 = x_BTHD[..., :d], x_BTHD[..., d:]
+    cos = cos[None, :, None, :].astype(jnp.promote_types(x_BTHD.dtype, cos.dtype))
+    sin = sin[None, :, None, :].astype(cos.dtype)
+    y = jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
+    return y.astype(x_BTHD.dtype)
+
+
+def init_std(fan_in: int, fan_out: int) -> float:
+    """nanochat's Linear init: 1/√fan_in · min(1, √(fan_out/fan_in)) (arXiv 2310.17813)."""
+    return 1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+
+
+class Linear(nnx.Module):
+    """Bias-free linear layer with an ``(in, out)`` kernel; zero-initialised when ``zero_init``."""
+
+    def __init__(self, fan_in: int, fan_out: int, *, rngs: nnx.Rngs, zero_init: bool = False):
+        if zero_init:
+            kernel = jnp.zeros((fan_in, fan_out), jnp.float32)
+        else:
+            kernel = init_std(fan_in, fan_out) * jax.random.normal(rngs.params(), (fan_in, fan_out), jnp.float32)
+        self.kernel = nnx.Param(kernel)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.kernel[...].astype(x.dtype)
+
+
+class KVCache(NamedTuple):
+    """Keys/values of every layer, (L, B, T_max, H_kv, D), and the number of positions already filled."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
+        shape = (config.n_layer, batch, max_len, config.n_kv_head, config.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, hd = config.n_embd, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
+        self.c_q = Linear(d, config.n_head * hd, rngs=rngs)
+        self.c_k = Linear(d, config.n_kv_head * hd, rngs=rngs)
+        self.c_v = Linear(d, config.n_kv_head * hd, rngs=rngs)
+        self.c_proj = Linear(d, d, rngs=rngs, zero_init=True)
+
+    def __call__(self, x_BTD, cos, sin, implementation, cache_kv=None, pos=None):
+        B, T, _ = x_BTD.shape
+        q = self.c_q(x_BTD).reshape(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
+        q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
+        if cache_kv is None:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+        else:
+            k_cache, v_cache = cache_kv
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
+            key_pos = jnp.arange(k_cache.shape[1])
+            mask = key_pos[None, :] <= (pos + jnp.arange(T))[:, None]  # (T, T_max): prefix and causal chunk
+            y = jax.nn.dot_product_attention(
+                q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask=mask[None, None], implementation="xla"
+            )
+            cache_kv = (k_cache, v_cache)
+        return self.c_proj(y.reshape(B, T, -1)), cache_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, rngs=rngs)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, rngs=rngs, zero_init=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c_proj(jnp.square(jax.nn.relu(self.c_fc(x))))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, implementation, cache_kv=None, pos=None):
+        y, cache_kv = self.attn(rms_norm(x), cos, sin, implementation, cache_kv, pos)
+        x = x + y
+        x = x + self.mlp(rms_norm(x))
+        return x, cache_kv
+
+
+class GPT(nnx.Module):
+    """onanchat's GPT. ``model(idx)`` → softcapped fp32 logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.wte = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.n_embd), jnp.float32))
+        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layer)])
+        self.lm_head = Linear(config.n_embd, config.vocab_size, rngs=rngs, zero_init=True)
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.config.compute_dtype]
+
+    def attention_implementation(self) -> str | None:
+        choice = self.config.attention
+        if choice == "auto":
+            on_gpu = jax.default_backend() == "gpu"
+            return "cudnn" if on_gpu and self.config.compute_dtype == "bfloat16" else "xla"
+        return choice
+
+    def __call__(self, idx_BT: jax.Array, cache: KVCache | None = None):
+        """Logits for ``idx_BT``; with a cache, also the updated cache (positions continue from ``cache.pos``)."""
+        B, T = idx_BT.shape
+        pos0 = jnp.zeros((), jnp.int32) if cache is None else cache.pos
+        cos, sin = rope_tables(pos0 + jnp.arange(T), self.config.head_dim)
+        x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
+        implementation = self.attention_implementation()
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            if cache is None:
+                call = nnx.remat(Block.__call__, static_argnums=(4,)) if self.config.remat else Block.__call__
+                x, _ = call(block, x, cos, sin, implementation)
+            else:
+                x, (k, v) = block(x, cos, sin, implementation, (cache.k[i], cache.v[i]), cache.pos)
+                new_k.append(k)
+                new_v.append(v)
+        x = rms_norm(x)
+        logits = self.lm_head(x).astype(jnp.float32)
+        logits = SOFTCAP * jnp.tanh(logits / SOFTCAP)
+        if cache is None:
+            return logits
+        return logits, KVCache(jnp.stack(new_k), jnp.stack(new_v), cache.pos + T)
+
+
+def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, reduction: str = "mean") -> jax.Array:
+    """Cross-entropy in fp32 with targets of −1 ignored; 'mean' over the scored targets, 'none' per position."""
+    valid = targets_BT >= 0
+    logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.where(valid, targets_BT, 0)[..., None], axis=-1)[..., 0]
+    nll = jnp.where(valid, nll, 0.0)
+    if reduction == "none":
+        return nll
+    if reduction == "sum":
+        return nll.sum()
+    return nll.sum() / jnp.maximum(valid.sum(), 1)
+
+
+def loss_fn(model: GPT, inputs_BT: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    return cross_entropy(model(inputs_BT), targets_BT)
+
+
+# ---- sizes --------------------------------------------------------------------------------------------------
+
+
+def num_params(config: ModelConfig) -> int:
+    """Parameter count: embedding + head + L blocks (attention with GQA, 4× MLP)."""
+    d, hd = config.n_embd, config.head_dim
+    attn = d * config.n_head * hd + 2 * d * config.n_kv_head * hd + d * d
+    mlp = 8 * d * d
+    return 2 * config.vocab_size * d + config.n_layer * (attn + mlp)
+
+
+def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
+    """nanochat's estimate: 6·(N − N_wte) + 12·L·H·head_dim·T (lm_head counted, full causal attention)."""
+    t = config.sequence_len if seq_len is None else seq_len
+    n_wte = config.vocab_size * config.n_embd
+    return 6 * (num_params(config) - n_wte) + 12 * config.n_layer * config.n_head * config.head_dim * t

@@ -1,0 +1,24 @@
+"""Shared test set-up: 8 emulated CPU devices, golden-data paths, shared fixtures."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_DIR = Path(os.environ.get("REVJAX_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN_DIR.is_dir():
+        raise FileNotFoundError(
+            f"golden data not found at {GOLDEN_DIR}; set REVJAX_GOLDEN_DIR to the shared/golden folder"
+        )
+    return GOLDEN_DIR

@@ -1,0 +1,194 @@
+"""The GPT: init scheme, sizes, KV cache, and fp32 parity with PyTorch (our reference and onanchat's golden outputs)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from revjax.config import ModelConfig, load_config
+from revjax.interop.state_dict import (
+    build_model,
+    StateDictError,
+    expected_shapes,
+    from_torch_layout,
+    load_params,
+    model_params,
+    to_torch_layout,
+)
+from revjax.model import GPT, KVCache, cross_entropy, flops_per_token, loss_fn, num_params
+from tests.torch_reference import RefConfig, RefGPT
+
+# The two golden configurations (onanchat's own outputs exist for both): MHA and GQA.
+CONFIGS = {
+    "mha": ModelConfig(sequence_len=32, vocab_size=256, n_layer=2, n_head=1, n_kv_head=1, n_embd=64,
+                       compute_dtype="float32"),
+    "gqa": ModelConfig(sequence_len=32, vocab_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=128,
+                       compute_dtype="float32"),
+}
+PREFIX = 10  # tokens prefilled through the KV cache before decoding one at a time
+
+
+forward = nnx.jit(lambda model, ids: model(ids))
+cached_forward = nnx.jit(lambda model, ids, cache: model(ids, cache))
+jit_loss = nnx.jit(loss_fn)
+
+
+def new_model(config: ModelConfig, seed: int = 0) -> GPT:
+    return nnx.jit(lambda: GPT(config, rngs=nnx.Rngs(seed)))()
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def perturbed_model(config: ModelConfig, seed: int = 0) -> GPT:
+    """A model whose every parameter is non-zero (zero-initialised projections would hide layout errors)."""
+    model = new_model(config, seed)
+    params = model_params(model)
+    rng = np.random.default_rng(seed)
+    load_params(model, jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.02, p.shape).astype(np.float32), params))
+    return model
+
+
+def decode_with_cache(model: GPT, ids: jax.Array, prefix: int = PREFIX) -> jax.Array:
+    cache = KVCache.zeros(model.config, ids.shape[0], ids.shape[1])
+    logits, cache = cached_forward(model, ids[:, :prefix], cache)
+    chunks = [logits]
+    for t in range(prefix, ids.shape[1]):
+        logits, cache = cached_forward(model, ids[:, t:t + 1], cache)
+        chunks.append(logits)
+    return jnp.concatenate(chunks, axis=1)
+
+
+def torch_model(config: ModelConfig, state_dict) -> RefGPT:
+    ref = RefGPT(RefConfig(**config.gpt_config()))
+    ref.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in state_dict.items()}, strict=True)
+    return ref.eval()
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def case(request):
+    config = CONFIGS[request.param]
+    model = perturbed_model(config)
+    ids = jax.random.randint(jax.random.key(7), (2, config.sequence_len), 0, config.vocab_size)
+    return request.param, config, model, ids
+
+
+def test_fresh_model_loss_is_ln_vocab_and_init_scheme():
+    config = CONFIGS["gqa"]
+    model = new_model(config)
+    ids = jax.random.randint(jax.random.key(1), (2, 32), 0, config.vocab_size)
+    assert float(jit_loss(model, ids, ids)) == pytest.approx(np.log(config.vocab_size), abs=1e-6)
+    p = model_params(model)
+    block = p["blocks"][0]
+    assert not np.any(p["lm_head"]["kernel"])
+    assert not np.any(block["attn"]["c_proj"]["kernel"]) and not np.any(block["mlp"]["c_proj"]["kernel"])
+    d = config.n_embd
+    assert np.std(p["wte"]) == pytest.approx(1.0, rel=0.05)
+    assert np.std(block["attn"]["c_q"]["kernel"]) == pytest.approx(1 / np.sqrt(d), rel=0.05)
+    assert np.std(block["attn"]["c_k"]["kernel"]) == pytest.approx(1 / np.sqrt(d) * np.sqrt(64 / 128), rel=0.05)
+    assert np.std(block["mlp"]["c_fc"]["kernel"]) == pytest.approx(1 / np.sqrt(d), rel=0.05)
+
+
+def test_d20_parameter_and_flop_counts():
+    d20 = load_config(overrides=["model.depth=20"]).model
+    assert (d20.n_layer, d20.n_embd, d20.n_head, d20.n_kv_head, d20.vocab_size) == (20, 1280, 10, 10, 65536)
+    assert num_params(d20) == 560_988_160
+    assert flops_per_token(d20) == 3_491_758_080  # 3.4918e9 at T=2048
+    abstract = nnx.eval_shape(lambda: GPT(d20, rngs=nnx.Rngs(0)))
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) == 560_988_160
+    assert len(expected_shapes(d20)) == 122
+
+
+def test_param_count_matches_arrays(case):
+    _, config, model, _ = case
+    assert sum(x.size for x in jax.tree.leaves(model_params(model))) == num_params(config)
+
+
+def test_fp32_logits_match_torch_reference(case):
+    _, config, model, ids = case
+    ref = torch_model(config, to_torch_layout(model_params(model), config))
+    with torch.no_grad():
+        ref_logits, _ = ref(torch.from_numpy(np.asarray(ids)))
+    assert rel_err(forward(model, ids), ref_logits.numpy()) < 1e-5
+    targets = np.asarray(ids).copy()
+    targets[:, ::3] = -1
+    with torch.no_grad():
+        ref_loss = ref(torch.from_numpy(np.asarray(ids)), torch.from_numpy(targets).long())
+    assert float(jit_loss(model, ids, jnp.asarray(targets))) == pytest.approx(float(ref_loss), rel=1e-5)
+
+
+def test_kv_cache_matches_full_forward_and_torch(case):
+    _, config, model, ids = case
+    full = forward(model, ids)
+    cached = decode_with_cache(model, ids)
+    assert rel_err(cached, full) < 1e-5
+    ref = torch_model(config, to_torch_layout(model_params(model), config))
+    x = torch.from_numpy(np.asarray(ids))
+    with torch.no_grad():
+        out, past = ref(x[:, :PREFIX])
+        chunks = [out]
+        for t in range(PREFIX, x.size(1)):
+            out, past = ref(x[:, t:t + 1], past=past)
+            chunks.append(out)
+    assert rel_err(cached, torch.cat(chunks, 1).numpy()) < 1e-5
+
+
+def test_multi_token_chunk_after_prefill_matches_full(case):
+    _, config, model, ids = case
+    cache = KVCache.zeros(config, 2, config.sequence_len)
+    first, cache = cached_forward(model, ids[:, :PREFIX], cache)
+    rest, cache = cached_forward(model, ids[:, PREFIX:], cache)
+    assert int(cache.pos) == config.sequence_len
+    assert rel_err(jnp.concatenate([first, rest], 1), forward(model, ids)) < 1e-5
+
+
+def test_matches_onanchat_golden_outputs(case, golden_dir):
+    name, config, _, _ = case
+    golden = np.load(golden_dir / f"model_{name}.npz")
+    assert json.loads(str(golden["config"])) == config.gpt_config()
+    model = build_model(config, from_torch_layout({k[2:]: golden[k] for k in golden.files if k.startswith("w/")}, config))
+    ids, targets = jnp.asarray(golden["ids"]), jnp.asarray(golden["targets"])
+    logits = forward(model, ids)
+    assert rel_err(logits, golden["logits"]) < 1e-5
+    assert float(cross_entropy(logits, targets)) == pytest.approx(float(golden["loss"]), rel=1e-5)
+    assert rel_err(decode_with_cache(model, ids), golden["kv_logits"]) < 1e-5
+
+
+def test_state_dict_round_trip_and_refusals(case):
+    _, config, model, _ = case
+    params = model_params(model)
+    sd = to_torch_layout(params, config)
+    assert list(sd) == list(expected_shapes(config))
+    assert all(sd[k].shape == s for k, s in expected_shapes(config).items())
+    back = from_torch_layout(sd, config)
+    jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, params))
+    missing = dict(sd)
+    del missing["lm_head.weight"]
+    with pytest.raises(StateDictError, match="lacks 1 tensor"):
+        from_torch_layout(missing, config)
+    with pytest.raises(StateDictError, match="does not use"):
+        from_torch_layout({**sd, "_orig_mod.lm_head.weight": sd["lm_head.weight"]}, config)
+    with pytest.raises(StateDictError, match="shape"):
+        from_torch_layout({**sd, "lm_head.weight": sd["lm_head.weight"][:, :-1]}, config)
+
+
+def test_bf16_compute_close_to_fp32_and_remat_exact():
+    config = CONFIGS["gqa"]
+    model = perturbed_model(config)
+    ids = jax.random.randint(jax.random.key(7), (2, config.sequence_len), 0, config.vocab_size)
+    params = model_params(model)
+    variants = {}
+    for name, change in (("bf16", {"compute_dtype": "bfloat16"}), ("remat", {"remat": True})):
+        variants[name] = build_model(ModelConfig(**{**config.__dict__, **change}), params)
+    logits32 = forward(model, ids)
+    assert rel_err(forward(variants["bf16"], ids), logits32) < 5e-2
+    assert rel_err(forward(variants["remat"], ids), logits32) == 0.0
+    grad = nnx.jit(nnx.grad(lambda m: loss_fn(m, ids, ids)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 model_params(grad(variants["remat"])), model_params(grad(model)))

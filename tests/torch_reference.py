@@ -1,0 +1,114 @@
+"""A PyTorch GPT written from onanchat's specification, used as the parity reference in tests.
+
+Same module names as onanchat's ``gpt.py`` so its ``state_dict`` keys are ``transformer.wte.weight``,
+``transformer.h.{i}.attn.c_q.weight``, …, ``lm_head.weight``, with PyTorch's ``(out, in)`` Linear layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class RefConfig:
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * cos + b * sin, -a * sin + b * cos], dim=-1).to(x.dtype)
+
+
+class RefAttention(nn.Module):
+    def __init__(self, c: RefConfig):
+        super().__init__()
+        self.h, self.kvh, self.hd = c.n_head, c.n_kv_head, c.n_embd // c.n_head
+        self.c_q = nn.Linear(c.n_embd, self.h * self.hd, bias=False)
+        self.c_k = nn.Linear(c.n_embd, self.kvh * self.hd, bias=False)
+        self.c_v = nn.Linear(c.n_embd, self.kvh * self.hd, bias=False)
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, past=None):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.h, self.hd)
+        k = self.c_k(x).view(B, T, self.kvh, self.hd)
+        v = self.c_v(x).view(B, T, self.kvh, self.hd)
+        q, k = rms(rotary(q, cos, sin)), rms(rotary(k, cos, sin))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if past is not None:  # past: (k, v) of earlier positions, (B, H_kv, T0, D)
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        Tq, Tk = q.size(2), k.size(2)
+        gqa = self.h != self.kvh
+        if Tq == Tk:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            mask = torch.ones(Tq, Tk, dtype=torch.bool).tril(diagonal=Tk - Tq)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1)), (k, v)
+
+
+class RefMLP(nn.Module):
+    def __init__(self, c: RefConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class RefBlock(nn.Module):
+    def __init__(self, c: RefConfig):
+        super().__init__()
+        self.attn = RefAttention(c)
+        self.mlp = RefMLP(c)
+
+    def forward(self, x, cos, sin, past=None):
+        y, kv = self.attn(rms(x), cos, sin, past)
+        x = x + y
+        return x + self.mlp(rms(x)), kv
+
+
+class RefGPT(nn.Module):
+    def __init__(self, c: RefConfig):
+        super().__init__()
+        self.config = c
+        self.transformer = nn.ModuleDict(
+            {"wte": nn.Embedding(c.vocab_size, c.n_embd), "h": nn.ModuleList(RefBlock(c) for _ in range(c.n_layer))}
+        )
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        hd = c.n_embd // c.n_head
+        t = torch.arange(10 * c.sequence_len, dtype=torch.float32)
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        freqs = torch.outer(t, inv)
+        self.register_buffer("cos", freqs.cos().bfloat16()[None, :, None, :], persistent=False)
+        self.register_buffer("sin", freqs.sin().bfloat16()[None, :, None, :], persistent=False)
+
+    def forward(self, idx, targets=None, past=None):
+        T0 = 0 if past is None else past[0][0].size(2)
+        T = idx.size(1)
+        cos, sin = self.cos[:, T0:T0 + T], self.sin[:, T0:T0 + T]
+        x = rms(self.transformer.wte(idx))
+        new_past = []
+        for i, block in enumerate(self.transformer.h):
+            x, kv = block(x, cos, sin, None if past is None else past[i])
+            new_past.append(kv)
+        logits = self.lm_head(rms(x))
+        logits = 15 * torch.tanh(logits / 15)
+        if targets is not None:
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, new_past
