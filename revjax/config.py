@@ -25,6 +25,7 @@ import yaml
 
 Dtype = Literal["float32", "bfloat16"]
 DirectionName = Literal["forward", "backward", "bidirectional"]
+DEFAULT_DEPTH = 20
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The GPT (onanchat's six GPTConfig fields, the depth rule, and compute options)."""
 
-    depth: int | None = None  # when set, fills n_layer / n_embd / n_head / n_kv_head by nanochat's depth rule
+    depth: int | None = None  # fills unset n_layer / n_embd / n_head / n_kv_head by nanochat's depth rule; 20 if no size is given
     sequence_len: int = 2048
     vocab_size: int | None = None  # None: taken from the tokenizer
     n_layer: int | None = None
@@ -279,6 +280,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
+    if _dataclass_of(hint) is not None:
+        return "a mapping of keys"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
@@ -332,6 +335,8 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
         raise ConfigError(f"{message} (from {where(*keys)})")
 
     m = config.model
+    if m.depth is None and all(getattr(m, k) is None for k in ("n_layer", "n_head", "n_kv_head", "n_embd")):
+        m.depth = DEFAULT_DEPTH
     if m.depth is not None:
         if m.depth < 1:
             fail(["model.depth"], f"model.depth={m.depth} must be at least 1")

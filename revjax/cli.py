@@ -1,0 +1,149 @@
+"""The ``revjax`` command: prepare corpora, train tokenizers, show configs, and run the quickstart job.
+
+Every subcommand takes ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked up
+in ``configs/``) and ``key.sub=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from revjax.config import Config, ConfigError, load_config
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(name: str) -> Path:
+    """A config path as given, or a name under ./configs or the project's configs folder (``.yaml`` optional)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for root in (Path("configs"), PACKAGE_CONFIGS):
+        for candidate in (root / name, root / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(f"config '{name}' was found neither as a file nor under configs/; give a path to a YAML file")
+
+
+def config_from_args(args: argparse.Namespace, default: Sequence[str] = ()) -> Config:
+    files = [find_config(name) for name in (args.config or default)]
+    return load_config(files, args.overrides)
+
+
+def prepare_corpus(config: Config) -> Path:
+    """Build or download the configured corpus; returns its folder."""
+    if config.data.corpus == "default":
+        from revjax.data.corpus import prepare_default_corpus
+
+        target = config.data_path()
+        if target.name != "default":
+            raise ConfigError(f"data.dir={target} must be a folder named 'default' for data.corpus=default")
+        return prepare_default_corpus(target.parent, cache_dir=config.base_path() / "downloads")
+    if config.data.corpus == "fineweb":
+        from revjax.data.fineweb import download_shards
+
+        download_shards(range(config.data.fineweb_shards), config.data_path(), base_url=config.data.fineweb_url)
+        return config.data_path()
+    from revjax.data.shards import split_shards
+
+    split_shards(config.data_path(), "train")  # a user-provided folder: check it holds shards
+    return config.data_path()
+
+
+def train_tokenizer(config: Config):
+    """Train the configured tokenizer on the corpus's train split; compression is measured on the val split."""
+    from revjax.data.shards import iter_documents
+    from revjax.tokenizer import train_tokenizer as train
+
+    data = config.data_path()
+    return train(
+        iter_documents(data, "train"),
+        config.tokenizer_path(),
+        config.tokenizer.vocab_size,
+        doc_cap=config.tokenizer.doc_cap,
+        max_chars=config.tokenizer.max_chars,
+        token_bytes_method=config.tokenizer.token_bytes,
+        eval_texts=iter_documents(data, "val"),
+    )
+
+
+def show_directions(config: Config, tokenizer, text: str) -> None:
+    """Print how one sentence looks to a forward, backward and bidirectional model."""
+    from revjax.direction import Direction, Specials, orient_document
+
+    specials = Specials.from_tokenizer(tokenizer)
+    ids = tokenizer.encode(text)
+    print(f"\n{text!r} in model order ({len(ids)} tokens; | separates tokens):")
+    for direction in Direction:
+        oriented, _ = orient_document(ids, direction, specials, seed=config.direction.seed)
+        pieces = [tokenizer.decode([int(t)]) for t in oriented]
+        print(f"  {direction.value:>13}: {'|'.join(pieces)!r}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    config = config_from_args(args, ["default"])
+    print(f"corpus ready at {prepare_corpus(config)}")
+
+
+def cmd_tokenizer(args: argparse.Namespace) -> None:
+    train_tokenizer(config_from_args(args, ["default"]))
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    print(config_from_args(args, ["default"]).to_yaml(), end="")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    config = config_from_args(args, ["default"])
+    print(f"revjax quickstart: run '{config.run_name}', files under {config.base_path()}")
+    print("\n[1/2] corpus")
+    corpus = prepare_corpus(config)
+    print("\n[2/2] tokenizer")
+    tokenizer = train_tokenizer(config)
+    show_directions(config, tokenizer, "In the beginning was the Word.")
+    print(f"\ncorpus: {corpus}\ntokenizer: {config.tokenizer_path()} (vocab {tokenizer.vocab_size})")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "quickstart": (cmd_quickstart, "prepare the default corpus and train its tokenizer (the main job)"),
+    "prepare": (cmd_prepare, "build or download the configured corpus"),
+    "tokenizer": (cmd_tokenizer, "train the configured tokenizer and print compression stats"),
+    "config": (cmd_config, "print the resolved configuration as YAML"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="revjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", action="append", metavar="FILE", help="YAML config (repeatable, merged in order)")
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from revjax.data.corpus import CorpusError
+    from revjax.data.fineweb import ShardDownloadError
+    from revjax.tokenizer import TokenizerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"revjax: config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (CorpusError, ShardDownloadError, TokenizerError, FileNotFoundError) as err:
+        print(f"revjax: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("revjax: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

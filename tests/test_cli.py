@@ -1,0 +1,42 @@
+"""The revjax command: config printing, tokenizer training on a parquet corpus, and clear errors."""
+
+import pytest
+import yaml
+
+from revjax.cli import main
+from revjax.data.shards import write_shards
+from revjax.tokenizer import Tokenizer
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards hum and judges vex quietly".split()
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    docs = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(40 + i % 9)) + "." for i in range(240)]
+    write_shards(docs, tmp_path / "corpus", docs_per_shard=120)
+    return tmp_path
+
+
+def test_config_prints_resolved_yaml(capsys):
+    main(["config", "--config", "default", "training.seed=7"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["training"]["seed"] == 7 and printed["model"]["n_layer"] == 4
+
+
+def test_tokenizer_command_trains_and_saves(corpus, capsys):
+    main(["tokenizer", "data.corpus=parquet", f"data.dir={corpus / 'corpus'}", f"base_dir={corpus}",
+          "tokenizer.vocab_size=300"])
+    out = capsys.readouterr().out
+    assert "compression on eval texts" in out
+    assert Tokenizer.load(corpus / "tokenizer").vocab_size == 300
+
+
+def test_errors_are_one_sentence_with_exit_codes(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["config", "model.n_embed=3"])
+    assert info.value.code == 2
+    assert "did you mean 'model.n_embd'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["prepare", "data.corpus=parquet", f"data.dir={tmp_path}"])
+    assert info.value.code == 1
+    assert f"no parquet shards found in {tmp_path}" in capsys.readouterr().err

@@ -1,0 +1,115 @@
+"""Typed configuration: YAML files, overrides, the depth rule, serialisation and one-sentence errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from revjax.config import Config, ConfigError, dims_from_depth, load_config, parse_override
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads_and_round_trips(path):
+    config = load_config([path])
+    assert Config.from_dict(config.to_dict()) == config
+    assert Config.from_dict(json.loads(config.to_json())) == config
+    assert load_config([write_yaml(config)]) == config
+
+
+def write_yaml(config: Config) -> Path:
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    handle.write(config.to_yaml())
+    handle.close()
+    return Path(handle.name)
+
+
+@pytest.mark.parametrize("depth", [4, 8, 12, 16, 20, 26, 32])
+def test_depth_rule(depth):
+    model = load_config([CONFIGS / "model" / f"d{depth}.yaml"]).model
+    assert (model.n_layer, model.n_embd) == (depth, 64 * depth)
+    assert model.head_dim == 128 and model.n_kv_head == model.n_head
+    assert dims_from_depth(depth)["n_head"] == model.n_head
+
+
+def test_defaults_are_d20_and_vocab_comes_from_tokenizer():
+    model = load_config().model
+    assert (model.depth, model.n_layer, model.n_embd, model.n_head, model.vocab_size) == (20, 20, 1280, 10, 65536)
+    assert load_config(overrides=["tokenizer.vocab_size=4096"]).model.vocab_size == 4096
+
+
+def test_files_merge_in_order_with_includes_and_overrides(tmp_path):
+    write(tmp_path, "base.yaml", "model:\n  depth: 4\ntraining:\n  seed: 1\n")
+    top = write(tmp_path, "top.yaml", "include: base.yaml\ntraining:\n  seed: 2\n  device_batch_size: 4\n")
+    config = load_config([top], ["training.seed=3", "optimizer.matrix_lr=1e-3", "direction.direction=backward"])
+    assert config.model.n_layer == 4
+    assert (config.training.seed, config.training.device_batch_size) == (3, 4)
+    assert config.optimizer.matrix_lr == pytest.approx(1e-3)
+    assert config.direction.direction == "backward"
+    assert load_config([top, CONFIGS / "direction" / "bidirectional-compat.yaml"]).direction.layout == "compat"
+
+
+def test_gqa_allowed_with_depth_and_explicit_dims_without_depth():
+    assert load_config(overrides=["model.depth=4", "model.n_kv_head=1"]).model.n_kv_head == 1
+    model = load_config(overrides=["model.n_layer=2", "model.n_embd=64", "model.n_head=1"]).model
+    assert (model.depth, model.n_layer, model.n_kv_head) == (None, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "text, overrides, pattern",
+    [
+        ("model:\n  n_embed: 64\n", [], r"unknown key 'model.n_embed' in .*bad.yaml.*did you mean 'model.n_embd'"),
+        ("trainer:\n  seed: 1\n", [], r"unknown key 'trainer' in .*bad.yaml"),
+        ("model:\n  n_layer: two\n", [], r"model.n_layer must be an integer or null, got 'two' in .*bad.yaml"),
+        ("model:\n  n_layer: 2\n  n_embd: 100\n  n_head: 3\n", [],
+         r"model.n_embd=100 is not divisible by model.n_head=3 \(from .*bad.yaml\)"),
+        ("model:\n  depth: 4\n  n_head: 4\n  n_kv_head: 3\n", [], r"model.n_head=4 disagrees with model.depth=4"),
+        ("direction:\n  direction: sideways\n", [], r"direction.direction must be one of 'forward', 'backward'"),
+        ("schedule:\n  warmdown_ratio: 1.5\n", [], r"schedule.warmdown_ratio=1.5 must be between 0 and 1"),
+        ("model: 3\n", [], r"model must be a mapping of keys, got 3"),
+        ("training:\n  seed: 1\n", ["training.seed=1.5"], r"training.seed must be an integer, got 1.5 in the command line"),
+        ("training:\n  seed: 1\n", ["mesh.data=0"], r"mesh.data=0 must be a positive size or -1"),
+        ("training:\n  seed: 1\n", ["nonsense"], r"override 'nonsense' must look like key.sub=value"),
+        ("model:\n  depth: 4\n", ["model.vocab_size=100"], r"model.vocab_size=100 differs from tokenizer.vocab_size"),
+    ],
+)
+def test_errors_name_key_value_and_source(tmp_path, text, overrides, pattern):
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config([path], overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "missing.yaml"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([write(tmp_path, "broken.yaml", "model: [1,\n")])
+    loop = write(tmp_path, "loop.yaml", "include: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config([loop])
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("--a.b=true") == ("a.b", True)
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_paths_follow_base_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVJAX_BASE_DIR", str(tmp_path))
+    config = load_config(overrides=["run_name=r1"])
+    assert config.tokenizer_path() == tmp_path / "tokenizer"
+    assert config.data_path() == tmp_path / "data" / "default"
+    assert config.checkpoint_path() == tmp_path / "checkpoints" / "r1"
+    assert load_config(overrides=["data.dir=/x/y"]).data_path() == Path("/x/y")
