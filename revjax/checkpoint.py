@@ -1,0 +1,353 @@
+"""Checkpoints: a thin layer over Orbax's ``CheckpointManager`` with clear failures.
+
+Each step is a directory ``<directory>/<step>`` holding three Orbax items:
+
+* ``state``: the training-state pytree (model and optimizer state), restored into the caller's layout;
+* ``data``: the data-iterator state as JSON (``{"data_state": ...}``, so ``None`` round-trips);
+* ``meta``: the run metadata as JSON (:func:`build_metadata`), also copied into Orbax's custom metadata.
+
+Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so an interrupted
+save never touches earlier steps and is never listed. A finalized step is *valid* when its three item
+directories exist and its metadata JSON parses; :meth:`Checkpointer.latest_step` skips invalid steps
+(with a warning), and keep-N pruning counts only valid steps, so it never deletes the newest good one.
+Damage inside the array data is found only on restore, which then raises :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+import revjax
+
+PyTree = Any
+
+STATE, DATA, META = "state", "data", "meta"
+ITEMS = (STATE, DATA, META)
+MAX_LISTED_DIFFERENCES = 3
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be saved, found or restored."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint belongs to a different direction or tokenizer than the current run."""
+
+
+def _reason(err: BaseException) -> str:
+    """``Type: first line of the message``, shortened: enough to diagnose without Orbax's full dump."""
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _path_name(path: tuple) -> str:
+    """A pytree key path as dotted text (``model.blocks.0.attn.c_q.kernel.value``)."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return ".".join(parts)
+
+
+def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), np.dtype(leaf.dtype)
+    value = np.asarray(leaf)
+    return value.shape, value.dtype
+
+
+def _shapes_and_dtypes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    return {_path_name(path): _shape_and_dtype(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _differences(stored: PyTree, expected: PyTree) -> list[str]:
+    """How the arrays in a checkpoint differ from the expected (abstract) state, one phrase each."""
+    have, want = _shapes_and_dtypes(stored), _shapes_and_dtypes(expected)
+    diffs = [f"{name} is missing from the checkpoint" for name in sorted(want.keys() - have.keys())]
+    diffs += [
+        f"{name} is in the checkpoint but not in the expected state" for name in sorted(have.keys() - want.keys())
+    ]
+    for name in sorted(have.keys() & want.keys()):
+        (shape, dtype), (want_shape, want_dtype) = have[name], want[name]
+        if shape != want_shape:
+            diffs.append(f"{name} has shape {shape} in the checkpoint but {want_shape} expected")
+        if dtype != want_dtype:
+            diffs.append(f"{name} has dtype {dtype} in the checkpoint but {want_dtype} expected")
+    return diffs
+
+
+def _require_json(value: Any, what: str, step: int, path: Path) -> None:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"the {what} for checkpoint step {step} at {path} is not JSON-serializable ({err})"
+        ) from err
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints under one directory, keeping the newest ``keep`` valid steps.
+
+    Saves are asynchronous by default: :meth:`save` returns once the arrays are copied off the devices,
+    and the write finishes in the background (call :meth:`wait` or :meth:`close` before exiting).
+    Pruning to ``keep`` steps happens once a save has finished, at the next :meth:`save`, :meth:`wait`
+    or :meth:`close` (at once when ``async_save=False``), so up to ``keep + 1`` complete steps can exist
+    in between.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 2, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"keep={keep} must be at least 1")
+        self.directory = Path(directory).expanduser().resolve()
+        self.keep = keep
+        self.async_save = async_save
+        self._pending: int | None = None
+        options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save, create=True)
+        handlers = {
+            STATE: ocp.StandardCheckpointHandler(),
+            DATA: ocp.JsonCheckpointHandler(),
+            META: ocp.JsonCheckpointHandler(),
+        }
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        except Exception as err:
+            raise CheckpointError(f"cannot open the checkpoint directory {self.directory} ({_reason(err)})") from err
+
+    def step_path(self, step: int) -> Path:
+        """The directory of a finalized ``step``."""
+        return self.directory / str(step)
+
+    def save(self, step: int, state: PyTree, *, data_state: dict | None, metadata: dict, force: bool = False) -> None:
+        """Start saving ``state``, ``data_state`` and ``metadata`` as ``step``; ``force`` replaces an existing step."""
+        path = self.step_path(step)
+        _require_json(metadata, "metadata", step, path)
+        _require_json(data_state, "data-iterator state", step, path)
+        self.wait()
+        if step in self.steps():
+            if not force:
+                raise CheckpointError(
+                    f"checkpoint step {step} already exists at {path}; pass force=True to overwrite it"
+                )
+            self._manager.delete(step)
+        args = ocp.args.Composite(
+            **{
+                STATE: ocp.args.StandardSave(state),
+                DATA: ocp.args.JsonSave({"data_state": data_state}),
+                META: ocp.args.JsonSave(metadata),
+            }
+        )
+        try:
+            self._manager.save(step, args=args, force=True, custom_metadata=dict(metadata))
+        except Exception as err:
+            raise CheckpointError(f"saving checkpoint step {step} to {path} failed ({_reason(err)})") from err
+        self._pending = step
+        if not self.async_save:
+            self.wait()
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is on disk, then prune to the newest ``keep`` valid steps."""
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:
+            raise CheckpointError(
+                f"saving checkpoint step {step} to {self.step_path(step)} failed ({_reason(err)})"
+            ) from err
+        self._prune()
+
+    def steps(self) -> list[int]:
+        """All finalized steps, ascending (unfinished saves are never listed; corrupt steps may be)."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest valid step (steps with a missing item or unreadable metadata are skipped with a warning)."""
+        for step in reversed(self.steps()):
+            problem = self._problem(step)
+            if problem is None:
+                return step
+            warnings.warn(f"skipping checkpoint step {step} at {self.step_path(step)}: {problem}", stacklevel=2)
+        return None
+
+    def metadata(self, step: int | None = None) -> dict:
+        """The metadata of ``step`` (default: the newest valid step), read without loading any arrays."""
+        return self._read_meta(self._resolve(step))
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict | None, dict]:
+        """``(state, data_state, metadata)`` of ``step`` (default: the newest valid step).
+
+        ``abstract_state`` gives the structure, shapes, dtypes and target shardings (leaves are
+        ``jax.ShapeDtypeStruct`` with ``.sharding``, or arrays), so a checkpoint written on any device
+        layout lands in the caller's layout; any difference in shapes, dtypes or keys is an error.
+        """
+        step = self._resolve(step)
+        path = self.step_path(step)
+        metadata = self._read_meta(step)
+        try:
+            stored = self._manager.item_metadata(step)[STATE]
+            if stored is None:
+                raise FileNotFoundError("the array index is missing")
+        except Exception as err:
+            raise self._corrupt(step, err) from err
+        diffs = _differences(stored.tree, abstract_state)
+        if diffs:
+            listed = "; ".join(diffs[:MAX_LISTED_DIFFERENCES])
+            more = len(diffs) - MAX_LISTED_DIFFERENCES
+            listed += f"; and {more} more" if more > 0 else ""
+            raise CheckpointError(
+                f"checkpoint step {step} at {path} does not match the state to restore ({listed}); "
+                "check that the model and optimizer settings match the checkpoint's"
+            )
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()})
+        try:
+            restored = self._manager.restore(step, args=args)
+            data = restored[DATA]
+            if not isinstance(data, dict) or "data_state" not in data:
+                raise ValueError("the data-iterator item has no 'data_state' entry")
+        except Exception as err:
+            raise self._corrupt(step, err) from err
+        return restored[STATE], data["data_state"], metadata
+
+    def close(self) -> None:
+        """Finish any save in flight, prune, and release Orbax's resources."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _resolve(self, step: int | None) -> int:
+        if step is None:
+            latest = self.latest_step()
+            if latest is None:
+                raise CheckpointError(f"no valid checkpoint found in {self.directory}")
+            return latest
+        steps = self.steps()
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory} (available steps: {steps})")
+        return step
+
+    def _read_meta(self, step: int) -> dict:
+        try:
+            return self._load_meta(step)
+        except Exception as err:
+            raise self._corrupt(step, err) from err
+
+    def _load_meta(self, step: int) -> dict:
+        meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        if not isinstance(meta, dict):
+            raise ValueError(f"the metadata is a {type(meta).__name__}, not a JSON object")
+        return meta
+
+    def _problem(self, step: int) -> str | None:
+        """Why ``step`` is not valid (a missing item or unreadable metadata), or None if it is."""
+        missing = [item for item in ITEMS if not (self.step_path(step) / item).is_dir()]
+        if missing:
+            return f"item(s) {', '.join(missing)} missing"
+        try:
+            self._load_meta(step)
+        except Exception as err:
+            return f"metadata unreadable ({_reason(err)})"
+        return None
+
+    def _corrupt(self, step: int, err: BaseException) -> CheckpointError:
+        earlier = [s for s in self.steps() if s < step and self._problem(s) is None]
+        hint = f"restore an earlier step (valid: {earlier})" if earlier else "no earlier valid step exists"
+        return CheckpointError(
+            f"checkpoint step {step} at {self.step_path(step)} is corrupt or incomplete ({_reason(err)}); "
+            f"{hint}, or delete that directory"
+        )
+
+    def _prune(self) -> None:
+        """Delete every step older than the ``keep``-th newest valid step; invalid steps never count."""
+        steps = self.steps()
+        valid = [step for step in steps if self._problem(step) is None]
+        if len(valid) <= self.keep:
+            return
+        oldest_kept = valid[-self.keep]
+        for step in steps:
+            if step < oldest_kept:
+                self._manager.delete(step)
+
+
+def check_compatible(metadata: Mapping, *, direction: str, tokenizer_identity: str, force: bool = False) -> None:
+    """Refuse to continue a checkpoint trained with another direction or tokenizer, unless ``force``."""
+    diffs = [
+        f"{key} is {metadata.get(key)!r} in the checkpoint but {want!r} in this run"
+        for key, want in (("direction", direction), ("tokenizer_identity", tokenizer_identity))
+        if metadata.get(key) != want
+    ]
+    if not diffs:
+        return
+    where = f"checkpoint step {metadata.get('step')}"
+    if force:
+        warnings.warn(f"continuing {where} although {'; '.join(diffs)}, because force is set", stacklevel=2)
+        return
+    raise CheckpointMismatch(
+        f"{where} cannot be continued by this run ({'; '.join(diffs)}); set the `force` option to continue it anyway"
+    )
+
+
+def _git_commit() -> str | None:
+    """The commit of the repository revjax is imported from, or None outside a git checkout."""
+    root = Path(revjax.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def build_metadata(
+    *,
+    step: int,
+    direction: str,
+    phase: str,
+    model_config: dict,
+    config: dict,
+    tokenizer_identity: str,
+    tokenizer_path: str,
+    val_bpb: float | None,
+) -> dict:
+    """The JSON metadata stored with a checkpoint, plus the revjax version, git commit and UTC save time."""
+    return {
+        "step": int(step),
+        "direction": direction,
+        "phase": phase,
+        "model_config": dict(model_config),
+        "config": config,
+        "tokenizer_identity": tokenizer_identity,
+        "tokenizer_path": str(tokenizer_path),
+        "val_bpb": None if val_bpb is None else float(val_bpb),
+        "revjax_version": revjax.__version__,
+        "git_commit": _git_commit(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

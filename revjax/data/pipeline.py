@@ -1,0 +1,400 @@
+"""Base-training data pipeline: parquet shards → documents → tokens → model order → packed batches.
+
+A :class:`TokenBatchDataset` is a stateful Grain ``IterDataset``. Its iterator reads the documents of one
+split (this process's row groups of every shard, strided like nanochat's ``parquets_iter_batched``),
+tokenizes them in threaded batches, puts each document in model order through :mod:`revjax.direction`,
+concatenates them into one flat stream and cuts that stream into ``(inputs int32 (B, T), targets int32
+(B, T))`` batches, −1 marking targets that are not scored.
+
+Layouts
+    ``document`` (default): every document is oriented on its own (``[BOS t…]``, ``[BOS rev(t)]`` or
+    ``[BOS marker …]`` with a seeded per-document direction). Row ``r`` of a batch is the ``T+1``
+    stream tokens starting ``r·T`` after the batch start, so consecutive rows overlap by one token (the
+    last target of a row is the first input of the next), and the next batch starts ``B·T`` tokens
+    later. Every stream token after the first is therefore a target exactly once; nothing is dropped.
+    The document index that seeds the bidirectional choice is ``epoch · N + i`` for the ``i``-th of the
+    split's ``N`` documents, so it does not depend on the process layout and a document seen again in
+    a later epoch gets a fresh draw.
+
+    ``compat``: onanchat's base loader exactly (``reference/onanchat.md`` §3.2): the stream is the
+    BOS-prefixed documents, every yield pops ``B·T+1`` tokens (the last target is not reused) and
+    transforms them with :func:`revjax.direction.compat_orient_chunk` at the yield index.
+
+State
+    ``get_state()`` is a small JSON dict naming the stream position after the last yielded batch: the
+    epoch, the shard (index in the split), its row group, the document in that row group and the token
+    offset into that document's model-order sequence, plus the number of batches yielded. No tokens are
+    stored: restoring re-reads and re-tokenizes from that document, which gives the same stream.
+    The train split cycles forever; val stops at its end unless ``cycle=True``.
+
+Multi-host
+    Process ``p`` of ``P`` reads row groups ``p, p+P, …`` of every shard and yields its local batch;
+    :func:`global_batch` assembles the global ``jax.Array`` (the concatenation of the local batches in
+    process order) for a batch sharding.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import grain
+import jax
+import numpy as np
+import pyarrow.parquet as pq
+
+from revjax.config import Config
+from revjax.data.shards import TEXT_COLUMN, Split, split_shards
+from revjax.direction import (
+    Direction,
+    Specials,
+    compat_chunk_to_batch,
+    compat_orient_chunk,
+    inputs_and_targets,
+    orient_document,
+)
+from revjax.tokenizer import Tokenizer
+
+Layout = Literal["document", "compat"]
+Batch = tuple[np.ndarray, np.ndarray]
+
+_LAYOUTS = ("document", "compat")
+_FINGERPRINT = ("split", "layout", "direction", "seed", "process_index", "process_count")
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One row group that this process reads."""
+
+    shard: int
+    row_group: int
+    rows: int
+    first_doc: int  # index in the split of its first document
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Consecutive model-order documents: flat ids and mask, each document's start and stream position."""
+
+    ids: np.ndarray
+    is_target: np.ndarray
+    starts: np.ndarray
+    where: list[tuple[int, int, int]]  # (epoch, unit, row) of each document
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _plan_units(shards: list[Path], process_index: int, process_count: int) -> tuple[list[_Unit], int]:
+    """Return this process's row groups in reading order and the number of documents in the whole split."""
+    units: list[_Unit] = []
+    first_doc = 0
+    for shard, path in enumerate(shards):
+        meta = pq.ParquetFile(path)
+        if TEXT_COLUMN not in meta.schema_arrow.names:
+            raise ValueError(f"{path} has no {TEXT_COLUMN!r} column; delete it and recreate the shards")
+        for row_group in range(meta.num_row_groups):
+            rows = meta.metadata.row_group(row_group).num_rows
+            if row_group % process_count == process_index:
+                units.append(_Unit(shard, row_group, rows, first_doc))
+            first_doc += rows
+    return units, first_doc
+
+
+class TokenBatchDataset(grain.IterDataset):
+    """Packed ``(inputs, targets)`` batches of one split of a parquet corpus, for one process."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        split: Split,
+        tokenizer: Tokenizer,
+        *,
+        batch_size: int,
+        seq_len: int,
+        direction: Direction | str = "forward",
+        layout: Layout = "document",
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        cycle: bool | None = None,
+        tokenizer_threads: int = 4,
+        tokenizer_batch_size: int = 128,
+    ) -> None:
+        """Plan the reading order; ``cycle=None`` cycles the train split forever and reads val once.
+
+        Tokenization uses at most as many threads as this process may run on: tiktoken slows down
+        when its threads outnumber the cores.
+        """
+        super().__init__()
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(_LAYOUTS)}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(
+                f"process_index must be in [0, process_count={process_count}), got {process_index}"
+            )
+        if tokenizer_threads < 1 or tokenizer_batch_size < 1:
+            raise ValueError(
+                f"tokenizer_threads and tokenizer_batch_size must be positive, "
+                f"got {tokenizer_threads} and {tokenizer_batch_size}"
+            )
+        self.shards = split_shards(data_dir, split)
+        self.units, self.split_docs = _plan_units(self.shards, process_index, process_count)
+        if not any(unit.rows for unit in self.units):
+            total = sum(pq.ParquetFile(p).num_row_groups for p in self.shards)
+            raise ValueError(
+                f"the {split} split in {data_dir} has no documents for process {process_index} of "
+                f"{process_count} ({total} row groups in all); use fewer processes or write the shards "
+                "with more, smaller row groups"
+            )
+        self.split = split
+        self.tokenizer = tokenizer
+        self.specials = Specials.from_tokenizer(tokenizer)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.direction = Direction.parse(direction)
+        self.layout = layout
+        self.seed = seed
+        self.process_index = process_index
+        self.process_count = process_count
+        self.cycle = split == "train" if cycle is None else cycle
+        self.tokenizer_threads = min(tokenizer_threads, _usable_cores())
+        self.tokenizer_batch_size = tokenizer_batch_size
+
+    def __iter__(self) -> TokenBatchIterator:
+        return TokenBatchIterator(self)
+
+    def __str__(self) -> str:
+        return (
+            f"TokenBatchDataset(split={self.split}, B={self.batch_size}, T={self.seq_len}, "
+            f"direction={self.direction.value}, layout={self.layout}, "
+            f"process={self.process_index}/{self.process_count})"
+        )
+
+
+class TokenBatchIterator(grain.DatasetIterator):
+    """Iterator of a :class:`TokenBatchDataset`; ``get_state``/``set_state`` give exact resumption."""
+
+    def __init__(self, dataset: TokenBatchDataset) -> None:
+        super().__init__()
+        self._ds = dataset
+        self._unit_index = {(u.shard, u.row_group): i for i, u in enumerate(dataset.units)}
+        self._file: tuple[int, pq.ParquetFile] | None = None
+        self._texts: tuple[int, list[str]] | None = None
+        self._reset(self._normalise(0, 0, 0), offset=0, yields=0)
+
+    # ---- stream position ---------------------------------------------------------------------------
+
+    def _reset(self, cursor: tuple[int, int, int], *, offset: int, yields: int) -> None:
+        """Start reading at document ``cursor`` (epoch, unit, row), ``offset`` tokens into it."""
+        self._cursor = cursor
+        self._pieces: collections.deque[_Piece] = collections.deque()
+        self._head = offset  # offset of the stream head into the first piece
+        self._available = -offset  # buffered tokens after the head
+        self._yields = yields
+
+    def _normalise(self, epoch: int, unit: int, row: int) -> tuple[int, int, int]:
+        """Return the first document at or after (epoch, unit, row), wrapping to the next epoch."""
+        units = self._ds.units
+        while row >= units[unit].rows:
+            unit, row = unit + 1, 0
+            if unit == len(units):
+                epoch, unit = epoch + 1, 0
+        return epoch, unit, row
+
+    def _position(self) -> tuple[int, int, int, int]:
+        """Return (epoch, unit, row, offset) of the stream head."""
+        if not self._pieces:
+            return (*self._cursor, self._head)
+        piece = self._pieces[0]
+        i = int(np.searchsorted(piece.starts, self._head, side="right")) - 1
+        return (*piece.where[i], self._head - int(piece.starts[i]))
+
+    # ---- reading and tokenizing ------------------------------------------------------------------------
+
+    def _unit_texts(self, unit: int) -> list[str]:
+        if self._texts is None or self._texts[0] != unit:
+            info = self._ds.units[unit]
+            if self._file is None or self._file[0] != info.shard:
+                self._file = (info.shard, pq.ParquetFile(self._ds.shards[info.shard]))
+            table = self._file[1].read_row_group(info.row_group, columns=[TEXT_COLUMN])
+            self._texts = (unit, table.column(TEXT_COLUMN).to_pylist())
+        return self._texts[1]
+
+    def _read_piece(self) -> _Piece | None:
+        """Tokenize and orient the next (up to) ``tokenizer_batch_size`` documents; None at a finite end."""
+        ds = self._ds
+        texts: list[str] = []
+        where: list[tuple[int, int, int]] = []
+        while len(texts) < ds.tokenizer_batch_size and (ds.cycle or self._cursor[0] == 0):
+            epoch, unit, row = self._cursor
+            taken = self._unit_texts(unit)[row : row + ds.tokenizer_batch_size - len(texts)]
+            texts += taken
+            where += [(epoch, unit, r) for r in range(row, row + len(taken))]
+            self._cursor = self._normalise(epoch, unit, row + len(taken))
+        if not texts:
+            return None
+        rows = ds.tokenizer.encode(texts, num_threads=ds.tokenizer_threads)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
+        bounds = np.cumsum(lengths)[:-1]
+        direction = Direction.FORWARD if ds.layout == "compat" else ds.direction
+        oriented = [
+            orient_document(
+                doc, direction, ds.specials, seed=ds.seed, index=epoch * ds.split_docs + ds.units[unit].first_doc + row
+            )
+            for doc, (epoch, unit, row) in zip(np.split(flat, bounds), where)
+        ]
+        sizes = np.fromiter((len(ids) for ids, _ in oriented), dtype=np.int64, count=len(oriented))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        ids = np.concatenate([ids for ids, _ in oriented])
+        is_target = np.concatenate([mask for _, mask in oriented])
+        if not self._pieces and self._head >= sizes[0]:
+            raise ValueError(
+                f"the iterator state's token offset {self._head} lies past the end of its document "
+                f"({sizes[0]} tokens); the data or tokenizer changed since the state was saved"
+            )
+        return _Piece(ids, is_target, starts, where)
+
+    def _take(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the next ``n`` stream tokens (ids, is_target) without consuming them; None at a finite end."""
+        while self._available < n:
+            piece = self._read_piece()
+            if piece is None:
+                return None
+            self._pieces.append(piece)
+            self._available += len(piece.ids)
+        ids, masks = [], []
+        start, need = self._head, n
+        for piece in self._pieces:
+            part = slice(start, start + need)
+            ids.append(piece.ids[part])
+            masks.append(piece.is_target[part])
+            need -= len(ids[-1])
+            start = 0
+            if need == 0:
+                break
+        return np.concatenate(ids), np.concatenate(masks)
+
+    def _advance(self, n: int) -> None:
+        self._head += n
+        self._available -= n
+        while self._pieces and self._head >= len(self._pieces[0].ids):
+            self._head -= len(self._pieces.popleft().ids)
+
+    # ---- iterator protocol ---------------------------------------------------------------------------------
+
+    def __next__(self) -> Batch:
+        ds = self._ds
+        b, t = ds.batch_size, ds.seq_len
+        chunk = self._take(b * t + 1)
+        if chunk is None:
+            if self._yields == 0:
+                raise ValueError(
+                    f"the {ds.split} split holds fewer than the {b * t + 1} tokens one batch of "
+                    f"B={b}, T={t} needs for process {ds.process_index} of {ds.process_count}; "
+                    "use a smaller batch or sequence length, or more data"
+                )
+            raise StopIteration
+        ids, is_target = chunk
+        if ds.layout == "compat":
+            oriented = compat_orient_chunk(ids, ds.direction, ds.specials, self._yields)
+            inputs, targets = compat_chunk_to_batch(oriented, b, t)
+            self._advance(b * t + 1)
+        else:
+            window = np.lib.stride_tricks.sliding_window_view
+            inputs, targets = inputs_and_targets(window(ids, t + 1)[::t], window(is_target, t + 1)[::t])
+            self._advance(b * t)
+        self._yields += 1
+        return inputs, targets.astype(np.int32)
+
+    def get_state(self) -> dict[str, Any]:
+        """Return the JSON-serialisable position after the last yielded batch."""
+        ds = self._ds
+        epoch, unit, row, offset = self._position()
+        return {
+            "epoch": epoch,
+            "shard": ds.units[unit].shard,
+            "row_group": ds.units[unit].row_group,
+            "doc": row,
+            "offset": offset,
+            "yields": self._yields,
+            "split": ds.split,
+            "layout": ds.layout,
+            "direction": ds.direction.value,
+            "seed": ds.seed,
+            "process_index": ds.process_index,
+            "process_count": ds.process_count,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from a state returned by :meth:`get_state` of an iterator over the same data."""
+        ds = self._ds
+        mine = self.get_state()
+        for key in _FINGERPRINT:
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"the iterator state was saved with {key}={state.get(key)!r} but this pipeline has "
+                    f"{key}={mine[key]!r}; build the pipeline with the settings of the saved run"
+                )
+        unit = self._unit_index.get((state["shard"], state["row_group"]))
+        if unit is None or not 0 <= state["doc"] < ds.units[unit].rows or state["offset"] < 0:
+            raise ValueError(
+                f"the iterator state points at document {state['doc']} of shard {state['shard']} row group "
+                f"{state['row_group']}, which this split does not hold; the shards changed since it was saved"
+            )
+        self._reset((state["epoch"], unit, state["doc"]), offset=state["offset"], yields=state["yields"])
+
+    def __str__(self) -> str:
+        return f"TokenBatchIterator({self._ds})"
+
+
+def build_pipeline(
+    config: Config,
+    tokenizer: Tokenizer,
+    split: Split,
+    *,
+    batch_size: int,
+    seq_len: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    cycle: bool | None = None,
+    prefetch: int = 2,
+) -> grain.DatasetIterator:
+    """Return the batch iterator of ``split`` described by ``config``, prefetching ``prefetch`` batches in a thread.
+
+    The iterator's ``get_state`` reflects the batches it has yielded, not those prefetched.
+    """
+    dataset: grain.IterDataset = TokenBatchDataset(
+        config.data_path(),
+        split,
+        tokenizer,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        direction=config.direction.direction,
+        layout=config.direction.layout,
+        seed=config.direction.seed,
+        process_index=process_index,
+        process_count=process_count,
+        cycle=cycle,
+        tokenizer_threads=config.data.tokenizer_threads,
+        tokenizer_batch_size=config.data.tokenizer_batch_size,
+    )
+    if prefetch > 0:
+        dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=prefetch)
+    return iter(dataset)
+
+
+def global_batch(local: Batch, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
+    """Return the global ``(inputs, targets)`` arrays whose rows are every process's local batch, in process order."""
+    inputs, targets = (jax.make_array_from_process_local_data(sharding, x) for x in local)
+    return inputs, targets

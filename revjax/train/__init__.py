@@ -1,0 +1,1 @@
+"""Training: the sharded train step, the host loop and ``python -m revjax.train``."""

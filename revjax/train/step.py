@@ -1,0 +1,100 @@
+"""The train step: one jitted, sharded, donated function with gradient accumulation inside.
+
+A step consumes a global batch of shape ``(accum, rows, T)``: ``accum`` micro-batches, each split over the
+data-parallel devices. The loss is the mean over every scored target of the whole step (targets of −1 are not
+scored), so the result does not depend on how the batch is split into micro-batches or devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from revjax import sharding as shd
+from revjax.model import GPT, cross_entropy
+from revjax.optim import set_schedule
+
+
+@dataclass
+class TrainState:
+    """Parameters and optimizer state, as pytrees of (sharded) arrays; the unit that is checkpointed."""
+
+    params: Any
+    opt_state: Any
+
+
+jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state"], meta_fields=[])
+
+
+def loss_sum(graphdef: nnx.GraphDef, params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Summed cross-entropy over the scored targets of one micro-batch."""
+    model: GPT = nnx.merge(graphdef, params)
+    return cross_entropy(model(inputs), targets, reduction="sum")
+
+
+def accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len: int, dp_size: int) -> int:
+    """How many micro-batches make one optimizer step; refuses a batch that does not divide evenly."""
+    per_micro = device_batch_size * seq_len * dp_size
+    if total_batch_tokens % per_micro:
+        raise ValueError(
+            f"training.total_batch_tokens={total_batch_tokens} is not a multiple of device_batch_size × sequence_len "
+            f"× data-parallel devices = {device_batch_size}×{seq_len}×{dp_size} = {per_micro}; change one of them"
+        )
+    return total_batch_tokens // per_micro
+
+
+def build_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    state_shardings: TrainState,
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """``step(state, inputs, targets, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state."""
+    batch = NamedSharding(mesh, P(None, shd.BATCH_AXES, None))
+    replicated = NamedSharding(mesh, P())
+
+    def step(state: TrainState, inputs, targets, lrm, momentum):
+        n_scored = jnp.maximum(jnp.sum(targets >= 0), 1).astype(jnp.float32)
+        grad_fn = jax.value_and_grad(lambda p, x, y: loss_sum(graphdef, p, x, y) / n_scored)
+
+        def micro(carry, xy):
+            loss, grads = grad_fn(state.params, *xy)
+            return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (inputs, targets))
+        opt_state = set_schedule(state.opt_state, lrm, momentum)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "scored_tokens": n_scored}
+        return TrainState(params, opt_state), metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch, batch, replicated, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def init_train_state(model: GPT, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """Split the model, place parameters by the sharding rules, initialise the optimizer state in place.
+
+    Returns (graphdef, state, state_shardings).
+    """
+    graphdef, params = nnx.split(model)
+    params = nnx.to_pure_dict(params)
+    p_shard = shd.param_shardings(params, mesh)
+    params = jax.device_put(params, p_shard)
+    abstract_opt = jax.eval_shape(tx.init, params)
+    o_shard = shd.opt_state_shardings(abstract_opt, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+    shardings = TrainState(p_shard, o_shard)
+    return graphdef, TrainState(params, opt_state), shardings

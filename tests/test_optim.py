@@ -1,0 +1,286 @@
+"""The optimizer: parameter groups, onanchat's golden optimizer steps, schedules, injected hyperparameters."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from revjax.config import ModelConfig, OptimizerConfig, ScheduleConfig
+from revjax.interop.state_dict import build_model, from_torch_layout
+from revjax.model import GPT, loss_fn
+from revjax.optim import (
+    ADAM_EMBEDDING,
+    ADAM_HEAD,
+    MUON,
+    LabelError,
+    build_optimizer,
+    check_labels,
+    get_schedule,
+    group_learning_rates,
+    lr_multiplier,
+    muon_momentum,
+    param_labels,
+    set_schedule,
+)
+
+GOLDEN_MOMENTUM = 0.95
+# Two correct bf16 Newton–Schulz runs (torch.compile on two CPUs) already differ by up to ~2.5 % of the update
+# (fp32 accumulation order flips bf16 roundings, which the iteration amplifies); a wrong detail costs ≥ 7 %.
+MUON_REL_TOL = 5e-2
+TINY = ModelConfig(n_embd=8)
+
+
+def tiny_params() -> dict:
+    """A small parameter tree with the GPT's three kinds of parameters (block matrices of both aspect ratios)."""
+    rng = np.random.default_rng(0)
+    shapes = {"wte": (16, 8), "blocks": {0: {"attn": {"c_q": {"kernel": (8, 8)}}, "mlp": {"c_fc": {"kernel": (8, 32)}}}},
+              "lm_head": {"kernel": (8, 16)}}
+    return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                        is_leaf=lambda s: isinstance(s, tuple))
+
+
+def tiny_grads(seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), tiny_params())
+
+
+def leaf(tree, path: str):
+    for key in path.split("/"):
+        tree = tree[int(key) if key.isdigit() else key]
+    return tree
+
+
+# ---- parameter groups ---------------------------------------------------------------------------------------
+
+
+def test_labels_cover_every_parameter_exactly_once():
+    config = ModelConfig(sequence_len=32, vocab_size=256, n_layer=3, n_head=4, n_kv_head=2, n_embd=128)
+    state = nnx.state(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))), nnx.Param)
+    for params in (state, nnx.to_pure_dict(state)):
+        labels = param_labels(params)
+        check_labels(params, labels)
+        flat = jax.tree.leaves(labels)
+        assert len(flat) == len(jax.tree.leaves(params)) == 6 * config.n_layer + 2
+        assert flat.count(MUON) == 6 * config.n_layer
+        assert flat.count(ADAM_EMBEDDING) == flat.count(ADAM_HEAD) == 1
+    pure = nnx.to_pure_dict(state)
+    assert leaf(param_labels(pure), "blocks/2/mlp/c_proj/kernel") == MUON
+    assert param_labels(pure)["wte"] == ADAM_EMBEDDING and param_labels(pure)["lm_head"]["kernel"] == ADAM_HEAD
+
+
+def test_bad_labelling_is_refused_naming_the_parameter():
+    params = tiny_params()
+    labels = param_labels(params)
+    missing = {**labels, "lm_head": {}}
+    with pytest.raises(LabelError, match="'lm_head/kernel' has no optimizer group label"):
+        check_labels(params, missing)
+    with pytest.raises(LabelError, match="'wte' is labelled 'sgd'"):
+        check_labels(params, {**labels, "wte": "sgd"})
+    with pytest.raises(LabelError, match="'extra' names no parameter"):
+        check_labels(params, {**labels, "extra": MUON})
+    with pytest.raises(LabelError, match="'norm/scale' belongs to no optimizer group"):
+        param_labels({**params, "norm": {"scale": jnp.ones(8)}})
+    with pytest.raises(LabelError, match="'blocks/0/bias' has shape \\(8,\\), but Muon only trains matrices"):
+        param_labels({**params, "blocks": {0: {"bias": jnp.ones(8)}}})
+
+
+# ---- onanchat's golden optimizer steps ----------------------------------------------------------------------
+
+
+class Golden:
+    """One optim_*.npz file as revjax parameters, with the jitted loss gradient and optimizer update."""
+
+    def __init__(self, path):
+        data = np.load(path)
+        self.config = ModelConfig(**json.loads(str(data["config"])), compute_dtype="float32")
+
+        def weights(prefix: str) -> dict:
+            return from_torch_layout({k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}, self.config)
+
+        self.before, self.after1, self.after2 = weights("before/"), weights("after1/"), weights("after2/")
+        self.grad1 = weights("grad/")
+        # onanchat's Muon mixes Nesterov momentum into p.grad in place, so the stored block gradients are
+        # (1-m)·g + m·(1-m)·g = (1-m²)·g.
+        self.grad1["blocks"] = jax.tree.map(lambda g: g / np.float32(1 - GOLDEN_MOMENTUM**2), self.grad1["blocks"])
+        self.loss1, self.loss2 = float(data["loss1"]), float(data["loss2"])
+        graphdef, _ = nnx.split(build_model(self.config, self.before))
+        ids, targets = jnp.asarray(data["ids"]), jnp.asarray(data["targets"])
+        self.value_and_grad = jax.jit(jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), ids, targets)))
+        self.tx = build_optimizer(OptimizerConfig(grad_clip=0.0), self.config)
+        self.update = jax.jit(self.tx.update)
+
+    def step(self, grads, opt_state, params):
+        updates, opt_state = self.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+
+@functools.lru_cache(maxsize=None)
+def load_golden(path) -> Golden:
+    return Golden(path)
+
+
+def assert_step_matches(ours: dict, golden: dict, start: dict, adam_rtol: float, adam_atol: float) -> None:
+    """AdamW tensors to fp32 precision; Muon tensors within MUON_REL_TOL of the update's Frobenius norm."""
+    for path, value in jax.tree_util.tree_flatten_with_path(ours)[0]:
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        a, g, s = (np.asarray(leaf(t, name), np.float64) for t in (ours, golden, start))
+        if name.startswith("blocks/"):
+            err = np.linalg.norm(a - g) / np.linalg.norm(g - s)
+            assert err < MUON_REL_TOL, f"{name}: Muon update off by {err:.3g} of its norm"
+        else:
+            np.testing.assert_allclose(a, g, rtol=adam_rtol, atol=adam_atol, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_two_optimizer_steps_match_onanchat(name, golden_dir):
+    golden = load_golden(golden_dir / f"optim_{name}.npz")
+    loss0, grads = golden.value_and_grad(golden.before)
+    assert float(loss0) == pytest.approx(golden.loss1, rel=1e-6)
+    jax.tree.map(lambda ours, ref: np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4 * np.abs(ref).max()),
+                 grads, golden.grad1)
+
+    opt_state = set_schedule(golden.tx.init(golden.before), 1.0, GOLDEN_MOMENTUM)
+    params1, opt_state = golden.step(golden.grad1, opt_state, golden.before)
+    assert_step_matches(params1, golden.after1, golden.before, adam_rtol=1e-5, adam_atol=1e-6)
+
+    # Step 2 from onanchat's step-1 weights; its gradients are not stored, so they are our model's.
+    loss1, grads2 = golden.value_and_grad(golden.after1)
+    assert float(loss1) == pytest.approx(golden.loss2, rel=1e-5)
+    params2, _ = golden.step(grads2, opt_state, golden.after1)
+    assert_step_matches(params2, golden.after2, golden.after1, adam_rtol=1e-5, adam_atol=1e-5)
+
+    # base_train's grad_clip=1.0 was not applied (the gradient norm exceeds 1, which would change step 2).
+    assert float(optax.tree.norm(golden.grad1)) > 1.0
+    clipped_state = set_schedule(golden.tx.init(golden.before), 1.0, GOLDEN_MOMENTUM)
+    clip = functools.partial(optax.clip_by_global_norm(1.0).update, state=optax.EmptyState())
+    _, clipped_state = golden.step(clip(golden.grad1)[0], clipped_state, golden.before)
+    clipped2, _ = golden.step(clip(grads2)[0], clipped_state, golden.after1)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(clipped2["wte"], golden.after2["wte"], rtol=1e-5, atol=1e-5)
+
+
+def test_nnx_optimizer_reproduces_golden_step(golden_dir):
+    golden = load_golden(golden_dir / "optim_mha.npz")
+    model = build_model(golden.config, golden.before)
+    optimizer = nnx.Optimizer(model, golden.tx, wrt=nnx.Param)
+    set_schedule(optimizer.opt_state, 0.5, 0.85)
+    assert get_schedule(optimizer.opt_state) == pytest.approx((0.5, 0.85))
+    set_schedule(optimizer.opt_state, 1.0, GOLDEN_MOMENTUM)
+    optimizer.update(model, nnx.state(build_model(golden.config, golden.grad1), nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    assert_step_matches(params, golden.after1, golden.before, adam_rtol=1e-5, adam_atol=1e-6)
+
+
+# ---- schedules ----------------------------------------------------------------------------------------------
+
+
+def test_base_lr_schedule_key_points():
+    sched = ScheduleConfig(warmup_ratio=0.1, warmdown_ratio=0.2, final_lr_frac=0.1)
+    n = 100
+    assert lr_multiplier(0, n, sched) == pytest.approx(0.1)
+    assert lr_multiplier(9, n, sched) == 1.0  # last warmup step
+    assert lr_multiplier(10, n, sched) == 1.0
+    assert lr_multiplier(80, n, sched) == 1.0  # it = N - warmdown: still flat
+    assert lr_multiplier(81, n, sched) == pytest.approx(0.95 + 0.05 * 0.1)
+    assert lr_multiplier(90, n, sched) == pytest.approx(0.5 + 0.5 * 0.1)
+    assert lr_multiplier(n, n, sched) == pytest.approx(0.1)
+    defaults = ScheduleConfig()  # no warmup, 20 % warmdown to 0
+    assert lr_multiplier(0, 1000, defaults) == 1.0
+    assert lr_multiplier(800, 1000, defaults) == 1.0
+    assert lr_multiplier(1000, 1000, defaults) == 0.0
+
+
+def test_mid_and_linear_schedules_and_refusals():
+    sched = ScheduleConfig()
+    assert lr_multiplier(0, 100, sched, kind="mid") == 1.0
+    assert lr_multiplier(79, 100, sched, kind="mid") == 1.0
+    assert lr_multiplier(90, 100, sched, kind="mid") == pytest.approx(0.5)
+    assert lr_multiplier(100, 100, sched, kind="mid") == pytest.approx(0.0)
+    assert lr_multiplier(0, 200, sched, kind="linear") == 1.0
+    assert lr_multiplier(50, 200, sched, kind="linear") == 0.75
+    with pytest.raises(ValueError, match="unknown LR schedule kind 'cosine'"):
+        lr_multiplier(0, 10, sched, kind="cosine")
+    with pytest.raises(ValueError, match="num_iterations=0 must be positive"):
+        lr_multiplier(0, 0, sched)
+
+
+def test_muon_momentum_ramp_and_group_learning_rates():
+    opt = OptimizerConfig()
+    assert muon_momentum(0, opt) == pytest.approx(0.85)
+    assert muon_momentum(150, opt) == pytest.approx(0.90)
+    assert muon_momentum(300, opt) == pytest.approx(0.95)
+    assert muon_momentum(5000, opt) == pytest.approx(0.95)
+    assert muon_momentum(0, OptimizerConfig(muon_momentum_warmup_steps=0)) == pytest.approx(0.95)
+    lrs = group_learning_rates(opt, ModelConfig(n_embd=1280))
+    assert lrs[MUON] == 0.02
+    assert lrs[ADAM_EMBEDDING] == pytest.approx(0.154919, rel=1e-5)
+    assert lrs[ADAM_HEAD] == pytest.approx(0.0030984, rel=1e-4)
+    sft = group_learning_rates(opt, ModelConfig(n_embd=1280), init_lr_frac=0.02)
+    assert all(sft[k] == pytest.approx(0.02 * lrs[k]) for k in lrs)
+
+
+# ---- injected hyperparameters, state, weight decay ----------------------------------------------------------
+
+
+def test_schedule_changes_do_not_recompile_and_take_effect():
+    tx = build_optimizer(OptimizerConfig(), TINY)
+    params, grads = tiny_params(), tiny_grads()
+    traces = []
+
+    @jax.jit
+    def update(opt_state, lrm, momentum, grads=grads):
+        traces.append(None)
+        return tx.update(grads, set_schedule(opt_state, lrm, momentum), params)
+
+    state0 = tx.init(params)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state0))
+    full, state1 = update(state0, 1.0, 0.95)
+    half, _ = update(state0, 0.5, 0.95)
+    # Muon's first step is independent of the momentum (NS5 normalises); the second is not.
+    second, _ = update(state1, 1.0, 0.95, tiny_grads(2))
+    restored = jax.tree.map(np.asarray, state1)  # as from a checkpoint
+    other_momentum, state2 = update(restored, 1.0, 0.85, tiny_grads(2))
+    assert len(traces) == 1
+    jax.tree.map(lambda h, f: np.testing.assert_allclose(h, 0.5 * f, rtol=1e-6), half, full)
+    muon_path = "blocks/0/mlp/c_fc/kernel"
+    assert np.abs(leaf(other_momentum, muon_path) - leaf(second, muon_path)).max() > 0.1 * np.abs(leaf(second, muon_path)).max()
+    np.testing.assert_array_equal(other_momentum["wte"], second["wte"])
+    assert get_schedule(state2) == pytest.approx((1.0, 0.85))
+
+    host_state = set_schedule(state0, 0.25, 0.9)
+    host_updates, _ = jax.jit(tx.update)(grads, host_state, params)
+    np.testing.assert_allclose(host_updates["lm_head"]["kernel"], 0.25 * full["lm_head"]["kernel"], rtol=1e-6)
+    with pytest.raises(TypeError, match="needs the state of build_optimizer"):
+        set_schedule(optax.adam(1e-3).init(params), 1.0, 0.95)
+
+
+def test_weight_decay_only_on_adam_groups():
+    params = tiny_params()
+    zero = jax.tree.map(jnp.zeros_like, params)
+    lrs = group_learning_rates(OptimizerConfig(), TINY)
+    for wd in (0.0, 0.1):
+        tx = build_optimizer(OptimizerConfig(weight_decay=wd, grad_clip=0.0), TINY)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(new["wte"], params["wte"] * (1 - lrs[ADAM_EMBEDDING] * wd), rtol=1e-6)
+        np.testing.assert_allclose(new["lm_head"]["kernel"], params["lm_head"]["kernel"] * (1 - lrs[ADAM_HEAD] * wd),
+                                   rtol=1e-6)
+        jax.tree.map(np.testing.assert_array_equal, new["blocks"], params["blocks"])
+
+
+def test_optimizer_state_is_sharded_like_the_params():
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    sharding = NamedSharding(mesh, P("data", "model"))
+    params = jax.device_put(tiny_params(), sharding)
+    tx = build_optimizer(OptimizerConfig(), TINY)
+    opt_state = tx.init(params)
+    _, opt_state = jax.jit(tx.update)(jax.device_put(tiny_grads(), sharding), opt_state, params)
+    buffers = [x for x in jax.tree.leaves(opt_state) if x.ndim]
+    assert len(buffers) == 2 + 2 + 2  # AdamW mu/nu for wte and lm_head, a Muon buffer per block matrix
+    assert all(x.sharding.is_equivalent_to(sharding, x.ndim) for x in buffers)
