@@ -32,7 +32,7 @@ class ConfigError(ValueError):
     """A configuration problem, described in one sentence."""
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: the model keeps it as static structure in compiled functions
 class ModelConfig:
     """The GPT (onanchat's six GPTConfig fields, the depth rule, and compute options)."""
 
@@ -148,6 +148,7 @@ class CheckpointConfig:
     dir: str | None = None  # None: <base_dir>/checkpoints/<run_name>
     save_every: int = -1  # -1: only at the end
     keep: int = 2
+    force: bool = False  # continue a checkpoint even if its direction or tokenizer differs
 
 
 @dataclass

@@ -8,7 +8,9 @@ The two scheduled quantities, the LR multiplier and the Muon momentum, are injec
 the optimizer state, so the host changes them every step without recompiling. The state holds only arrays
 (checkpointable), and every per-parameter buffer has its parameter's shape (shardable like the parameters).
 
-The training step should use the functional API, a plain ``jax.jit`` over the parameter state::
+The per-parameter buffers take the sharding of the parameters they are initialised from (``tx.init`` on sharded
+parameters, outside ``jit``). The training step should use the functional API, a plain ``jax.jit`` over the
+parameter state::
 
     graphdef, params = nnx.split(model, nnx.Param)
     tx = build_optimizer(cfg.optimizer, cfg.model, init_lr_frac=cfg.schedule.init_lr_frac)
@@ -52,7 +54,7 @@ LR_MULTIPLIER = "lr_multiplier"
 MUON_MOMENTUM = "muon_momentum"
 
 ScheduleKind = Literal["base", "mid", "linear"]
-State = TypeVar("State")
+OptState = TypeVar("OptState")
 
 
 class LabelError(ValueError):
@@ -80,7 +82,7 @@ def _label(path: tuple, leaf: Any) -> str:
 
 
 def param_labels(params: Any) -> Any:
-    """A pytree like ``params`` whose leaves name the group: ``muon`` (blocks), ``adam_embedding`` (wte), ``adam_head`` (lm_head)."""
+    """A pytree like ``params`` naming each leaf's group: ``muon`` (blocks), ``adam_embedding`` (wte), ``adam_head``."""
     return jax.tree_util.tree_map_with_path(_label, params)
 
 
@@ -101,22 +103,24 @@ def check_labels(params: Any, labels: Any) -> None:
 # ---- Muon ---------------------------------------------------------------------------------------------------
 
 
-def _bf16_round(x: jax.Array) -> jax.Array:
-    """Round fp32 values to bf16 precision, keeping fp32 storage (an explicit op XLA never elides)."""
-    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+def _round_to(x: jax.Array, dtype: Any) -> jax.Array:
+    """Round fp32 values to ``dtype``'s precision, keeping fp32 storage (an explicit op XLA never elides)."""
+    info = jnp.finfo(dtype)
+    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 def _mm(x: jax.Array, y: jax.Array) -> jax.Array:
-    """bf16 × bf16 matrix product with fp32 accumulation and an fp32 result."""
+    """Matrix product with fp32 accumulation and an fp32 result."""
     return jnp.matmul(x, y, preferred_element_type=jnp.float32)
 
 
-def newton_schulz5(g: jax.Array, steps: int = 5) -> jax.Array:
-    """nanochat's quintic Newton–Schulz orthogonalisation of ``g`` (..., out, in) in torch's layout, in bf16.
+def newton_schulz5(g: jax.Array, steps: int = 5, dtype: Any = jnp.bfloat16) -> jax.Array:
+    """nanochat's quintic Newton–Schulz orthogonalisation of ``g`` (..., out, in) in torch's layout, in ``dtype``.
 
     Tall matrices are transposed so that ``X·Xᵀ`` is the smaller Gram matrix. Rounding follows nanochat's
-    ``torch.compile``d function: the Frobenius normalisation is fused with the bf16 cast (computed in fp32), matrix
-    products accumulate in fp32, and each fused ``p·M + Q·R`` rounds to bf16 once. The result is bf16.
+    ``torch.compile``d function: the Frobenius normalisation is fused with the cast to ``dtype`` (computed in fp32),
+    matrix products accumulate in fp32, and each fused ``p·M + Q·R`` rounds to ``dtype`` once. The result is
+    ``dtype``; nanochat's is bf16, and fp32 gives an update that is reproducible across device layouts.
     """
     a, b, c = NS_COEFFS
     x32 = g.astype(jnp.float32)
@@ -125,18 +129,30 @@ def newton_schulz5(g: jax.Array, steps: int = 5) -> jax.Array:
         x32 = jnp.swapaxes(x32, -1, -2)
     x32 = x32 / (jnp.sqrt(jnp.sum(jnp.square(x32), axis=(-2, -1), keepdims=True)) + NS_EPS)
     for _ in range(steps):
-        x = x32.astype(jnp.bfloat16)
-        gram = _mm(x, jnp.swapaxes(x, -1, -2)).astype(jnp.bfloat16)
+        x = x32.astype(dtype)
+        gram = _mm(x, jnp.swapaxes(x, -1, -2)).astype(dtype)
         gram32 = gram.astype(jnp.float32)
-        poly = (_bf16_round(b * gram32) + _mm((c * gram32).astype(jnp.bfloat16), gram)).astype(jnp.bfloat16)
-        x32 = _bf16_round(_bf16_round(a * x32) + _mm(poly, x))
-    x = x32.astype(jnp.bfloat16)
+        poly = (_round_to(b * gram32, dtype) + _mm((c * gram32).astype(dtype), gram)).astype(dtype)
+        x32 = _round_to(_round_to(a * x32, dtype) + _mm(poly, x), dtype)
+    x = x32.astype(dtype)
     return jnp.swapaxes(x, -1, -2) if tall else x
 
 
-def orthogonalize_kernel(kernel: jax.Array, steps: int = 5) -> jax.Array:
+def orthogonalize_kernel(kernel: jax.Array, steps: int = 5, dtype: Any = jnp.bfloat16) -> jax.Array:
     """Newton–Schulz of an ``(in, out)`` kernel, run on its ``(out, in)`` transpose to reproduce torch's numerics."""
-    return jnp.swapaxes(newton_schulz5(jnp.swapaxes(kernel, -1, -2), steps), -1, -2)
+    return jnp.swapaxes(newton_schulz5(jnp.swapaxes(kernel, -1, -2), steps, dtype), -1, -2)
+
+
+def orthogonalize_kernels(kernels: list[jax.Array], steps: int = 5, dtype: Any = jnp.bfloat16) -> list[jax.Array]:
+    """:func:`orthogonalize_kernel` of each kernel, batched over kernels of equal shape (one NS5 per shape)."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, kernel in enumerate(kernels):
+        by_shape.setdefault(kernel.shape, []).append(i)
+    out: dict[int, jax.Array] = {}
+    for indices in by_shape.values():
+        stacked = orthogonalize_kernel(jnp.stack([kernels[i] for i in indices]), steps, dtype)
+        out.update((i, stacked[j]) for j, i in enumerate(indices))
+    return [out[i] for i in range(len(kernels))]
 
 
 def muon_shape_scale(shape: tuple[int, ...]) -> float:
@@ -148,23 +164,12 @@ class MuonState(NamedTuple):
     momentum_buffer: optax.Updates  # fp32, one per matrix
 
 
-def orthogonalize_kernels(kernels: list[jax.Array], steps: int = 5) -> list[jax.Array]:
-    """:func:`orthogonalize_kernel` of each kernel, batched over kernels of equal shape (one NS5 per shape)."""
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, kernel in enumerate(kernels):
-        by_shape.setdefault(kernel.shape, []).append(i)
-    out: list[jax.Array] = [None] * len(kernels)  # type: ignore[list-item]
-    for indices in by_shape.values():
-        stacked = orthogonalize_kernel(jnp.stack([kernels[i] for i in indices]), steps)
-        for j, i in enumerate(indices):
-            out[i] = stacked[j]
-    return out
+def scale_by_muon(
+    momentum: float | jax.Array, ns_steps: int = 5, ns_dtype: Any = jnp.bfloat16
+) -> optax.GradientTransformation:
+    """Muon's direction without the learning rate: lerp momentum, Nesterov, NS5 (bf16 by default), × shape scale.
 
-
-def scale_by_muon(momentum: float | jax.Array, ns_steps: int = 5) -> optax.GradientTransformation:
-    """Muon's direction without the learning rate: lerp momentum, Nesterov, bf16 NS5, × shape scale.
-
-    ``buf ← m·buf + (1−m)·g``; ``u = NS5((1−m)·g + m·buf)·√max(1, out/in)`` (no bias correction, no weight decay).
+    ``buf ← m·buf + (1−m)·g``; ``u = NS5((1−m)·g + m·buf)·√max(1, out/in)``; no bias correction, no weight decay.
     """
 
     def init(params: optax.Params) -> MuonState:
@@ -178,7 +183,7 @@ def scale_by_muon(momentum: float | jax.Array, ns_steps: int = 5) -> optax.Gradi
         nesterov = [(1 - m) * g.astype(jnp.float32) + m * b for g, b in zip(grads, jax.tree.leaves(buf))]
         directions = [
             (muon_shape_scale(g.shape) * o.astype(jnp.float32)).astype(g.dtype)
-            for g, o in zip(grads, orthogonalize_kernels(nesterov, ns_steps))
+            for g, o in zip(grads, orthogonalize_kernels(nesterov, ns_steps, ns_dtype))
         ]
         return jax.tree.unflatten(treedef, directions), MuonState(buf)
 
@@ -193,7 +198,9 @@ def dmodel_lr_scale(model_cfg: ModelConfig) -> float:
     return (model_cfg.n_embd / 768) ** -0.5
 
 
-def group_learning_rates(opt_cfg: OptimizerConfig, model_cfg: ModelConfig, init_lr_frac: float = 1.0) -> dict[str, float]:
+def group_learning_rates(
+    opt_cfg: OptimizerConfig, model_cfg: ModelConfig, init_lr_frac: float = 1.0
+) -> dict[str, float]:
     """Each group's initial learning rate (the LR multiplier scales all three)."""
     s = dmodel_lr_scale(model_cfg)
     return {
@@ -209,7 +216,8 @@ def build_optimizer(
     """onanchat's optimizer: optional global-norm clip, then Muon (blocks) and AdamW (wte, lm_head).
 
     The state starts with LR multiplier 1 and Muon momentum ``opt_cfg.muon_momentum``; change them with
-    :func:`set_schedule`. ``init_lr_frac`` multiplies every initial learning rate (mid/SFT/RL).
+    :func:`set_schedule`. ``init_lr_frac`` multiplies every initial learning rate (mid/SFT/RL). Clipping is
+    base_train's (``grad_clip`` 0 disables it, as mid/SFT/RL need); unlike torch's it adds no 1e-6 to the norm.
     """
     lrs = group_learning_rates(opt_cfg, model_cfg, init_lr_frac)
 
@@ -236,28 +244,24 @@ def build_optimizer(
     )
 
 
-def _set_scalar(old: Any, value: float | jax.Array) -> Any:
-    new = jnp.asarray(value, jnp.float32)
-    if isinstance(old, nnx.Variable):
-        old[...] = new
-        return old
-    return new
-
-
-def set_schedule(opt_state: State, lr_multiplier: float | jax.Array, muon_momentum: float | jax.Array) -> State:
+def set_schedule(opt_state: OptState, lr_multiplier: float | jax.Array, muon_momentum: float | jax.Array) -> OptState:
     """``opt_state`` (from :func:`build_optimizer`) with the LR multiplier and Muon momentum replaced.
 
-    Works on host and inside ``jit`` (values become fp32 scalars, so changing them never recompiles). For an
-    ``nnx.Optimizer``'s ``opt_state`` the values are written in place and the same object is returned.
+    Works on host and inside ``jit`` (values become fp32 scalars, so changing them never recompiles). An
+    ``nnx.Optimizer``'s ``opt_state`` holds Variables: they are written in place and ``opt_state`` itself is returned.
     """
     hyperparams = getattr(opt_state, "hyperparams", None)
     if not isinstance(hyperparams, dict) or set(hyperparams) != {LR_MULTIPLIER, MUON_MOMENTUM}:
-        raise TypeError(f"set_schedule needs the state of build_optimizer's transformation, got {type(opt_state).__name__}")
-    new = {
-        LR_MULTIPLIER: _set_scalar(hyperparams[LR_MULTIPLIER], lr_multiplier),
-        MUON_MOMENTUM: _set_scalar(hyperparams[MUON_MOMENTUM], muon_momentum),
+        raise TypeError(f"set_schedule needs the state of build_optimizer's optimizer, got {type(opt_state).__name__}")
+    values = {
+        LR_MULTIPLIER: jnp.asarray(lr_multiplier, jnp.float32),
+        MUON_MOMENTUM: jnp.asarray(muon_momentum, jnp.float32),
     }
-    return opt_state._replace(hyperparams=new)
+    if all(isinstance(v, nnx.Variable) for v in hyperparams.values()):
+        for key, value in values.items():
+            hyperparams[key][...] = value
+        return opt_state
+    return opt_state._replace(hyperparams=values)
 
 
 def get_schedule(opt_state: Any) -> tuple[float, float]:
@@ -286,7 +290,10 @@ def mid_lr_multiplier(progress: float) -> float:
 
 
 def lr_multiplier(step: int, num_iterations: int, sched: ScheduleConfig, kind: ScheduleKind = "base") -> float:
-    """The LR multiplier at ``step``: ``base`` (pretraining), ``mid`` (progress = step/N), or ``linear`` (SFT/RL, 1 − step/N)."""
+    """The LR multiplier at ``step``: ``base`` (pretraining), ``mid`` (progress step/N) or ``linear`` (1 − step/N).
+
+    Mid-training over one epoch of unknown length uses :func:`mid_lr_multiplier` with the data cursor's progress.
+    """
     if num_iterations < 1:
         raise ValueError(f"num_iterations={num_iterations} must be positive to schedule the learning rate")
     if kind == "base":

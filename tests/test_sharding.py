@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from revjax.config import MeshConfig, load_config
 from revjax.model import GPT
-from revjax.interop.state_dict import build_model, model_params
+from revjax.interop.state_dict import model_params
 from revjax.optim import build_optimizer
 from revjax.sharding import ShardingError, make_mesh, mesh_shape, param_shardings
 from revjax.train.step import accumulation_steps, build_train_step, init_train_state
@@ -33,7 +33,7 @@ def setup():
 
 def train(params, data, mesh):
     tx = build_optimizer(CONFIG.optimizer, CONFIG.model)
-    graphdef, state, shardings = init_train_state(build_model(CONFIG.model, params), tx, mesh)
+    graphdef, state, shardings = init_train_state(CONFIG.model, tx, mesh, params=params)
     step = build_train_step(graphdef, tx, mesh, shardings)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     accum = accumulation_steps(ROWS * SEQ, {1: 4, 4: 2, 8: 1}[dp], SEQ, dp)

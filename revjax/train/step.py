@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from revjax import sharding as shd
+from revjax.config import ModelConfig
 from revjax.model import GPT, cross_entropy
 from revjax.optim import set_schedule
 
@@ -73,7 +74,8 @@ def build_train_step(
         opt_state = set_schedule(state.opt_state, lrm, momentum)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "scored_tokens": n_scored}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "scored_tokens": n_scored,
+                   "params_finite": jnp.isfinite(optax.tree.norm(params))}
         return TrainState(params, opt_state), metrics
 
     return jax.jit(
@@ -84,17 +86,34 @@ def build_train_step(
     )
 
 
-def init_train_state(model: GPT, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-    """Split the model, place parameters by the sharding rules, initialise the optimizer state in place.
+def train_state_shardings(
+    config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """(graphdef, abstract state, state shardings) of a model and its optimizer, computed without allocating them.
 
-    Returns (graphdef, state, state_shardings).
+    The abstract state's leaves are ``jax.ShapeDtypeStruct`` s carrying their target sharding (a restore target).
     """
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
     params = nnx.to_pure_dict(params)
     p_shard = shd.param_shardings(params, mesh)
-    params = jax.device_put(params, p_shard)
-    abstract_opt = jax.eval_shape(tx.init, params)
-    o_shard = shd.opt_state_shardings(abstract_opt, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    shardings = TrainState(p_shard, o_shard)
+    opt_state = jax.eval_shape(tx.init, params)
+    shardings = TrainState(p_shard, shd.opt_state_shardings(opt_state, mesh))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            TrainState(params, opt_state), shardings)
+    return graphdef, abstract, shardings
+
+
+def init_train_state(
+    config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, *, seed: int = 0, params: Any = None
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+    """(graphdef, state, shardings): fresh parameters from ``seed`` (or the given ``params``) placed by the sharding
+    rules, created directly on their devices, and the optimizer state initialised in place."""
+    graphdef, _, shardings = train_state_shardings(config, tx, mesh)
+    if params is None:
+        make = jax.jit(lambda: nnx.to_pure_dict(nnx.state(GPT(config, rngs=nnx.Rngs(seed)))),
+                       out_shardings=shardings.params)
+        params = make()
+    else:
+        params = jax.device_put(params, shardings.params)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
     return graphdef, TrainState(params, opt_state), shardings

@@ -1,0 +1,135 @@
+"""The training loop: metrics, checkpoints, bitwise resume after SIGKILL, SIGTERM, NaN stop, mismatch refusal."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from revjax.checkpoint import Checkpointer, CheckpointMismatch
+from revjax.config import load_config
+from revjax.data.shards import write_shards
+from revjax.tokenizer import train_tokenizer
+from revjax.train.loop import TrainingError, train
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("in the beginning god created heaven and earth and the earth was without form and void and darkness was "
+         "upon the face of the deep to be or not to be that is the question whether tis nobler").split()
+STEPS, SAVE_EVERY = 8, 3
+
+
+def overrides(base: Path, run: str, **extra) -> list[str]:
+    values = {
+        "base_dir": base, "run_name": run, "data.corpus": "parquet", "data.dir": base / "corpus",
+        "tokenizer.vocab_size": 320, "model.depth": None, "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
+        "model.sequence_len": 32, "model.compute_dtype": "float32", "training.device_batch_size": 1,
+        "training.total_batch_tokens": 512, "training.num_iterations": STEPS, "training.eval_every": 4,
+        "training.eval_tokens": 256, "training.sample_every": STEPS, "checkpoint.save_every": SAVE_EVERY,
+        "logging.log_every": 1, "logging.progress": False, "data.tokenizer_threads": 1,
+    }
+    values.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(30 + i % 17)) for i in range(400)]
+    write_shards(docs, base / "corpus", docs_per_shard=200)
+    train_tokenizer(docs, base / "tokenizer", 320, progress=False)
+    return base
+
+
+@pytest.fixture(scope="module")
+def reference(base):
+    return train(load_config(overrides=overrides(base, "reference")))
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_logs_evaluates_samples_and_checkpoints(reference):
+    assert sorted(reference.losses) == list(range(STEPS))
+    assert reference.losses[STEPS - 1] < reference.losses[0]
+    rows = metrics(reference.run_dir)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(STEPS))
+    assert [r["step"] for r in rows if "val_bpb" in r] == [0, 4, 8]
+    assert 0 < reference.val_bpb < rows[0]["val_bpb"]
+    assert len(reference.samples["forward"]) == 3 and all(isinstance(s, str) for s in reference.samples["forward"])
+    checkpoints = Checkpointer(reference.run_dir)
+    assert checkpoints.steps() == [6, 8]
+    meta = checkpoints.metadata(8)
+    assert meta["direction"] == "forward" and meta["step"] == 8 and meta["val_bpb"] == pytest.approx(reference.val_bpb)
+    assert meta["model_config"]["n_layer"] == 2 and meta["config"]["training"]["num_iterations"] == STEPS
+
+
+def run_cli(base: Path, run: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "revjax.train", *overrides(base, run)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError("training did not get far enough in time")
+        time.sleep(0.2)
+
+
+def logged_steps(run_dir: Path) -> set[int]:
+    path = run_dir / "metrics.jsonl"
+    return {r["step"] for r in metrics(run_dir) if "loss" in r} if path.exists() else set()
+
+
+def test_resume_after_sigkill_is_bitwise_exact(base, reference):
+    run_dir = base / "checkpoints" / "killed"
+    proc = run_cli(base, "killed")
+    wait_for(lambda: SAVE_EVERY + 1 in logged_steps(run_dir) and (run_dir / str(SAVE_EVERY)).is_dir(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = train(load_config(overrides=overrides(base, "killed")))
+    assert min(resumed.losses) == Checkpointer(run_dir).steps()[0] or min(resumed.losses) >= SAVE_EVERY
+    for step, loss in resumed.losses.items():
+        assert loss == reference.losses[step], f"step {step}"
+    assert resumed.val_bpb == reference.val_bpb
+
+
+def test_sigterm_saves_and_exits_cleanly(base, reference):
+    run_dir = base / "checkpoints" / "terminated"
+    proc = run_cli(base, "terminated")
+    wait_for(lambda: 2 in logged_steps(run_dir), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped at step" in out
+    stopped = Checkpointer(run_dir).latest_step()
+    assert 2 < stopped < STEPS
+    resumed = train(load_config(overrides=overrides(base, "terminated")))
+    assert min(resumed.losses) == stopped
+    assert all(loss == reference.losses[step] for step, loss in resumed.losses.items())
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(base, reference):
+    config = load_config(overrides=overrides(base, "reference", **{
+        "training.num_iterations": STEPS + 4, "optimizer.embedding_lr": 1e30, "optimizer.unembedding_lr": 1e30,
+        "optimizer.matrix_lr": 1e30}))
+    with pytest.raises(TrainingError, match=r"(the loss became (nan|inf)|the parameters became non-finite) at step \d+; stopped without saving.*step 8"):
+        train(config)
+    assert Checkpointer(reference.run_dir).latest_step() == STEPS
+
+
+def test_direction_or_tokenizer_change_is_refused_unless_forced(base, reference):
+    backward = overrides(base, "reference", **{"direction.direction": "backward", "training.num_iterations": STEPS})
+    with pytest.raises(CheckpointMismatch, match="direction"):
+        train(load_config(overrides=backward))
+    forced = train(load_config(overrides=backward + ["checkpoint.force=true"]))
+    assert forced.step == STEPS
