@@ -97,18 +97,31 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    config = config_from_args(args, ["default"])
+    from revjax.train.loop import train
+
+    files = [find_config(name) for name in (args.config or ["default"])]
+    config = load_config(files, args.overrides)
     print(f"revjax quickstart: run '{config.run_name}', files under {config.base_path()}")
-    print("\n[1/2] corpus")
-    corpus = prepare_corpus(config)
-    print("\n[2/2] tokenizer")
+    print("\n[1/3] corpus")
+    prepare_corpus(config)
+    print("\n[2/3] tokenizer")
     tokenizer = train_tokenizer(config)
     show_directions(config, tokenizer, "In the beginning was the Word.")
-    print(f"\ncorpus: {corpus}\ntokenizer: {config.tokenizer_path()} (vocab {tokenizer.vocab_size})")
+    results = {}
+    for direction in ("forward", "backward"):
+        print(f"\n[3/3] training a {direction} model")
+        run = load_config(files, [*args.overrides, f"direction.direction={direction}",
+                                  f"run_name={config.run_name}-{direction}"])
+        results[direction] = train(run)
+    print(f"\n{'direction':<10} {'val bpb':>8} {'steps':>6} {'seconds':>8}  checkpoints")
+    for direction, r in results.items():
+        print(f"{direction:<10} {r.val_bpb:>8.4f} {r.step:>6} {r.seconds:>8.0f}  {r.run_dir}")
+    for direction, r in results.items():
+        print(f"\n{direction} sample (reading order): {r.samples[direction][0]!r}")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
-    "quickstart": (cmd_quickstart, "prepare the default corpus and train its tokenizer (the main job)"),
+    "quickstart": (cmd_quickstart, "prepare the default corpus, train its tokenizer, a forward and a backward model"),
     "prepare": (cmd_prepare, "build or download the configured corpus"),
     "tokenizer": (cmd_tokenizer, "train the configured tokenizer and print compression stats"),
     "config": (cmd_config, "print the resolved configuration as YAML"),

@@ -87,6 +87,8 @@ class DataConfig:
     fineweb_url: str | None = None
     tokenizer_threads: int = 4
     tokenizer_batch_size: int = 128
+    slices: int = 0  # disjoint document slices of the corpus (0: one per process); fixing it keeps the batches
+    # identical whatever the process count, as long as the count divides it
 
 
 @dataclass
@@ -110,6 +112,7 @@ class OptimizerConfig:
     muon_momentum_start: float = 0.85
     muon_momentum_warmup_steps: int = 300
     ns_steps: int = 5
+    ns_dtype: Dtype = "bfloat16"  # Newton–Schulz precision: nanochat's bf16, or fp32 for exactness checks
     grad_clip: float = 1.0  # 0 disables
 
 

@@ -49,6 +49,7 @@ _GROUP_OF_TOP_KEY = {"blocks": MUON, "wte": ADAM_EMBEDDING, "lm_head": ADAM_HEAD
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
+NS_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 LR_MULTIPLIER = "lr_multiplier"
 MUON_MOMENTUM = "muon_momentum"
@@ -228,7 +229,7 @@ def build_optimizer(
     def make(lr_multiplier: jax.Array, muon_momentum: jax.Array) -> optax.GradientTransformation:
         groups = optax.partition(
             {
-                MUON: optax.chain(scale_by_muon(muon_momentum, opt_cfg.ns_steps),
+                MUON: optax.chain(scale_by_muon(muon_momentum, opt_cfg.ns_steps, NS_DTYPES[opt_cfg.ns_dtype]),
                                   optax.scale_by_learning_rate(lrs[MUON] * lr_multiplier)),
                 ADAM_EMBEDDING: adamw(lrs[ADAM_EMBEDDING] * lr_multiplier),
                 ADAM_HEAD: adamw(lrs[ADAM_HEAD] * lr_multiplier),

@@ -29,7 +29,9 @@ def overrides(base: Path, run: str, **extra) -> list[str]:
         "model.sequence_len": 32, "model.compute_dtype": "float32", "training.device_batch_size": 1,
         "training.total_batch_tokens": 512, "training.num_iterations": STEPS, "training.eval_every": 4,
         "training.eval_tokens": 256, "training.sample_every": STEPS, "checkpoint.save_every": SAVE_EVERY,
-        "logging.log_every": 1, "logging.progress": False, "data.tokenizer_threads": 1,
+        "logging.log_every": 1, "logging.progress": False, "data.tokenizer_threads": 1, "data.slices": 2,
+        # fp32 Newton–Schulz: bf16 would amplify the cross-process summation order to ~1e-4 (see test_sharding)
+        "optimizer.ns_dtype": "float32",
     }
     values.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
@@ -39,7 +41,7 @@ def overrides(base: Path, run: str, **extra) -> list[str]:
 def base(tmp_path_factory):
     base = tmp_path_factory.mktemp("train")
     docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(30 + i % 17)) for i in range(400)]
-    write_shards(docs, base / "corpus", docs_per_shard=200)
+    write_shards(docs, base / "corpus", docs_per_shard=200, row_group_size=16)
     train_tokenizer(docs, base / "tokenizer", 320, progress=False)
     return base
 
@@ -133,3 +135,26 @@ def test_direction_or_tokenizer_change_is_refused_unless_forced(base, reference)
         train(load_config(overrides=backward))
     forced = train(load_config(overrides=backward + ["checkpoint.force=true"]))
     assert forced.step == STEPS
+
+
+def test_two_processes_reproduce_the_single_process_run(base, reference):
+    """2 processes × 4 CPU devices (jax.distributed on localhost) = the 8-device run, data slices included."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    procs = []
+    for pid in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+               "REVJAX_COORDINATOR": f"127.0.0.1:{port}", "REVJAX_NUM_PROCESSES": "2", "REVJAX_PROCESS_ID": str(pid)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "revjax.train", *overrides(base, "multihost", **{"training.sample_every": 0})],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    rows = metrics(base / "checkpoints" / "multihost")
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == list(range(STEPS))
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference.losses[step], rel=1e-5, abs=1e-6), f"step {step}"
+    bpbs = [r["val_bpb"] for r in rows if "val_bpb" in r]
+    assert bpbs[-1] == pytest.approx(reference.val_bpb, rel=1e-5)

@@ -110,5 +110,5 @@ class RefGPT(nn.Module):
         logits = self.lm_head(rms(x))
         logits = 15 * torch.tanh(logits / 15)
         if targets is not None:
-            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, new_past

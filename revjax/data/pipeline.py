@@ -398,3 +398,47 @@ def global_batch(local: Batch, sharding: jax.sharding.Sharding) -> tuple[jax.Arr
     """Return the global ``(inputs, targets)`` arrays whose rows are every process's local batch, in process order."""
     inputs, targets = (jax.make_array_from_process_local_data(sharding, x) for x in local)
     return inputs, targets
+
+
+class SlicedBatches:
+    """A process's share of the global batch: the rows of its document slices, concatenated in slice order.
+
+    With ``slices`` S fixed, the global batch is the same for every process count P that divides S: process p
+    reads slices ``p·S/P … (p+1)·S/P − 1``, each slice a pipeline over row groups ``s, s+S, …``.
+    """
+
+    def __init__(self, config: Config, tokenizer: Tokenizer, split: Split, *, rows: int, seq_len: int,
+                 process_index: int = 0, process_count: int = 1, cycle: bool | None = None) -> None:
+        total = config.data.slices or process_count
+        if total % process_count:
+            raise ValueError(f"data.slices={total} must be a multiple of the {process_count} processes")
+        per_process = total // process_count
+        if rows % per_process:
+            raise ValueError(f"{rows} rows per process cannot be split over {per_process} data slices; "
+                             "change data.slices or the batch size")
+        self.iterators = [
+            build_pipeline(config, tokenizer, split, batch_size=rows // per_process, seq_len=seq_len,
+                           process_index=s, process_count=total, cycle=cycle)
+            for s in range(process_index * per_process, (process_index + 1) * per_process)
+        ]
+
+    def __iter__(self) -> "SlicedBatches":
+        return self
+
+    def __next__(self) -> Batch:
+        parts = [next(it) for it in self.iterators]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def get_state(self) -> dict:
+        return {"slices": [it.get_state() for it in self.iterators]}
+
+    def set_state(self, state: dict) -> None:
+        if len(state.get("slices", [])) != len(self.iterators):
+            raise ValueError(f"the saved data state has {len(state.get('slices', []))} slice(s) for this process but "
+                             f"{len(self.iterators)} are configured; keep data.slices and the process count as saved")
+        for it, st in zip(self.iterators, state["slices"]):
+            it.set_state(st)
+
+    def close(self) -> None:
+        for it in self.iterators:
+            it.close()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from revjax import sharding as shd
 from revjax.checkpoint import Checkpointer, build_metadata, check_compatible
 from revjax.config import Config
-from revjax.data.pipeline import build_pipeline, global_batch
+from revjax.data.pipeline import SlicedBatches, global_batch
 from revjax.direction import Direction, Specials, join_generation, orient_prompt
 from revjax.engine import generate
 from revjax.evaluate import bits_per_byte, build_eval_step
@@ -178,13 +178,15 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
                          force=config.checkpoint.force)
         graphdef, abstract, shardings = train_state_shardings(config.model, tx, mesh)
         restored, data_state, _ = checkpointer.restore(_as_tree(abstract), latest)
+        if (meta.get("direction"), meta.get("tokenizer_identity")) != (config.direction.direction, tokenizer.identity()):
+            data_state = None  # a forced change of direction or tokenizer starts the data stream afresh
         state = TrainState(restored["params"], restored["opt_state"])
         start = latest
         if is_main:
             print(f"resuming {run_dir} from step {latest}")
 
-    train_iter = build_pipeline(config, tokenizer, "train", batch_size=local_rows, seq_len=T,
-                                process_index=proc, process_count=n_proc)
+    train_iter = SlicedBatches(config, tokenizer, "train", rows=local_rows, seq_len=T,
+                               process_index=proc, process_count=n_proc)
     if data_state is not None:
         train_iter.set_state(data_state)
     step_fn = build_train_step(graphdef, tx, mesh, shardings)
@@ -198,8 +200,8 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
         return global_batch((np.stack([m[0] for m in micro]), np.stack([m[1] for m in micro])), step_sharding)
 
     def evaluate(params) -> float:
-        val_iter = build_pipeline(config, tokenizer, "val", batch_size=local_rows, seq_len=T,
-                                  process_index=proc, process_count=n_proc, cycle=False)
+        val_iter = SlicedBatches(config, tokenizer, "val", rows=local_rows, seq_len=T,
+                                 process_index=proc, process_count=n_proc, cycle=False)
         try:
             return bits_per_byte(eval_step, params, (global_batch(b, row_sharding) for b in val_iter), eval_batches)
         finally:
@@ -298,7 +300,9 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
                 if last:
                     break
                 lrm = lr_multiplier(step, num_iterations, config.schedule, kind=SCHEDULE_KIND[t.phase])
-                momentum = muon_momentum(step, config.optimizer)
+                # base and mid ramp the Muon momentum up; SFT and RL keep it constant (as onanchat)
+                momentum = (muon_momentum(step, config.optimizer) if t.phase in ("base", "mid")
+                            else config.optimizer.muon_momentum)
                 inputs, targets = next_step_batch()
                 state, metrics = step_fn(state, inputs, targets, np.float32(lrm), np.float32(momentum))
                 flush()  # the previous step's metrics, while this one runs
