@@ -113,6 +113,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         run = load_config(files, [*args.overrides, f"direction.direction={direction}",
                                   f"run_name={config.run_name}-{direction}"])
         results[direction] = train(run)
+        if results[direction].interrupted:
+            print("interrupted: run the same command again to continue")
+            return
     print(f"\n{'direction':<10} {'val bpb':>8} {'steps':>6} {'seconds':>8}  checkpoints")
     for direction, r in results.items():
         print(f"{direction:<10} {r.val_bpb:>8.4f} {r.step:>6} {r.seconds:>8.0f}  {r.run_dir}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(base, reference):
 
 
 def test_direction_or_tokenizer_change_is_refused_unless_forced(base, reference):
-    backward = overrides(base, "reference", **{"direction.direction": "backward", "training.num_iterations": STEPS})
+    shutil.copytree(reference.run_dir, base / "checkpoints" / "copy")
+    backward = overrides(base, "copy", **{"direction.direction": "backward", "training.num_iterations": STEPS})
     with pytest.raises(CheckpointMismatch, match="direction"):
         train(load_config(overrides=backward))
     forced = train(load_config(overrides=backward + ["checkpoint.force=true"]))
@@ -158,3 +160,23 @@ def test_two_processes_reproduce_the_single_process_run(base, reference):
         assert loss == pytest.approx(reference.losses[step], rel=1e-5, abs=1e-6), f"step {step}"
     bpbs = [r["val_bpb"] for r in rows if "val_bpb" in r]
     assert bpbs[-1] == pytest.approx(reference.val_bpb, rel=1e-5)
+
+
+def test_wandb_is_optional_with_a_clear_message(monkeypatch):
+    from revjax.train.loop import _start_wandb
+
+    assert _start_wandb(load_config(overrides=["logging.wandb=disabled"])) is None
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    with pytest.raises(TrainingError, match=r"wandb is not installed; pip install 'revjax\[wandb\]'"):
+        _start_wandb(load_config(overrides=["logging.wandb=offline"]))
+
+
+def test_a_phase_starts_from_another_runs_parameters(base, reference):
+    mid = train(load_config(overrides=overrides(base, "mid", **{
+        "training.phase": "mid", "training.init_from": reference.run_dir, "training.num_iterations": 2,
+        "training.eval_every": 100, "training.sample_every": 0})))
+    first = metrics(mid.run_dir)[0]
+    assert first["step"] == 0 and first["val_bpb"] == pytest.approx(reference.val_bpb, rel=1e-6)
+    with pytest.raises(CheckpointMismatch, match="direction"):
+        train(load_config(overrides=overrides(base, "mid-backward", **{
+            "training.init_from": reference.run_dir, "direction.direction": "backward"})))

@@ -146,6 +146,32 @@ def sample_texts(graphdef, params, tokenizer: Tokenizer, config: Config, max_new
     return out
 
 
+def load_init_params(config: Config, tokenizer: Tokenizer, mesh) -> Any:
+    """The parameters of the newest valid checkpoint in ``training.init_from`` (a run's checkpoint folder), for a
+    phase that starts from another run; its direction and tokenizer must match unless ``checkpoint.force``."""
+    source = Checkpointer(Path(config.training.init_from).expanduser())
+    try:
+        step = source.latest_step()
+        if step is None:
+            raise TrainingError(f"training.init_from={config.training.init_from} holds no valid checkpoint")
+        meta = source.metadata(step)
+        check_compatible(meta, direction=config.direction.direction, tokenizer_identity=tokenizer.identity(),
+                         force=config.checkpoint.force)
+        origin = Config.from_dict(meta["config"], source=f"the metadata of {source.step_path(step)}")
+        shape_keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+        if any(getattr(origin.model, k) != getattr(config.model, k) for k in shape_keys):
+            raise TrainingError(
+                f"the model in {config.training.init_from} ({origin.model.gpt_config()}) differs from model.* "
+                f"({config.model.gpt_config()}); use the same sizes as the run it starts from"
+            )
+        origin_tx = build_optimizer(origin.optimizer, origin.model, init_lr_frac=origin.schedule.init_lr_frac)
+        _, abstract, _ = train_state_shardings(origin.model, origin_tx, mesh)
+        restored, _, _ = source.restore(_as_tree(abstract), step)
+        return restored["params"]
+    finally:
+        source.close()
+
+
 def train(config: Config, *, progress: bool | None = None) -> RunResult:
     """Run (or continue) the configured training run; returns where it ended and what it measured."""
     maybe_initialize_distributed()
@@ -170,7 +196,12 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
     latest = checkpointer.latest_step()
     data_state = None
     start = 0
-    if latest is None:
+    if latest is None and config.training.init_from:
+        params = load_init_params(config, tokenizer, mesh)
+        graphdef, state, shardings = init_train_state(config.model, tx, mesh, params=params)
+        if is_main:
+            print(f"starting from the parameters of {config.training.init_from}")
+    elif latest is None:
         graphdef, state, shardings = init_train_state(config.model, tx, mesh, seed=config.training.seed)
     else:
         meta = checkpointer.metadata(latest)
