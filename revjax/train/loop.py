@@ -238,9 +238,8 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
         finally:
             val_iter.close()
 
-    log_path = run_dir / "metrics.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "a") if is_main else None
+    log_file = open_metrics_log(run_dir / "metrics.jsonl", start) if is_main else None
     wandb_run = _start_wandb(config) if is_main else None
     tokens_per_step = config.training.total_batch_tokens
     flops_step = flops_per_token(config.model) * tokens_per_step
@@ -312,7 +311,8 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
                 if due_eval:
                     result.val_bpb = evaluate(state.params)
                     record({"step": step, "val_bpb": result.val_bpb})
-                    bar.write(f"step {step}: val bpb {result.val_bpb:.4f}") if show and is_main else None
+                    if show and is_main:
+                        bar.write(f"step {step}: val bpb {result.val_bpb:.4f}")
                 if due_sample:
                     result.samples = sample_texts(graphdef, state.params, tokenizer, config)
                     if show:
@@ -349,6 +349,17 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
             wandb_run.finish()
     result.seconds = time.time() - start_time
     return result
+
+
+def open_metrics_log(path: Path, start: int):
+    """The metrics JSONL for appending, without the rows of steps ≥ ``start`` that a killed run logged after its
+    last checkpoint (they are logged again as the run continues)."""
+    if path.exists():
+        rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < start]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(row + "\n" for row in rows))
+        tmp.replace(path)
+    return open(path, "a")
 
 
 def _as_tree(state: TrainState) -> dict:
