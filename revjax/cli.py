@@ -1,6 +1,6 @@
-"""The ``revjax`` command: prepare corpora, train tokenizers, show configs, and run the quickstart job.
+"""The ``revjax`` command: corpora, tokenizers, configs, the quickstart job, and PyTorch export/import.
 
-Every subcommand takes ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked up
+Every subcommand but export/import takes ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked up
 in ``configs/``) and ``key.sub=value`` overrides.
 """
 
@@ -139,10 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", action="append", metavar="FILE", help="YAML config (repeatable, merged in order)")
         p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
         p.set_defaults(func=func)
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _run_export(argv: list[str]) -> int:
+    from revjax.interop.export import main as export_main
+
+    return export_main(argv)
+
+
+def _run_import(argv: list[str]) -> int:
+    from revjax.interop.importer import main as import_main
+
+    return import_main(argv)
+
+
+# Subcommands with their own arguments (no config): revjax NAME ... is handed to them as is.
+DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "export": (_run_export, "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
+    "import": (_run_import, "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        raise SystemExit(DELEGATED[argv[0]][0](argv[1:]))
     from revjax.data.corpus import CorpusError
     from revjax.data.fineweb import ShardDownloadError
     from revjax.tokenizer import TokenizerError

@@ -40,3 +40,11 @@ def test_errors_are_one_sentence_with_exit_codes(tmp_path, capsys):
         main(["prepare", "data.corpus=parquet", f"data.dir={tmp_path}"])
     assert info.value.code == 1
     assert f"no parquet shards found in {tmp_path}" in capsys.readouterr().err
+
+
+def test_export_and_import_are_reachable_from_the_revjax_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["import", str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert info.value.code == 1
+    assert "is not a folder holding an onanchat checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

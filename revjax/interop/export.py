@@ -1,0 +1,291 @@
+"""Export a revjax checkpoint as an onanchat/nanochat PyTorch checkpoint.
+
+Two layouts: ``onanchat`` writes ``<out>/<phase>_checkpoints/<tag>/model_<step:06d>.pt`` and
+``meta_<step:06d>.json`` plus ``<out>/tokenizer/{tokenizer.pkl,token_bytes.pt}``, as onanchat's
+``checkpoint_manager`` reads them; ``flat`` writes ``model.pt``, ``meta.json``, ``tokenizer.pkl`` and
+``token_bytes.pt`` side by side, as the Hugging Face releases do. Only the parameters are exported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import SingleDeviceSharding
+
+from revjax.checkpoint import STATE, Checkpointer, CheckpointError
+from revjax.config import Config, ConfigError
+from revjax.interop.state_dict import StateDictError, to_torch_layout
+from revjax.model import GPT
+from revjax.tokenizer import Tokenizer, TokenizerError
+
+PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
+              "rl": "chatrl_checkpoints"}
+MODEL_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+BF16_TENSORS = ("transformer.wte.weight",)
+Layout = Literal["onanchat", "flat"]
+
+
+class InteropError(ValueError):
+    """An export or import that cannot be done, described in one sentence."""
+
+
+ERRORS = (InteropError, StateDictError, TokenizerError, CheckpointError, ConfigError)
+
+
+def read_checkpoint_meta(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict, Config]:
+    """``(state folder, metadata, config)`` of step ``step`` (default: newest) of a revjax checkpoint folder."""
+    if not Path(run_dir).expanduser().is_dir():
+        raise InteropError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
+    with Checkpointer(run_dir) as checkpointer:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise InteropError(f"{checkpointer.directory} holds no valid revjax checkpoint")
+        meta = checkpointer.metadata(step)
+        state_dir = checkpointer.step_path(step) / STATE
+    if "config" not in meta:
+        raise InteropError(f"the metadata of {state_dir.parent} has no 'config'; it was not written by revjax's loop")
+    return state_dir, meta, Config.from_dict(meta["config"], source=f"the metadata of {state_dir.parent}")
+
+
+def read_params(run_dir: str | Path, step: int | None = None) -> tuple[dict, dict, Config]:
+    """``(params, metadata, config)`` of a revjax checkpoint; only the parameters are read, as numpy fp32 arrays."""
+    state_dir, meta, config = read_checkpoint_meta(run_dir, step)
+    _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
+    cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
+                                     nnx.to_pure_dict(abstract))}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    with ocp.PyTreeCheckpointer() as reader:
+        try:
+            restored = reader.restore(state_dir, args=args)
+        except Exception as err:
+            raise CheckpointError(f"cannot read the parameters of {state_dir.parent} ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    params = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), restored["params"])
+    return params, meta, config
+
+
+def onanchat_meta(meta: dict, config: Config) -> dict:
+    """onanchat's checkpoint metadata: step, direction, the six-key model_config and the base-phase resume fields."""
+    val_bpb = meta.get("val_bpb")
+    t = config.training
+    return {
+        "step": int(meta["step"]),
+        "direction": meta["direction"],
+        "val_bpb": val_bpb,
+        "model_config": {k: int(config.model.gpt_config()[k]) for k in MODEL_CONFIG_KEYS},
+        "user_config": {
+            "run": config.run_name, "depth": config.model.n_layer, "max_seq_len": config.model.sequence_len,
+            "num_iterations": t.num_iterations, "target_flops": t.target_flops,
+            "target_param_data_ratio": t.target_param_data_ratio, "device_batch_size": t.device_batch_size,
+            "total_batch_size": t.total_batch_tokens, "embedding_lr": config.optimizer.embedding_lr,
+            "unembedding_lr": config.optimizer.unembedding_lr, "weight_decay": config.optimizer.weight_decay,
+            "matrix_lr": config.optimizer.matrix_lr, "direction": meta["direction"],
+            "revjax_config": config.to_dict(),
+        },
+        "device_batch_size": t.device_batch_size,
+        "max_seq_len": config.model.sequence_len,
+        "dataloader_state_dict": {"output_batch_index": 0},
+        "loop_state": {"min_val_bpb": float("inf") if val_bpb is None else float(val_bpb),
+                       "smooth_train_loss": 0.0, "total_training_time": 0.0},
+    }
+
+
+def torch_state_dict(params: dict, config: Config, *, all_fp32: bool = False) -> "OrderedDict[str, Any]":
+    """The onanchat state_dict as torch tensors: wte bf16 (torch's round-to-nearest cast) and the rest fp32."""
+    import torch
+
+    out: OrderedDict[str, Any] = OrderedDict()
+    for name, array in to_torch_layout(params, config.model).items():
+        tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+        out[name] = tensor.to(torch.bfloat16) if name in BF16_TENSORS and not all_fp32 else tensor
+    return out
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_files(folder: Path, files: dict[str, bytes | str], state_dict: dict, model_name: str,
+                 safetensors: bool) -> None:
+    """``files`` plus the state_dict as ``model_name`` (and optionally its safetensors twin) into ``folder``."""
+    import torch
+
+    for name, data in files.items():
+        _write(folder / name, data)
+    with open(folder / model_name, "wb") as f:
+        torch.save(state_dict, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(dict(state_dict), str(folder / model_name.replace(".pt", ".safetensors")))
+
+
+def export_checkpoint(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    layout: Layout = "onanchat",
+    phase: str | None = None,
+    tag: str | None = None,
+    all_fp32: bool = False,
+    safetensors: bool = False,
+    force: bool = False,
+) -> Path:
+    """Export step ``step`` (default: newest) of the revjax checkpoint folder ``run_dir``; returns the model file.
+
+    Everything is written into a temporary folder first and moved into place only when complete; an existing
+    export of the same step (or flat folder) is replaced only with ``force``.
+    """
+    if layout not in ("onanchat", "flat"):
+        raise InteropError(f"layout must be 'onanchat' or 'flat', not {layout!r}")
+    if safetensors and importlib.util.find_spec("safetensors") is None:
+        raise InteropError("safetensors export needs the safetensors package, which is not installed")
+    out = Path(out).expanduser().resolve()
+    if layout == "flat" and out.exists() and not force:
+        raise InteropError(f"{out} already exists; pass force to replace it")
+    _, meta, config = read_checkpoint_meta(run_dir, step)
+    phase = phase or meta.get("phase") or config.training.phase
+    if phase not in PHASE_DIRS:
+        raise InteropError(f"phase must be one of {', '.join(PHASE_DIRS)}, not {phase!r}")
+    n = int(meta["step"])
+    tag = tag or f"d{config.model.n_layer}_{meta['direction']}"
+    folder = out / PHASE_DIRS[phase] / tag
+    if layout == "onanchat" and (folder / f"model_{n:06d}.pt").exists() and not force:
+        raise InteropError(f"{folder / f'model_{n:06d}.pt'} already exists; pass force to replace it")
+    tokenizer = Tokenizer.load(meta.get("tokenizer_path") or config.tokenizer_path())
+    if tokenizer.identity() != meta.get("tokenizer_identity", tokenizer.identity()):
+        raise InteropError(f"the tokenizer at {meta.get('tokenizer_path')} is not the one this checkpoint was "
+                           "trained with (its identity differs)")
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
+                           f"vocab_size={config.model.vocab_size}")
+    params, _, _ = read_params(run_dir, n)
+    state_dict = torch_state_dict(params, config, all_fp32=all_fp32)
+    del params
+    import torch
+
+    tok_files = {"tokenizer.pkl": pickle.dumps(tokenizer.encoding),
+                 "token_bytes.pt": _torch_bytes(torch.from_numpy(tokenizer.token_bytes(config.tokenizer.token_bytes)))}
+    meta_text = json.dumps(onanchat_meta(meta, config), indent=2)
+    if layout == "flat":
+        files = {"meta.json": meta_text, **tok_files}
+        return _publish_flat(out, files, state_dict, safetensors, force) / "model.pt"
+    _publish_onanchat(out, folder, f"model_{n:06d}.pt", {f"meta_{n:06d}.json": meta_text}, tok_files, state_dict,
+                      safetensors, force)
+    return folder / f"model_{n:06d}.pt"
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new folder in ``parent`` with the permissions ``mkdir`` would give it (``mkdtemp`` makes it private)."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o777 & ~mask)
+    return path
+
+
+def _publish_flat(out: Path, files: dict, state_dict: dict, safetensors: bool, force: bool) -> Path:
+    """Write the flat folder beside ``out`` and rename it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out.parent, f".{out.name}.export-")
+    try:
+        _write_files(tmp, files, state_dict, "model.pt", safetensors)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "previous")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _publish_onanchat(out: Path, folder: Path, model_name: str, files: dict, tok_files: dict, state_dict: dict,
+                      safetensors: bool, force: bool) -> None:
+    """Move the tokenizer, then the metadata, then the model into place (onanchat lists steps by model file)."""
+    tok_dir = out / "tokenizer"
+    existing = tok_dir / "tokenizer.pkl"
+    if existing.exists() and existing.read_bytes() != tok_files["tokenizer.pkl"]:
+        try:
+            same = Tokenizer.load(tok_dir).identity() == Tokenizer(pickle.loads(tok_files["tokenizer.pkl"])).identity()
+        except TokenizerError:
+            same = False
+        if not same and not force:
+            raise InteropError(f"{tok_dir} already holds a different tokenizer; pass force to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out, ".export-")
+    try:
+        _write_files(tmp / "model", files, state_dict, model_name, safetensors)
+        for name, data in tok_files.items():
+            _write(tmp / "tokenizer" / name, data)
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        for name in tok_files:
+            os.replace(tmp / "tokenizer" / name, tok_dir / name)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_last = sorted((tmp / "model").iterdir(), key=lambda p: p.name.startswith("model_"))
+        for path in model_last:
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanchat's PyTorch format."""
+    parser = argparse.ArgumentParser(prog="revjax export", description=main.__doc__)
+    parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
+    parser.add_argument("out", help="onanchat base dir (or, with --flat, the folder to create)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--flat", action="store_true", help="model.pt/meta.json/tokenizer side by side (HF release)")
+    parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="onanchat phase folder (default: the run's)")
+    parser.add_argument("--tag", help="model tag folder (default: d<n_layer>_<direction>)")
+    parser.add_argument("--fp32", action="store_true", help="store wte as fp32 too (default: bf16 wte)")
+    parser.add_argument("--safetensors", action="store_true", help="also write a .safetensors copy of the model")
+    parser.add_argument("--force", action="store_true", help="replace an existing export")
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(args.run_dir, args.out, step=args.step, layout="flat" if args.flat else "onanchat",
+                                 phase=args.phase, tag=args.tag, all_fp32=args.fp32, safetensors=args.safetensors,
+                                 force=args.force)
+    except ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
