@@ -120,5 +120,10 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def step_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A train step's ``(accum, rows, T)`` batch: micro-batches replicated, rows over data×fsdp."""
+    return NamedSharding(mesh, P(None, BATCH_AXES, None))
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]

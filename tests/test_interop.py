@@ -146,7 +146,7 @@ def test_import_round_trip(run, exported, tmp_path, which):
     follow = load_config(overrides=[*overrides(config.base_path()), f"training.init_from={out}",
                                     f"tokenizer.dir={out / 'tokenizer'}"])
     mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    start = load_init_params(follow, tokenizer, mesh)
+    start = load_init_params(follow, tokenizer)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, start), expected)
     tx = build_optimizer(imported.optimizer, imported.model)
     _, abstract, _ = train_state_shardings(imported.model, tx, mesh)

@@ -146,30 +146,21 @@ def sample_texts(graphdef, params, tokenizer: Tokenizer, config: Config, max_new
     return out
 
 
-def load_init_params(config: Config, tokenizer: Tokenizer, mesh) -> Any:
+def load_init_params(config: Config, tokenizer: Tokenizer) -> Any:
     """The parameters of the newest valid checkpoint in ``training.init_from`` (a run's checkpoint folder), for a
     phase that starts from another run; its direction and tokenizer must match unless ``checkpoint.force``."""
-    source = Checkpointer(Path(config.training.init_from).expanduser())
-    try:
-        step = source.latest_step()
-        if step is None:
-            raise TrainingError(f"training.init_from={config.training.init_from} holds no valid checkpoint")
-        meta = source.metadata(step)
-        check_compatible(meta, direction=config.direction.direction, tokenizer_identity=tokenizer.identity(),
-                         force=config.checkpoint.force)
-        origin = Config.from_dict(meta["config"], source=f"the metadata of {source.step_path(step)}")
-        shape_keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
-        if any(getattr(origin.model, k) != getattr(config.model, k) for k in shape_keys):
-            raise TrainingError(
-                f"the model in {config.training.init_from} ({origin.model.gpt_config()}) differs from model.* "
-                f"({config.model.gpt_config()}); use the same sizes as the run it starts from"
-            )
-        origin_tx = build_optimizer(origin.optimizer, origin.model, init_lr_frac=origin.schedule.init_lr_frac)
-        _, abstract, _ = train_state_shardings(origin.model, origin_tx, mesh)
-        restored, _, _ = source.restore(_as_tree(abstract), step)
-        return restored["params"]
-    finally:
-        source.close()
+    from revjax.interop.export import read_params
+
+    params, meta, origin = read_params(config.training.init_from)
+    check_compatible(meta, direction=config.direction.direction, tokenizer_identity=tokenizer.identity(),
+                     force=config.checkpoint.force)
+    shape_keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+    if any(getattr(origin.model, k) != getattr(config.model, k) for k in shape_keys):
+        raise TrainingError(
+            f"the model in {config.training.init_from} ({origin.model.gpt_config()}) differs from model.* "
+            f"({config.model.gpt_config()}); use the same sizes as the run it starts from"
+        )
+    return params
 
 
 def train(config: Config, *, progress: bool | None = None) -> RunResult:
@@ -197,7 +188,7 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
     data_state = None
     start = 0
     if latest is None and config.training.init_from:
-        params = load_init_params(config, tokenizer, mesh)
+        params = load_init_params(config, tokenizer)
         graphdef, state, shardings = init_train_state(config.model, tx, mesh, params=params)
         if is_main:
             print(f"starting from the parameters of {config.training.init_from}")
@@ -222,7 +213,7 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
         train_iter.set_state(data_state)
     step_fn = build_train_step(graphdef, tx, mesh, shardings)
     eval_step = build_eval_step(graphdef, mesh, shardings.params, tokenizer.token_bytes(config.tokenizer.token_bytes))
-    step_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, shd.BATCH_AXES, None))
+    step_sharding = shd.step_batch_sharding(mesh)
     row_sharding = shd.batch_sharding(mesh)
     eval_batches = max(1, config.training.eval_tokens // (rows * T))
 
@@ -382,8 +373,8 @@ def run_from_args(argv: list[str] | None = None, *, on_result: Callable[[RunResu
     import argparse
 
     from revjax.checkpoint import CheckpointError
-    from revjax.cli import find_config
-    from revjax.config import ConfigError, load_config
+    from revjax.cli import config_from_args
+    from revjax.config import ConfigError
     from revjax.sharding import ShardingError
 
     parser = argparse.ArgumentParser(prog="python -m revjax.train", description="Train (or continue) a revjax model.")
@@ -391,7 +382,7 @@ def run_from_args(argv: list[str] | None = None, *, on_result: Callable[[RunResu
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
     try:
-        config = load_config([find_config(c) for c in (args.config or ["default"])], args.overrides)
+        config = config_from_args(args, ["default"])
         result = train(config)
     except (ConfigError, TrainingError, CheckpointError, ShardingError, FileNotFoundError, ValueError) as err:
         print(f"revjax.train: error: {err}", flush=True)

@@ -58,7 +58,7 @@ def build_train_step(
     state_shardings: TrainState,
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """``step(state, inputs, targets, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state."""
-    batch = NamedSharding(mesh, P(None, shd.BATCH_AXES, None))
+    batch = shd.step_batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
 
     def step(state: TrainState, inputs, targets, lrm, momentum):
