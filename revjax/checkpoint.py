@@ -15,6 +15,7 @@ Damage inside the array data is found only on restore, which then raises :class:
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import datetime
 import json
 import subprocess
@@ -36,7 +37,7 @@ ITEMS = (STATE, DATA, META)
 MAX_LISTED_DIFFERENCES = 3
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RevjaxError, RuntimeError):
     """A checkpoint cannot be saved, found or restored."""
 
 

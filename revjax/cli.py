@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from revjax.config import Config, ConfigError, load_config
+from revjax.errors import run_command
 
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def find_config(name: str) -> Path:
@@ -167,22 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
         raise SystemExit(DELEGATED[argv[0]][0](argv[1:]))
-    from revjax.data.corpus import CorpusError
-    from revjax.data.fineweb import ShardDownloadError
-    from revjax.tokenizer import TokenizerError
-
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ConfigError as err:
-        print(f"revjax: config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (CorpusError, ShardDownloadError, TokenizerError, FileNotFoundError) as err:
-        print(f"revjax: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print("revjax: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    code = run_command("revjax", lambda: args.func(args))
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ The resolved configuration serialises to YAML/JSON (:meth:`Config.to_dict`) and 
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import dataclasses
 import difflib
 import json
@@ -28,8 +29,10 @@ DirectionName = Literal["forward", "backward", "bidirectional"]
 DEFAULT_DEPTH = 20
 
 
-class ConfigError(ValueError):
+class ConfigError(RevjaxError, ValueError):
     """A configuration problem, described in one sentence."""
+
+    exit_code = 2
 
 
 @dataclass(unsafe_hash=True)  # hashable: the model keeps it as static structure in compiled functions

@@ -31,6 +31,7 @@ then writes the values into its state in place.
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import math
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -58,7 +59,7 @@ ScheduleKind = Literal["base", "mid", "linear"]
 OptState = TypeVar("OptState")
 
 
-class LabelError(ValueError):
+class LabelError(RevjaxError, ValueError):
     """A parameter without a valid optimizer group, described in one sentence."""
 
 

@@ -7,6 +7,7 @@ each name to mesh axes, so data-parallel, FSDP and tensor-parallel runs differ o
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import math
 from typing import Any, Sequence
 
@@ -31,7 +32,7 @@ RULES: dict[str, str | None] = {
 }
 
 
-class ShardingError(ValueError):
+class ShardingError(RevjaxError, ValueError):
     """A mesh or array shape that does not fit the devices, described in one sentence."""
 
 

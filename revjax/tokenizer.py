@@ -6,6 +6,7 @@ The on-disk format is onanchat's: ``tokenizer.pkl`` is a pickled ``tiktoken.Enco
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import copy
 import hashlib
 import io
@@ -51,7 +52,7 @@ TokenBytesMethod = Literal["decode", "raw"]
 Conversation = Mapping[str, Any]
 
 
-class TokenizerError(ValueError):
+class TokenizerError(RevjaxError, ValueError):
     """A tokenizer file or encoding is missing, corrupt, or incompatible with revjax."""
 
 

@@ -12,13 +12,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("REVJAX_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
+GOLDEN_DIR = Path(os.environ.get("REVJAX_GOLDEN_DIR", REPO_ROOT / "tests" / "golden"))
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not GOLDEN_DIR.is_dir():
         raise FileNotFoundError(
-            f"golden data not found at {GOLDEN_DIR}; set REVJAX_GOLDEN_DIR to the shared/golden folder"
+            f"golden data not found at {GOLDEN_DIR}; set REVJAX_GOLDEN_DIR to a copy of onanchat's golden outputs"
         )
     return GOLDEN_DIR

@@ -8,6 +8,7 @@ parquet shards to ``<data_dir>/default``: ``shard_XXXXX.parquet`` (column ``text
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import argparse
 import hashlib
 import json
@@ -44,7 +45,7 @@ MANIFEST = "manifest.json"
 CORPORA: dict[str, str] = {"default": "default", "fineweb": "fineweb"}
 
 
-class CorpusError(RuntimeError):
+class CorpusError(RevjaxError, RuntimeError):
     """The default corpus could not be built."""
 
 

@@ -7,6 +7,7 @@ into place, so a shard file that exists is always complete.
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import argparse
 import os
 import threading
@@ -29,7 +30,7 @@ MAX_SHARD_INDEX = 1822
 CHUNK_BYTES = 1 << 20
 
 
-class ShardDownloadError(RuntimeError):
+class ShardDownloadError(RevjaxError, RuntimeError):
     """A shard could not be downloaded intact."""
 
 

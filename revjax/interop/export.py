@@ -8,6 +8,7 @@ Two layouts: ``onanchat`` writes ``<out>/<phase>_checkpoints/<tag>/model_<step:0
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import argparse
 import importlib.util
 import io
@@ -40,7 +41,7 @@ BF16_TENSORS = ("transformer.wte.weight",)
 Layout = Literal["onanchat", "flat"]
 
 
-class InteropError(ValueError):
+class InteropError(RevjaxError, ValueError):
     """An export or import that cannot be done, described in one sentence."""
 
 

@@ -8,6 +8,7 @@ Arrays here are numpy; torch itself is not needed.
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 from typing import Any, Mapping
 
 import jax
@@ -18,7 +19,7 @@ from flax import nnx
 from revjax.config import ModelConfig
 
 
-class StateDictError(ValueError):
+class StateDictError(RevjaxError, ValueError):
     """A state_dict that does not fit the model, described in one sentence."""
 
 

@@ -8,6 +8,7 @@ anything is saved, so the last good checkpoint is kept; SIGTERM/SIGINT save and 
 
 from __future__ import annotations
 
+from revjax.errors import RevjaxError
 import json
 import math
 import os
@@ -50,7 +51,7 @@ SAMPLE_PROMPTS = {
 SCHEDULE_KIND = {"base": "base", "mid": "mid", "sft": "linear", "rl": "linear"}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RevjaxError, RuntimeError):
     """The run cannot go on; the message says why and what to do."""
 
 
@@ -372,21 +373,18 @@ def run_from_args(argv: list[str] | None = None, *, on_result: Callable[[RunResu
     """``python -m revjax.train --config FILE key=value…``."""
     import argparse
 
-    from revjax.checkpoint import CheckpointError
     from revjax.cli import config_from_args
-    from revjax.config import ConfigError
-    from revjax.sharding import ShardingError
+    from revjax.errors import run_command
 
     parser = argparse.ArgumentParser(prog="python -m revjax.train", description="Train (or continue) a revjax model.")
     parser.add_argument("--config", action="append", metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args, ["default"])
-        result = train(config)
-    except (ConfigError, TrainingError, CheckpointError, ShardingError, FileNotFoundError, ValueError) as err:
-        print(f"revjax.train: error: {err}", flush=True)
-        return 1
+    outcome: list[RunResult] = []
+    code = run_command("revjax.train", lambda: outcome.append(train(config_from_args(args, ["default"]))))
+    if code or not outcome:
+        return code
+    result = outcome[0]
     if on_result:
         on_result(result)
     bpb = "n/a" if result.val_bpb is None else f"{result.val_bpb:.4f}"
