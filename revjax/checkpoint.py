@@ -6,18 +6,28 @@ Each step is a directory ``<directory>/<step>`` holding three Orbax items:
 * ``data``: the data-iterator state as JSON (``{"data_state": ...}``, so ``None`` round-trips);
 * ``meta``: the run metadata as JSON (:func:`build_metadata`), also copied into Orbax's custom metadata.
 
-Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so an interrupted
-save never touches earlier steps and is never listed. A finalized step is *valid* when its three item
-directories exist and its metadata JSON parses; :meth:`Checkpointer.latest_step` skips invalid steps
-(with a warning), and keep-N pruning counts only valid steps, so it never deletes the newest good one.
-Damage inside the array data is found only on restore, which then raises :class:`CheckpointError`.
+Nothing committed is ever lost:
+
+* Orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when complete, so an interrupted save
+  never touches earlier steps and is never listed.
+* A step that already exists is never rewritten: :meth:`Checkpointer.save` of a committed step is a no-op.
+* Keep-N pruning runs only after a newer save has committed, and counts only steps whose metadata reads.
+* The metadata records a checksum of every array (``checksums``: two 32-bit word sums, plain and position-weighted,
+  computed on the devices, so the value does not depend on the device layout) and a SHA-256 of the data-iterator
+  state. :meth:`Checkpointer.restore` verifies them; with no step given it falls back, step by step, to the newest
+  *intact* one, warning about each damaged step it skips (unreadable metadata, missing or truncated files, a wrong
+  checksum). If steps exist and none is intact it stops with :class:`NoIntactCheckpoint`.
+* Steps that must leave the way (damaged ones, or newer ones when an earlier step is chosen) are moved into
+  ``<directory>/set-aside/``, never deleted.
 """
 
 from __future__ import annotations
 
 from revjax.errors import RevjaxError
 import datetime
+import hashlib
 import json
+import shutil
 import subprocess
 import warnings
 from collections.abc import Mapping
@@ -25,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -35,6 +46,8 @@ PyTree = Any
 STATE, DATA, META = "state", "data", "meta"
 ITEMS = (STATE, DATA, META)
 MAX_LISTED_DIFFERENCES = 3
+CHECKSUMS, DATA_DIGEST = "checksums", "data_state_sha256"  # metadata keys
+SET_ASIDE = "set-aside"  # where steps that must leave the way are moved
 
 
 class CheckpointError(RevjaxError, RuntimeError):
@@ -42,7 +55,45 @@ class CheckpointError(RevjaxError, RuntimeError):
 
 
 class CheckpointMismatch(CheckpointError):
-    """A checkpoint belongs to a different direction or tokenizer than the current run."""
+    """A checkpoint belongs to a different direction, tokenizer or model than the current run."""
+
+
+class NoIntactCheckpoint(CheckpointError):
+    """Checkpoint steps exist but none of them is intact."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """One step is unreadable, incomplete or fails its checksums."""
+
+
+def _word_sums(x: jax.Array) -> jax.Array:
+    """``[Σ w, Σ (i+1)·w]`` mod 2³² over the array's bytes read as little words ``w``: any single flipped bit, and
+    any swap of two unequal words, changes it. Integer sums wrap, so the result is the same for any reduction order
+    and therefore for any sharding."""
+    if x.dtype == jnp.bool_:
+        words = x.astype(jnp.uint32)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    words = words.reshape(-1)
+    weights = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)])
+
+
+_tree_word_sums = jax.jit(lambda tree: jax.tree.map(_word_sums, tree))
+
+
+def checksums(tree: PyTree) -> dict[str, str]:
+    """A checksum per array of ``tree`` (dotted path → 16 hex digits), computed where the arrays live."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    sums = _tree_word_sums([jnp.asarray(leaf) for _, leaf in leaves])
+    host = [np.asarray(s if s.is_fully_addressable else s.addressable_data(0)) for s in sums]
+    return {_path_name(path): f"{int(a):08x}{int(b):08x}" for (path, _), (a, b) in zip(leaves, host)}
+
+
+def data_digest(data_state: Any) -> str:
+    """SHA-256 of the data-iterator state's canonical JSON."""
+    return hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).hexdigest()
 
 
 def _reason(err: BaseException) -> str:
@@ -135,18 +186,22 @@ class Checkpointer:
         """The directory of a finalized ``step``."""
         return self.directory / str(step)
 
-    def save(self, step: int, state: PyTree, *, data_state: dict | None, metadata: dict, force: bool = False) -> None:
-        """Start saving ``state``, ``data_state`` and ``metadata`` as ``step``; ``force`` replaces an existing step."""
+    def save(self, step: int, state: PyTree, *, data_state: dict | None, metadata: dict) -> bool:
+        """Start saving ``state``, ``data_state`` and ``metadata`` (plus checksums) as ``step``.
+
+        A committed step is never rewritten: if ``step`` exists with readable metadata this returns False and
+        writes nothing. A damaged step of that number is first moved into ``set-aside/``.
+        """
         path = self.step_path(step)
         _require_json(metadata, "metadata", step, path)
         _require_json(data_state, "data-iterator state", step, path)
         self.wait()
         if step in self.steps():
-            if not force:
-                raise CheckpointError(
-                    f"checkpoint step {step} already exists at {path}; pass force=True to overwrite it"
-                )
-            self._manager.delete(step)
+            problem = self._problem(step)
+            if problem is None:
+                return False
+            self.set_aside(step, "damaged", problem)
+        metadata = {**metadata, CHECKSUMS: checksums(state), DATA_DIGEST: data_digest(data_state)}
         args = ocp.args.Composite(
             **{
                 STATE: ocp.args.StandardSave(state),
@@ -161,6 +216,21 @@ class Checkpointer:
         self._pending = step
         if not self.async_save:
             self.wait()
+        return True
+
+    def set_aside(self, step: int, reason: str, why: str = "") -> Path:
+        """Move ``step``'s folder to ``set-aside/<step>-<reason>-<UTC time>`` (nothing is deleted); returns it."""
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        target = self.directory / SET_ASIDE / f"{step}-{reason}-{stamp}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.move(str(self.step_path(step)), str(target))
+        except OSError as err:
+            raise CheckpointError(f"cannot move checkpoint step {step} from {self.step_path(step)} to {target} "
+                                  f"({err.strerror or err}); move or delete it by hand") from err
+        warnings.warn(f"moved checkpoint step {step} to {target}" + (f": {why}" if why else ""), stacklevel=2)
+        self._manager.reload()
+        return target
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is on disk, then prune to the newest ``keep`` valid steps."""
@@ -194,13 +264,32 @@ class Checkpointer:
         return self._read_meta(self._resolve(step))
 
     def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict | None, dict]:
-        """``(state, data_state, metadata)`` of ``step`` (default: the newest valid step).
+        """``(state, data_state, metadata)`` of ``step``, or of the newest intact step when ``step`` is None.
 
         ``abstract_state`` gives the structure, shapes, dtypes and target shardings (leaves are
         ``jax.ShapeDtypeStruct`` with ``.sharding``, or arrays), so a checkpoint written on any device
-        layout lands in the caller's layout; any difference in shapes, dtypes or keys is an error.
+        layout lands in the caller's layout. A difference in shapes, dtypes or keys raises
+        :class:`CheckpointMismatch` at once (an older step would not match either); a damaged step raises
+        :class:`DamagedCheckpoint` when it was asked for, and is skipped with a warning otherwise.
         """
-        step = self._resolve(step)
+        if step is not None:
+            return self._restore_step(abstract_state, self._resolve(step))
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint found in {self.directory}")
+        skipped = []
+        for candidate in reversed(steps):
+            try:
+                return self._restore_step(abstract_state, candidate)
+            except DamagedCheckpoint as err:
+                skipped.append(candidate)
+                warnings.warn(f"skipping damaged {err}", stacklevel=2)
+        raise NoIntactCheckpoint(
+            f"none of the checkpoint steps {skipped} in {self.directory} is intact; move them away or set "
+            "checkpoint.start_over=true to set them aside and train from step 0"
+        )
+
+    def _restore_step(self, abstract_state: PyTree, step: int) -> tuple[PyTree, dict | None, dict]:
         path = self.step_path(step)
         metadata = self._read_meta(step)
         try:
@@ -208,13 +297,13 @@ class Checkpointer:
             if stored is None:
                 raise FileNotFoundError("the array index is missing")
         except Exception as err:
-            raise self._corrupt(step, err) from err
+            raise self._damaged(step, err) from err
         diffs = _differences(stored.tree, abstract_state)
         if diffs:
             listed = "; ".join(diffs[:MAX_LISTED_DIFFERENCES])
             more = len(diffs) - MAX_LISTED_DIFFERENCES
             listed += f"; and {more} more" if more > 0 else ""
-            raise CheckpointError(
+            raise CheckpointMismatch(
                 f"checkpoint step {step} at {path} does not match the state to restore ({listed}); "
                 "check that the model and optimizer settings match the checkpoint's"
             )
@@ -225,8 +314,22 @@ class Checkpointer:
             if not isinstance(data, dict) or "data_state" not in data:
                 raise ValueError("the data-iterator item has no 'data_state' entry")
         except Exception as err:
-            raise self._corrupt(step, err) from err
+            raise self._damaged(step, err) from err
+        self._verify(step, restored[STATE], data["data_state"], metadata)
         return restored[STATE], data["data_state"], metadata
+
+    def _verify(self, step: int, state: PyTree, data_state: Any, metadata: dict) -> None:
+        """Compare the restored arrays and data state with the checksums saved in the metadata (if any)."""
+        want = metadata.get(CHECKSUMS)
+        if want is not None:
+            got = checksums(state)
+            bad = sorted(name for name in want.keys() | got.keys() if want.get(name) != got.get(name))
+            if bad:
+                more = f" and {len(bad) - MAX_LISTED_DIFFERENCES} more" if len(bad) > MAX_LISTED_DIFFERENCES else ""
+                raise self._damaged(step, ValueError(
+                    f"wrong checksum for {', '.join(bad[:MAX_LISTED_DIFFERENCES])}{more}"))
+        if DATA_DIGEST in metadata and metadata[DATA_DIGEST] != data_digest(data_state):
+            raise self._damaged(step, ValueError("wrong checksum for the data-iterator state"))
 
     def close(self) -> None:
         """Finish any save in flight, prune, and release Orbax's resources."""
@@ -256,7 +359,7 @@ class Checkpointer:
         try:
             return self._load_meta(step)
         except Exception as err:
-            raise self._corrupt(step, err) from err
+            raise self._damaged(step, err) from err
 
     def _load_meta(self, step: int) -> dict:
         meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
@@ -275,12 +378,10 @@ class Checkpointer:
             return f"metadata unreadable ({_reason(err)})"
         return None
 
-    def _corrupt(self, step: int, err: BaseException) -> CheckpointError:
-        earlier = [s for s in self.steps() if s < step and self._problem(s) is None]
-        hint = f"restore an earlier step (valid: {earlier})" if earlier else "no earlier valid step exists"
-        return CheckpointError(
-            f"checkpoint step {step} at {self.step_path(step)} is corrupt or incomplete ({_reason(err)}); "
-            f"{hint}, or delete that directory"
+    def _damaged(self, step: int, err: BaseException) -> DamagedCheckpoint:
+        return DamagedCheckpoint(
+            f"checkpoint step {step} at {self.step_path(step)} is damaged or incomplete ({_reason(err)}); "
+            "continue from an earlier step (checkpoint.resume_step) or move that folder away"
         )
 
     def _prune(self) -> None:
@@ -293,15 +394,25 @@ class Checkpointer:
         for step in steps:
             if step < oldest_kept:
                 self._manager.delete(step)
+        self._manager.reload()
 
 
-def check_compatible(metadata: Mapping, *, direction: str, tokenizer_identity: str, force: bool = False) -> None:
-    """Refuse to continue a checkpoint trained with another direction or tokenizer, unless ``force``."""
-    diffs = [
-        f"{key} is {metadata.get(key)!r} in the checkpoint but {want!r} in this run"
-        for key, want in (("direction", direction), ("tokenizer_identity", tokenizer_identity))
-        if metadata.get(key) != want
-    ]
+def check_compatible(
+    metadata: Mapping,
+    *,
+    direction: str,
+    tokenizer_identity: str,
+    model_config: Mapping | None = None,
+    force: bool = False,
+) -> None:
+    """Refuse to continue a checkpoint trained with another direction, tokenizer or model (any of
+    ``model_config``'s keys, e.g. ``sequence_len``), unless ``force``."""
+    wanted = [("direction", metadata.get("direction"), direction),
+              ("tokenizer_identity", metadata.get("tokenizer_identity"), tokenizer_identity)]
+    stored_model = metadata.get("model_config") or {}
+    wanted += [(f"model.{key}", stored_model.get(key), value) for key, value in (model_config or {}).items()]
+    diffs = [f"{key} is {have!r} in the checkpoint but {want!r} in this run" for key, have, want in wanted
+             if have != want]
     if not diffs:
         return
     where = f"checkpoint step {metadata.get('step')}"
@@ -309,7 +420,8 @@ def check_compatible(metadata: Mapping, *, direction: str, tokenizer_identity: s
         warnings.warn(f"continuing {where} although {'; '.join(diffs)}, because force is set", stacklevel=2)
         return
     raise CheckpointMismatch(
-        f"{where} cannot be continued by this run ({'; '.join(diffs)}); set the `force` option to continue it anyway"
+        f"{where} cannot be continued by this run ({'; '.join(diffs)}); set checkpoint.force=true to continue it "
+        "anyway"
     )
 
 
@@ -346,7 +458,7 @@ def build_metadata(
         "model_config": dict(model_config),
         "config": config,
         "tokenizer_identity": tokenizer_identity,
-        "tokenizer_path": str(tokenizer_path),
+        "tokenizer_path": str(Path(tokenizer_path).expanduser().resolve()),
         "val_bpb": None if val_bpb is None else float(val_bpb),
         "revjax_version": revjax.__version__,
         "git_commit": _git_commit(),

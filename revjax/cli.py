@@ -12,27 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from revjax.config import Config, ConfigError, load_config
+from revjax.config_args import config_files, config_from_args
 from revjax.errors import run_command
-
-PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def find_config(name: str) -> Path:
-    """A config path as given, or a name under ./configs or the project's configs folder (``.yaml`` optional)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for root in (Path("configs"), PACKAGE_CONFIGS):
-        for candidate in (root / name, root / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate
-    raise ConfigError(f"config '{name}' was found neither as a file nor under configs/; give a path to a YAML file")
-
-
-def config_from_args(args: argparse.Namespace, default: Sequence[str] = ()) -> Config:
-    files = [find_config(name) for name in (args.config or default)]
-    return load_config(files, args.overrides)
-
 
 def prepare_corpus(config: Config) -> Path:
     """Build or download the configured corpus; returns its folder."""
@@ -55,14 +36,27 @@ def prepare_corpus(config: Config) -> Path:
 
 
 def train_tokenizer(config: Config):
-    """Train the configured tokenizer on the corpus's train split; compression is measured on the val split."""
+    """The configured tokenizer: the one already at ``tokenizer_path()`` if it has the configured size (a tokenizer
+    that checkpoints may reference is never overwritten), else a new one trained on the corpus's train split, its
+    compression measured on the val split."""
     from revjax.data.shards import iter_documents
+    from revjax.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
     from revjax.tokenizer import train_tokenizer as train
 
+    path = config.tokenizer_path()
+    if (path / TOKENIZER_FILE).exists():
+        existing = Tokenizer.load(path)
+        if existing.vocab_size != config.tokenizer.vocab_size:
+            raise TokenizerError(
+                f"a {existing.vocab_size}-token tokenizer already exists at {path} and checkpoints may use it; set "
+                f"tokenizer.dir to another folder to train a {config.tokenizer.vocab_size}-token one beside it"
+            )
+        print(f"using the {existing.vocab_size}-token tokenizer at {path} (delete that folder to train a new one)")
+        return existing
     data = config.data_path()
     return train(
         iter_documents(data, "train"),
-        config.tokenizer_path(),
+        path,
         config.tokenizer.vocab_size,
         doc_cap=config.tokenizer.doc_cap,
         max_chars=config.tokenizer.max_chars,
@@ -97,10 +91,10 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(config_from_args(args, ["default"]).to_yaml(), end="")
 
 
-def cmd_quickstart(args: argparse.Namespace) -> None:
-    from revjax.train.loop import train
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from revjax.train.loop import exit_code, train
 
-    files = [find_config(name) for name in (args.config or ["default"])]
+    files = config_files(args, ["default"])
     config = load_config(files, args.overrides)
     print(f"revjax quickstart: run '{config.run_name}', files under {config.base_path()}")
     print("\n[1/3] corpus")
@@ -115,13 +109,14 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                                   f"run_name={config.run_name}-{direction}"])
         results[direction] = train(run)
         if results[direction].interrupted:
-            print("interrupted: run the same command again to continue")
-            return
-    print(f"\n{'direction':<10} {'val bpb':>8} {'steps':>6} {'seconds':>8}  checkpoints")
+            print(f"{results[direction].summary()}; run the same command again to continue")
+            return exit_code(results[direction])
+    print(f"\n{'direction':<10} {'val bpb':>8} {'at step':>8} {'seconds':>8}  checkpoints")
     for direction, r in results.items():
-        print(f"{direction:<10} {r.val_bpb:>8.4f} {r.step:>6} {r.seconds:>8.0f}  {r.run_dir}")
+        print(f"{direction:<10} {r.val_bpb:>8.4f} {r.val_bpb_step:>8} {r.seconds:>8.0f}  {r.run_dir}")
     for direction, r in results.items():
         print(f"\n{direction} sample (reading order): {r.samples[direction][0]!r}")
+    return 0
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
@@ -145,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_train(argv: list[str]) -> int:
+    from revjax.train.loop import run_from_args
+
+    return run_from_args(argv)
+
+
 def _run_export(argv: list[str]) -> int:
     from revjax.interop.export import main as export_main
 
@@ -159,6 +160,7 @@ def _run_import(argv: list[str]) -> int:
 
 # Subcommands with their own arguments (no config): revjax NAME ... is handed to them as is.
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (_run_train, "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
     "export": (_run_export, "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
     "import": (_run_import, "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
 }

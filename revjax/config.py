@@ -27,6 +27,8 @@ import yaml
 Dtype = Literal["float32", "bfloat16"]
 DirectionName = Literal["forward", "backward", "bidirectional"]
 DEFAULT_DEPTH = 20
+FINEWEB_SHARDS = 1823  # karpathy/fineweb-edu-100b-shuffle: shard_00000 … shard_01822
+AUTO_ITERATIONS = -1  # training.num_iterations: derive the step count from target_flops or the data:param ratio
 
 
 class ConfigError(RevjaxError, ValueError):
@@ -86,7 +88,7 @@ class TokenizerConfig:
 class DataConfig:
     corpus: Literal["default", "fineweb", "parquet"] = "default"
     dir: str | None = None  # None: <base_dir>/data/<corpus>; required for corpus=parquet
-    fineweb_shards: int = 240
+    fineweb_shards: int = 240  # the first N FineWeb-Edu shards, 2..FINEWEB_SHARDS (the last one is val)
     fineweb_url: str | None = None
     tokenizer_threads: int = 4
     tokenizer_batch_size: int = 128
@@ -99,7 +101,32 @@ class DirectionConfig:
     direction: DirectionName = "forward"
     layout: Literal["document", "compat"] = "document"  # compat: onanchat's micro-batch layouts
     conversation: Literal["sequence", "turn"] = "sequence"
+    # conversations' loss mask: "generated" supervises what the model writes in its mode (sequence-backward: the
+    # user turns, else the assistant's); "assistant" is onanchat's assistant-only mask
+    loss_mask: Literal["generated", "assistant"] = "generated"
     seed: int = 0  # per-document direction choice in bidirectional mode
+
+
+def _default_train_tasks() -> list:
+    return [{"task": "arithmetic", "size": 4000}, {"task": "simple-spelling", "size": 1000},
+            {"task": "spelling-bee", "size": 1000}, {"task": "identity", "size": 500}, {"task": "chatterbot"}]
+
+
+def _default_val_tasks() -> list:
+    return [{"task": "arithmetic", "split": "test", "size": 200}, {"task": "spelling-bee", "split": "test", "size": 100},
+            {"task": "identity", "split": "test", "size": 50}]
+
+
+@dataclass
+class TasksConfig:
+    """Conversation mixtures (revjax.tasks entries: a task name or {task: NAME, split, size, limit, repeat, …})."""
+
+    train: list[str | dict] = field(default_factory=_default_train_tasks)  # mid and SFT training data
+    val: list[str | dict] = field(default_factory=_default_val_tasks)  # mid and SFT validation loss
+    rl: list[str | dict] = field(default_factory=lambda: [{"task": "arithmetic", "size": 4000}])  # RL prompts
+    rl_val: list[str | dict] = field(default_factory=lambda: [{"task": "arithmetic", "split": "test", "size": 64}])
+    seed: int = 42  # mixture order
+    cache_dir: str | None = None  # None: <base_dir>/tasks
 
 
 @dataclass
@@ -130,7 +157,7 @@ class ScheduleConfig:
 @dataclass
 class TrainingConfig:
     phase: Literal["base", "mid", "sft", "rl"] = "base"
-    num_iterations: int = -1  # -1: from target_flops, else from target_param_data_ratio
+    num_iterations: int = AUTO_ITERATIONS  # -1: from target_flops, else from target_param_data_ratio
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0
     total_batch_tokens: int = 524_288
@@ -154,7 +181,9 @@ class CheckpointConfig:
     dir: str | None = None  # None: <base_dir>/checkpoints/<run_name>
     save_every: int = -1  # -1: only at the end
     keep: int = 2
-    force: bool = False  # continue a checkpoint even if its direction or tokenizer differs
+    force: bool = False  # continue a checkpoint even if its direction, tokenizer or model differs
+    resume_step: int = -1  # -1: the newest intact step; else continue from this step (newer steps are set aside)
+    start_over: bool = False  # set every existing step aside and train from step 0
 
 
 @dataclass
@@ -180,6 +209,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def base_path(self) -> Path:
@@ -189,6 +219,9 @@ class Config:
 
     def tokenizer_path(self) -> Path:
         return Path(self.tokenizer.dir).expanduser() if self.tokenizer.dir else self.base_path() / "tokenizer"
+
+    def tasks_path(self) -> Path:
+        return Path(self.tasks.cache_dir).expanduser() if self.tasks.cache_dir else self.base_path() / "tasks"
 
     def data_path(self) -> Path:
         if self.data.dir:
@@ -287,8 +320,10 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
-    if _dataclass_of(hint) is not None:
+    if _dataclass_of(hint) is not None or hint is dict:
         return "a mapping of keys"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
@@ -306,6 +341,13 @@ def _coerce(value: Any, hint: Any, path: str, source: str) -> Any:
                 return _coerce(value, arg, path, source)
             except ConfigError:
                 pass
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(hint)
+            return [_coerce(v, item, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    elif hint is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
     elif origin is Literal:
         if value in typing.get_args(hint):
             return value
@@ -382,7 +424,16 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
         fail(["tokenizer.vocab_size"],
              f"tokenizer.vocab_size={config.tokenizer.vocab_size} must be at least 267 (256 bytes + 11 specials)")
 
+    name = config.run_name
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+        fail(["run_name"], f"run_name={name!r} must be a plain folder name (not empty, no path separators): "
+                           "it names the run's folder under <base_dir>/checkpoints")
+
     t = config.training
+    if t.num_iterations < 1 and t.num_iterations != AUTO_ITERATIONS:
+        fail(["training.num_iterations"],
+             f"training.num_iterations={t.num_iterations} must be a positive number of steps, or {AUTO_ITERATIONS} "
+             "to derive it from training.target_flops or training.target_param_data_ratio")
     if t.device_batch_size < 1:
         fail(["training.device_batch_size"], f"training.device_batch_size={t.device_batch_size} must be positive")
     if t.total_batch_tokens < 1 or t.total_batch_tokens % m.sequence_len:
@@ -413,11 +464,44 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
             fail([f"mesh.{key}"], f"mesh.{key}={value} must be a positive size or -1 (fill the remaining devices)")
     if config.checkpoint.keep < 1:
         fail(["checkpoint.keep"], f"checkpoint.keep={config.checkpoint.keep} must be at least 1")
+    if not 2 <= config.data.fineweb_shards <= FINEWEB_SHARDS:
+        fail(["data.fineweb_shards"],
+             f"data.fineweb_shards={config.data.fineweb_shards} must be between 2 (one train and one val shard) and "
+             f"{FINEWEB_SHARDS}, the number of FineWeb-Edu shards")
     if config.data.corpus == "parquet" and not config.data.dir:
         fail(["data.corpus"], "data.corpus=parquet needs data.dir, the folder holding shard_*.parquet files")
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML alone keeps the last silently)."""
+
+    source: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Any:
+        loader = cls(path.read_text())
+        loader.source = path
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in lines:
+                raise ConfigError(
+                    f"config file {self.source} sets the key '{key_node.value}' twice, on lines "
+                    f"{lines[key_node.value]} and {line}; keep one of them (YAML would silently use the last)"
+                )
+            lines[key_node.value] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict[str, Any], str]]:
@@ -428,7 +512,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict[str, 
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; check the path given to --config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _UniqueKeyLoader.load(path) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -22,7 +22,8 @@ from revjax.model import cross_entropy
 
 
 def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, token_bytes: np.ndarray) -> Callable:
-    """``eval_step(params, inputs, targets) -> (nats, bytes)`` summed over the batch, jitted and sharded."""
+    """``eval_step(params, inputs, targets) -> (nats of byte-bearing targets, their bytes, nats of every scored
+    target, scored targets)`` summed over the batch, jitted and sharded."""
     table = jax.device_put(jnp.asarray(token_bytes, jnp.int32), NamedSharding(mesh, P()))
     batch = shd.batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
@@ -30,21 +31,21 @@ def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, to
     def step(params, inputs, targets):
         nll = cross_entropy(nnx.merge(graphdef, params)(inputs), targets, reduction="none")
         nbytes = jnp.where(targets >= 0, table[jnp.maximum(targets, 0)], 0)
-        return jnp.sum(jnp.where(nbytes > 0, nll, 0.0)), jnp.sum(nbytes)
+        return jnp.sum(jnp.where(nbytes > 0, nll, 0.0)), jnp.sum(nbytes), jnp.sum(nll), jnp.sum(targets >= 0)
 
-    jitted = jax.jit(step, in_shardings=(param_shardings, batch, batch), out_shardings=(replicated, replicated))
+    jitted = jax.jit(step, in_shardings=(param_shardings, batch, batch), out_shardings=replicated)
     return lambda params, inputs, targets: jitted(params, inputs, targets)
 
 
-def bits_per_byte(
+def evaluate_loss(
     eval_step: Callable, params: Any, batches: Iterator[tuple[jax.Array, jax.Array]], max_batches: int
-) -> float:
-    """Mean bits per byte over up to ``max_batches`` global batches (fewer if the iterator ends first)."""
-    nats, nbytes = 0.0, 0
+) -> dict[str, float]:
+    """``{"bpb", "loss"}`` over up to ``max_batches`` global batches (fewer if the iterator ends first): bits per byte
+    of the byte-bearing targets, and the mean cross-entropy (nats) per scored target."""
+    nats, nbytes, loss_nats, scored = 0.0, 0, 0.0, 0
     for _, (inputs, targets) in zip(range(max_batches), batches):
-        n, b = eval_step(params, inputs, targets)
-        nats += float(n)
-        nbytes += int(b)
+        n, b, ln, c = eval_step(params, inputs, targets)
+        nats, nbytes, loss_nats, scored = nats + float(n), nbytes + int(b), loss_nats + float(ln), scored + int(c)
     if nbytes == 0:
         raise ValueError("the validation batches hold no scored bytes; check the val split and the tokenizer")
-    return nats / (math.log(2) * nbytes)
+    return {"bpb": nats / (math.log(2) * nbytes), "loss": loss_nats / scored}

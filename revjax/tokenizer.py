@@ -56,12 +56,32 @@ class TokenizerError(RevjaxError, ValueError):
     """A tokenizer file or encoding is missing, corrupt, or incompatible with revjax."""
 
 
+class _EncodingState:
+    """Stands in for ``tiktoken.Encoding`` while unpickling, so tiktoken never acts on an unchecked state.
+
+    A self-contained encoding pickles its vocabulary as a dict; tiktoken pickles an encoding of its registry
+    (``cl100k_base`` …) as just the name, which it would resolve by downloading. Only the dict form is accepted.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, str):
+            raise TokenizerError(
+                f"the tokenizer pickle names tiktoken's registry encoding {state!r}, which tiktoken would fetch from "
+                "the network, instead of holding its vocabulary; only a self-contained tiktoken.Encoding is accepted."
+            )
+        self.state = state
+
+    def encoding(self) -> tiktoken.Encoding:
+        return tiktoken.Encoding(**self.state)
+
+
 class _EncodingUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only ``tiktoken.core.Encoding``, so foreign pickles cannot run code."""
+    """Unpickler that resolves only ``tiktoken.core.Encoding`` (as :class:`_EncodingState`), so foreign pickles
+    cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("tiktoken.core", "Encoding"):
-            return tiktoken.Encoding
+            return _EncodingState
         raise TokenizerError(
             f"tokenizer pickle references {module}.{name}, but only a pickled tiktoken.Encoding is accepted."
         )
@@ -194,6 +214,8 @@ class Tokenizer:
             ) from None
         try:
             obj = _EncodingUnpickler(io.BytesIO(data)).load()
+            if isinstance(obj, _EncodingState):
+                obj = obj.encoding()
         except TokenizerError as err:
             raise TokenizerError(f"{path}: {err}") from None
         except Exception as err:

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from revjax.cli import find_config
+from revjax.config_args import find_config
 from revjax.config import load_config
 from revjax.model import flops_per_token, num_params
 from revjax.optim import build_optimizer
@@ -45,17 +45,17 @@ def bench_revjax(config, steps: int) -> dict:
     step = build_train_step(graphdef, tx, mesh, shardings)
     rng = np.random.default_rng(0)
     data = rng.integers(0, config.model.vocab_size, (accum, B * dp, T + 1), dtype=np.int32)
-    inputs, targets = data[..., :-1], data[..., 1:]
+    batch = {"inputs": data[..., :-1], "targets": data[..., 1:]}
     lrm, mom = np.float32(1.0), np.float32(0.95)
     t0 = time.perf_counter()
-    compiled = step.lower(state, inputs, targets, lrm, mom).compile()
+    compiled = step.lower(state, batch, lrm, mom).compile()
     compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, inputs, targets, lrm, mom)  # warm-up
+    state, metrics = compiled(state, batch, lrm, mom)  # warm-up
     jax.block_until_ready(metrics)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, inputs, targets, lrm, mom)
+        state, metrics = compiled(state, batch, lrm, mom)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)

@@ -18,8 +18,11 @@ from revjax.checkpoint import (
     Checkpointer,
     CheckpointError,
     CheckpointMismatch,
+    DamagedCheckpoint,
+    NoIntactCheckpoint,
     build_metadata,
     check_compatible,
+    checksums,
 )
 from revjax.config import ModelConfig
 from revjax.model import GPT
@@ -101,11 +104,14 @@ def test_round_trip_is_exact(tmp_path, train_state):
         assert_trees_equal(restored, train_state)
         assert isinstance(restored["model"], nnx.State)
         assert int(restored["opt"][0].count) == 1
+        sums = restored_meta.pop("checksums")
+        assert sums == checksums(train_state) and len(sums) == len(jax.tree.leaves(train_state))
+        assert restored_meta.pop("data_state_sha256") != ckpt.restore(abstract(train_state))[2]["data_state_sha256"]
         assert (data_state, restored_meta) == (DATA_STATE, meta)
-        assert ckpt.restore(abstract(train_state))[1:] == (None, meta20)
+        assert ckpt.restore(abstract(train_state))[1] is None
         assert ckpt.latest_step() == 20 and ckpt.steps() == [10, 20]
     custom = json.loads((tmp_path / "10" / "_CHECKPOINT_METADATA").read_text())["custom_metadata"]
-    assert custom == meta
+    assert {k: v for k, v in custom.items() if k not in ("checksums", "data_state_sha256")} == meta
 
 
 def test_build_metadata_is_plain_json():
@@ -158,6 +164,26 @@ def delete_arrays(step_dir: Path) -> None:
         f.unlink()
 
 
+def wrong_checksum(step_dir: Path) -> None:
+    meta_file = step_dir / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    name = sorted(meta["checksums"])[0]
+    meta["checksums"][name] = "0" * 16
+    meta_file.write_text(json.dumps(meta))
+
+
+def flip_a_byte(step_dir: Path) -> None:
+    biggest = max((step_dir / "state").rglob("d/*"), key=lambda f: f.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    biggest.write_bytes(bytes(data))
+
+
+def wrong_data_state(step_dir: Path) -> None:
+    meta_file = step_dir / "data" / "metadata"
+    meta_file.write_text(meta_file.read_text().replace("12345", "12346"))
+
+
 CORRUPTIONS = {  # name: (damage, whether latest_step() can tell without reading arrays)
     "garbled metadata": (garble_meta, True),
     "missing metadata item": (lambda d: shutil.rmtree(d / "meta"), True),
@@ -166,53 +192,71 @@ CORRUPTIONS = {  # name: (damage, whether latest_step() can tell without reading
     "truncated array files": (truncate_arrays, False),
     "deleted array files": (delete_arrays, False),
     "garbled array index": (lambda d: (d / "state" / "_METADATA").write_text("{"), False),
+    "wrong checksum": (wrong_checksum, False),
+    "flipped byte": (flip_a_byte, False),
+    "changed data state": (wrong_data_state, False),
 }
 
 
 # A failed Orbax read leaves coroutines behind that report "exception ignored" when collected.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("name", sorted(CORRUPTIONS))
-def test_corrupt_checkpoint_fails_clearly_and_keeps_older_ones(tmp_path, train_state, two_steps, name):
+def test_damaged_step_is_skipped_for_the_newest_intact_one(tmp_path, train_state, two_steps, name):
     damage, visible = CORRUPTIONS[name]
     ckpt = copy_of(two_steps, tmp_path)
     damage(tmp_path / "2")
-    with pytest.raises(CheckpointError, match=rf"step 2 at {re.escape(str(tmp_path / '2'))} .*valid: \[1\]"):
+    with pytest.raises(DamagedCheckpoint, match=rf"step 2 at {re.escape(str(tmp_path / '2'))} is damaged"):
         ckpt.restore(abstract(train_state), step=2)
-    if visible:
-        with pytest.warns(UserWarning, match="skipping checkpoint step 2"):
-            assert ckpt.latest_step() == 1
-        with pytest.warns(UserWarning):
-            restored, data_state, meta = ckpt.restore(abstract(train_state))
-        assert meta["step"] == 1 and data_state["step"] == 1
-    else:
-        assert ckpt.latest_step() == 2
-        with pytest.raises(CheckpointError, match="step 2"):
-            ckpt.restore(abstract(train_state))
-        restored, _, meta = ckpt.restore(abstract(train_state), step=1)
-    assert meta["step"] == 1
+    assert ckpt.latest_step() == (1 if visible else 2)
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint step 2"):
+        restored, data_state, meta = ckpt.restore(abstract(train_state))
+    assert meta["step"] == 1 and data_state["step"] == 1
     assert_trees_equal(restored, train_state)
+    damage(tmp_path / "1")
+    with pytest.warns(UserWarning), pytest.raises(NoIntactCheckpoint, match=r"none of the checkpoint steps \[2, 1\]"):
+        ckpt.restore(abstract(train_state))
     gc.collect()
+
+
+def test_checksums_match_a_hand_computation_on_any_layout():
+    x = np.array([[1.5, -2.0], [0.0, 3.25]], np.float32)
+    words = x.view(np.uint32).reshape(-1).astype(np.uint64)
+    plain = int(words.sum() % 2**32)
+    weighted = int((words * np.arange(1, 5, dtype=np.uint64)).sum() % 2**32)
+    want = f"{plain:08x}{weighted:08x}"
+    bf = np.array([1.0, 2.0], jnp.bfloat16)
+    bf_words = bf.view(np.uint16).astype(np.uint64)
+    bf_want = f"{int(bf_words.sum()):08x}{int(bf_words[0] + 2 * bf_words[1]):08x}"
+    assert checksums({"a": x, "b": bf}) == {"a": want, "b": bf_want}
+    mesh = Mesh(np.array(jax.devices()[:2]), ("d",))
+    sharded = jax.device_put(x, NamedSharding(mesh, P("d")))
+    assert checksums({"a": sharded})["a"] == want
+    swapped = x.reshape(-1)[[1, 0, 2, 3]].reshape(2, 2)
+    assert checksums({"a": swapped})["a"][:8] == want[:8] and checksums({"a": swapped})["a"] != want
 
 
 def test_missing_step_and_empty_directory(tmp_path, train_state, two_steps):
     ckpt = Checkpointer(tmp_path / "new")
     assert ckpt.latest_step() is None and ckpt.steps() == []
-    with pytest.raises(CheckpointError, match=rf"no valid checkpoint found in {re.escape(str(tmp_path / 'new'))}"):
+    with pytest.raises(CheckpointError, match=rf"no checkpoint found in {re.escape(str(tmp_path / 'new'))}"):
         ckpt.restore(abstract(train_state))
     ckpt = Checkpointer(two_steps)
     with pytest.raises(CheckpointError, match=r"no checkpoint for step 5 .*available steps: \[1, 2\]"):
         ckpt.metadata(5)
 
 
-def test_existing_step_is_refused_unless_forced(tmp_path):
+def test_committed_step_is_never_rewritten_and_a_damaged_one_is_set_aside(tmp_path):
     ckpt = saved(tmp_path, SMALL, steps=(5,))
     doubled = host_map(lambda x: x * 2, SMALL)
-    where = re.escape(str(tmp_path / "5"))
-    with pytest.raises(CheckpointError, match=rf"step 5 already exists at {where}; pass force=True"):
-        ckpt.save(5, doubled, data_state=None, metadata=metadata_for(5))
-    ckpt.save(5, doubled, data_state=None, metadata=metadata_for(5), force=True)
+    assert ckpt.save(5, doubled, data_state=None, metadata=metadata_for(5)) is False
+    assert_trees_equal(ckpt.restore(abstract(SMALL))[0], SMALL)
+    garble_meta(tmp_path / "5")
+    with pytest.warns(UserWarning, match=r"moved checkpoint step 5 to .*set-aside/5-damaged-"):
+        assert ckpt.save(5, doubled, data_state=None, metadata=metadata_for(5)) is True
     ckpt.wait()
     assert_trees_equal(ckpt.restore(abstract(SMALL))[0], doubled)
+    [aside] = (tmp_path / "set-aside").iterdir()
+    assert (aside / "state").is_dir() and ckpt.steps() == [5]
 
 
 def test_metadata_that_is_not_json_is_refused(tmp_path, train_state):
@@ -254,12 +298,15 @@ def test_check_compatible_refuses_other_direction_or_tokenizer():
     meta = metadata_for(100, direction="forward")
     check_compatible(meta, direction="forward", tokenizer_identity="tok-abc")
     with pytest.raises(CheckpointMismatch, match=r"step 100 .*direction is 'forward' in the checkpoint but "
-                                                 r"'backward' in this run\); set the `force` option"):
+                                                 r"'backward' in this run\); set checkpoint.force=true"):
         check_compatible(meta, direction="backward", tokenizer_identity="tok-abc")
     with pytest.raises(CheckpointError, match="tokenizer_identity is 'tok-abc' in the checkpoint but 'tok-xyz'"):
         check_compatible(meta, direction="forward", tokenizer_identity="tok-xyz")
     with pytest.warns(UserWarning, match="because force is set"):
         check_compatible(meta, direction="bidirectional", tokenizer_identity="tok-xyz", force=True)
+    longer = dict(CONFIG.gpt_config(), sequence_len=64)
+    with pytest.raises(CheckpointMismatch, match="model.sequence_len is 32 in the checkpoint but 64 in this run"):
+        check_compatible(meta, direction="forward", tokenizer_identity="tok-abc", model_config=longer)
 
 
 def test_restore_across_device_layouts(tmp_path, train_state):

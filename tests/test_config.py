@@ -80,6 +80,20 @@ def test_gqa_allowed_with_depth_and_explicit_dims_without_depth():
         ("training:\n  seed: 1\n", ["mesh.data=0"], r"mesh.data=0 must be a positive size or -1"),
         ("training:\n  seed: 1\n", ["nonsense"], r"override 'nonsense' must look like key.sub=value"),
         ("model:\n  depth: 4\n", ["model.vocab_size=100"], r"model.vocab_size=100 differs from tokenizer.vocab_size"),
+        ("training:\n  num_iterations: 0\n", [],
+         r"training.num_iterations=0 must be a positive number of steps, or -1 .*\(from .*bad.yaml\)"),
+        ("training:\n  num_iterations: -2\n", [], r"training.num_iterations=-2 must be .* or -1 .*\(from .*bad.yaml\)"),
+        ("run_name: ''\n", [], r"run_name='' must be a plain folder name .*\(from .*bad.yaml\)"),
+        ("run_name: '  '\n", [], r"run_name='  ' must be a plain folder name"),
+        ("run_name: a/b\n", [], r"run_name='a/b' must be a plain folder name .*no path separators"),
+        ("run_name: x\n", ["run_name=.."], r"run_name='\.\.' must be a plain folder name .*\(from the command line"),
+        ("data:\n  fineweb_shards: 0\n", [],
+         r"data.fineweb_shards=0 must be between 2 .* and 1823, .*\(from .*bad.yaml\)"),
+        ("data:\n  fineweb_shards: 1824\n", [], r"data.fineweb_shards=1824 must be between 2 .* and 1823"),
+        ("training:\n  seed: 1\n  device_batch_size: 4\n  seed: 2\n", [],
+         r"config file .*bad.yaml sets the key 'seed' twice, on lines 2 and 4; keep one"),
+        ("model:\n  depth: 4\nmodel:\n  depth: 8\n", [],
+         r"config file .*bad.yaml sets the key 'model' twice, on lines 1 and 3"),
     ],
 )
 def test_errors_name_key_value_and_source(tmp_path, text, overrides, pattern):
@@ -87,6 +101,11 @@ def test_errors_name_key_value_and_source(tmp_path, text, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_config([path], overrides)
     assert "\n" not in str(info.value)
+
+
+def test_num_iterations_auto_and_full_fineweb_are_accepted():
+    config = load_config(overrides=["training.num_iterations=-1", "data.fineweb_shards=1823", "run_name=d20-back_2"])
+    assert (config.training.num_iterations, config.data.fineweb_shards) == (-1, 1823)
 
 
 def test_file_errors(tmp_path):

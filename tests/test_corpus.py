@@ -11,12 +11,21 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from revjax.data import corpus, shards
 from revjax.data.corpus import CorpusError, corpus_dir, default_data_dir, prepare_default_corpus, strip_gutenberg
-from revjax.data.shards import iter_documents, iter_texts, list_shards, split_shards, write_shard, write_shards
+from revjax.data.shards import (
+    ShardError,
+    iter_documents,
+    iter_texts,
+    list_shards,
+    split_shards,
+    write_shard,
+    write_shards,
+)
 
 PG_HEADER = (
     "The Project Gutenberg EBook of {title}, by Somebody\n\nThis eBook is for the use of anyone anywhere.\n\n"
@@ -141,15 +150,54 @@ def test_split_and_striding(tmp_path: Path) -> None:
 
 
 def test_split_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no parquet shards .*python -m revjax.data.corpus"):
+    with pytest.raises(ShardError, match=r"no parquet shards .*python -m revjax.data.corpus"):
         split_shards(tmp_path / "missing", "train")
     write_shards(["a"], tmp_path, docs_per_shard=1)
-    with pytest.raises(FileNotFoundError, match="only one shard .* at least two"):
+    with pytest.raises(ShardError, match="only one shard .* at least two"):
         list(iter_texts(tmp_path, "val"))
     with pytest.raises(ValueError, match="split must be"):
         split_shards(tmp_path, "test")
     with pytest.raises(ValueError, match="step >= 1"):
         next(iter_texts(tmp_path, "train", step=0))
+
+
+DAMAGED_SHARDS = {
+    "not parquet": (lambda path: path.write_bytes(b"<html>504 Gateway Timeout</html>"),
+                    r"shard_00000.parquet is not a parquet file \(ArrowInvalid\); delete or replace it"),
+    "no text column": (lambda path: pq.write_table(pa.table({"id": [1, 2]}), path),
+                       r"shard_00000.parquet has no 'text' column \(only 'id'\), so it holds no documents; delete"),
+    "no rows": (lambda path: write_shard(path, []),
+                r"shard_00000.parquet holds no rows, but every shard needs at least one document; delete"),
+    "null text": (lambda path: pq.write_table(pa.table({"text": ["a", "b", None]}), path, row_group_size=2),
+                  r"row 0 of row group 1 in .*shard_00000.parquet holds a null text, but every row's 'text' must be "
+                  r"a string; delete or replace it \(after deleting, `revjax prepare` rebuilds"),
+    "number text": (lambda path: pq.write_table(pa.table({"text": [7]}), path),
+                    r"row 0 of row group 0 in .*shard_00000.parquet holds the int 7, but every row's 'text' must be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_SHARDS))
+def test_damaged_shard_is_named(tmp_path: Path, case: str) -> None:
+    damage, message = DAMAGED_SHARDS[case]
+    write_shards(["x", "y"], tmp_path, docs_per_shard=1)
+    damage(tmp_path / "shard_00000.parquet")
+    with pytest.raises(ShardError, match=message) as info:
+        list(iter_documents(tmp_path, "train"))
+    assert "\n" not in str(info.value)
+
+
+def test_tokenizer_command_names_the_damaged_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from revjax.cli import main
+
+    write_shards(["x", "y"], tmp_path / "data", docs_per_shard=1)
+    DAMAGED_SHARDS["null text"][0](tmp_path / "data" / "shard_00000.parquet")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tokenizer", "data.corpus=parquet", f"data.dir={tmp_path / 'data'}", f"base_dir={tmp_path}",
+              "tokenizer.vocab_size=300"])
+    assert exit_info.value.code == 1
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("revjax: error: row 0 of row group 1 in ") and "null text" in last
+    assert not (tmp_path / "tokenizer").exists()
 
 
 # ---------------------------------------------------------------- corpus.py

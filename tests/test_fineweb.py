@@ -13,7 +13,7 @@ import pytest
 
 from revjax.data import fineweb
 from revjax.data.fineweb import ShardDownloadError, download_shards, shard_url
-from revjax.data.shards import iter_documents, write_shards
+from revjax.data.shards import iter_documents, write_shard, write_shards
 
 
 class ShardServer:
@@ -155,21 +155,28 @@ def test_missing_shard_is_not_retried(server: ShardServer, tmp_path: Path) -> No
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("content", [b"<html>not parquet</html>", "numbers"])
+@pytest.mark.parametrize("content", [b"<html>not parquet</html>", "numbers", "empty"])
 def test_corrupt_content_is_rejected(server: ShardServer, tmp_path: Path, content) -> None:
     if content == "numbers":
         pq.write_table(pa.table({"id": list(range(10))}), tmp_path / "numbers.parquet")
         content = (tmp_path / "numbers.parquet").read_bytes()
+    if content == "empty":
+        content = write_shard(tmp_path / "empty.parquet", []).read_bytes()
     server.files["shard_00003.parquet"] = content
     out = tmp_path / "fw"
-    with pytest.raises(ShardDownloadError, match=r"shard_00003.parquet from http://.*not a parquet file with a 'text'"):
+    with pytest.raises(ShardDownloadError, match=r"shard_00003.parquet from http://.*not a parquet file with a 'text' "
+                                                 r"column and at least one row\); check the network"):
         _download(server, [0, 3], out, retries=1)
     assert sorted(p.name for p in out.iterdir()) == ["shard_00000.parquet"]
     assert len(server.requests) == 3
 
 
-def test_corrupt_existing_shard_is_replaced(server: ShardServer, tmp_path: Path) -> None:
-    (tmp_path / "shard_00001.parquet").write_bytes(b"truncated garbage")
+@pytest.mark.parametrize("damage", ["garbage", "empty"])
+def test_corrupt_existing_shard_is_replaced(server: ShardServer, tmp_path: Path, damage: str) -> None:
+    if damage == "empty":
+        write_shard(tmp_path / "shard_00001.parquet", [])
+    else:
+        (tmp_path / "shard_00001.parquet").write_bytes(b"truncated garbage")
     [path] = _download(server, [1], tmp_path)
     assert path.read_bytes() == server.files["shard_00001.parquet"]
 

@@ -21,7 +21,7 @@ from revjax.interop.state_dict import StateDictError, build_model, expected_shap
 from revjax.optim import build_optimizer
 from revjax.sharding import make_mesh
 from revjax.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-from revjax.train.loop import _as_tree, load_init_params
+from revjax.train.setup import _init_from
 from revjax.train.step import init_train_state, train_state_shardings
 from tests.torch_reference import RefConfig, RefGPT
 
@@ -37,6 +37,22 @@ def overrides(base: Path) -> list[str]:
             "training.total_batch_tokens=512"]
 
 
+def state_tree(state) -> dict:
+    """The tree a revjax checkpoint holds for a train state."""
+    return {"params": state.params, "opt_state": state.opt_state}
+
+
+def save_checkpoint(config, tokenizer, params, folder: Path) -> None:
+    """Save ``params`` (with a fresh optimizer state) as step STEP of a revjax checkpoint in ``folder``."""
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    _, state, _ = init_train_state(config.model, build_optimizer(config.optimizer, config.model), mesh, params=params)
+    metadata = build_metadata(step=STEP, direction="backward", phase="mid", model_config=config.model.gpt_config(),
+                              config=config.to_dict(), tokenizer_identity=tokenizer.identity(),
+                              tokenizer_path=str(config.tokenizer_path()), val_bpb=1.25)
+    with Checkpointer(folder, async_save=False) as checkpointer:
+        checkpointer.save(STEP, state_tree(state), data_state=None, metadata=metadata)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A revjax run folder with one checkpoint whose every parameter is non-zero."""
@@ -45,16 +61,10 @@ def run(tmp_path_factory):
     tokenizer = train_tokenizer(docs, base / "tokenizer", 320, progress=False)
     config = load_config(overrides=overrides(base))
     mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    tx = build_optimizer(config.optimizer, config.model)
-    _, fresh, _ = init_train_state(config.model, tx, mesh, seed=3)
+    _, fresh, _ = init_train_state(config.model, build_optimizer(config.optimizer, config.model), mesh, seed=3)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.05, p.shape).astype(np.float32), fresh.params)
-    _, state, _ = init_train_state(config.model, tx, mesh, params=params)
-    metadata = build_metadata(step=STEP, direction="backward", phase="mid", model_config=config.model.gpt_config(),
-                              config=config.to_dict(), tokenizer_identity=tokenizer.identity(),
-                              tokenizer_path=str(config.tokenizer_path()), val_bpb=1.25)
-    with Checkpointer(config.checkpoint_path(), async_save=False) as checkpointer:
-        checkpointer.save(STEP, _as_tree(state), data_state=None, metadata=metadata)
+    save_checkpoint(config, tokenizer, params, config.checkpoint_path())
     return config, tokenizer, params
 
 
@@ -146,12 +156,12 @@ def test_import_round_trip(run, exported, tmp_path, which):
     follow = load_config(overrides=[*overrides(config.base_path()), f"training.init_from={out}",
                                     f"tokenizer.dir={out / 'tokenizer'}"])
     mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    start = load_init_params(follow, tokenizer)
+    start, _ = _init_from(follow, tokenizer)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, start), expected)
     tx = build_optimizer(imported.optimizer, imported.model)
     _, abstract, _ = train_state_shardings(imported.model, tx, mesh)
     with Checkpointer(out) as checkpointer:
-        state, data_state, _ = checkpointer.restore(_as_tree(abstract))
+        state, data_state, _ = checkpointer.restore(state_tree(abstract))
     assert data_state is None and set(state) == {"params", "opt_state"}
 
 
@@ -210,6 +220,14 @@ REFUSALS = {
                lambda f: (f / "tokenizer.pkl").write_bytes(pickle.dumps(Evil()))),
     "no model": (InteropError, "has no model.pt", lambda f: (f / "model.pt").unlink()),
     "no tokenizer": (TokenizerError, "no tokenizer found", lambda f: (f / "tokenizer.pkl").unlink()),
+    "fractional step": (InteropError, r"meta.json has step 7.5, but a step must be a non-negative integer",
+                        lambda f: _edit_meta(f, lambda m: m.update({"step": 7.5}))),
+    "text step": (InteropError, r"meta.json has step 'seven', but a step must be a non-negative integer",
+                  lambda f: _edit_meta(f, lambda m: m.update({"step": "seven"}))),
+    "nan weight": (StateDictError, r"tensor 'transformer.h.1.mlp.c_fc.weight' holds 1 NaN or infinite value\(s\)",
+                   lambda f: _edit_model(f, lambda sd: sd["transformer.h.1.mlp.c_fc.weight"][0, 3:4].fill_(np.nan))),
+    "inf weight": (StateDictError, r"tensor 'lm_head.weight' holds 2 NaN or infinite value\(s\); the weights are",
+                   lambda f: _edit_model(f, lambda sd: sd["lm_head.weight"][5, :2].fill_(-np.inf))),
 }
 
 
@@ -223,6 +241,41 @@ def test_import_refusals(exported, tmp_path, case):
     with pytest.raises(error, match=match):
         import_checkpoint(src, tmp_path / "out")
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_meta_without_direction_imports_as_forward(exported, tmp_path):
+    _, flat = exported
+    src = tmp_path / "src"
+    shutil.copytree(flat.parent, src)
+    _edit_meta(src, lambda m: m.pop("direction"))
+    out = import_checkpoint(src, tmp_path / "out")
+    _, meta, config = read_params(out)
+    assert (meta["direction"], config.direction.direction, meta["step"]) == ("forward", "forward", STEP)
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_missing_torch_names_the_extra(run, exported, tmp_path, monkeypatch, capsys, command):
+    config, _, _ = run
+    _, flat = exported
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    if command == "export":
+        code = export_main([str(config.checkpoint_path()), str(tmp_path / "out"), "--flat"])
+    else:
+        code = import_main([str(flat.parent), str(tmp_path / "out")])
+    assert code == 1
+    assert capsys.readouterr().err == (f"revjax {command}: error: revjax {command} needs the 'torch' package, which is "
+                                       "not installed; install it with pip install 'revjax[torch]'\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_nan_weights(run, tmp_path):
+    config, tokenizer, params = run
+    broken = jax.tree.map(np.array, params)
+    broken["blocks"][0]["attn"]["c_q"]["kernel"][1, 2] = np.nan
+    save_checkpoint(config, tokenizer, broken, tmp_path / "run")
+    with pytest.raises(StateDictError, match=r"tensor 'transformer.h.0.attn.c_q.weight' holds 1 NaN or infinite"):
+        export_checkpoint(tmp_path / "run", tmp_path / "out", layout="flat")
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
 def test_import_refuses_missing_source_and_step(exported, tmp_path):

@@ -1,17 +1,20 @@
 """Tests for revjax.data.pipeline: golden compat batches, document layouts, exact resumption, multi-process slices."""
 
+import itertools
 import json
 import random
 
 import grain
 import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from revjax.config import Config
 from revjax.data.pipeline import TokenBatchDataset, build_pipeline, global_batch
-from revjax.data.shards import write_shards
+from revjax.data.shards import ShardError, write_shards
 from revjax.direction import Specials, inputs_and_targets, orient_documents, restore_document
 from revjax.tokenizer import Tokenizer
 
@@ -237,7 +240,7 @@ def test_global_batch_on_eight_devices(data_dir, tok):
 
 
 def test_clear_errors(data_dir, tok, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no parquet shards"):
+    with pytest.raises(ShardError, match="no parquet shards"):
         TokenBatchDataset(tmp_path, "train", tok, batch_size=B, seq_len=T)
     with pytest.raises(ValueError, match="no documents for process 4 of 5"):
         _dataset(data_dir, tok, "val", process_index=4, process_count=5)
@@ -249,6 +252,18 @@ def test_clear_errors(data_dir, tok, tmp_path):
         _dataset(data_dir, tok, direction="sideways")
     with pytest.raises(ValueError, match="fewer than the 4097 tokens"):
         next(iter(_dataset(data_dir, tok, "val", batch_size=64, seq_len=64)))
+
+
+def test_damaged_shards_are_named(tok, tmp_path):
+    write_shards(["a b c", "d e f", "g h i"], tmp_path, docs_per_shard=1)
+    pq.write_table(pa.table({"text": ["x y z", None]}), tmp_path / "shard_00001.parquet", row_group_size=1)
+    dataset = _dataset(tmp_path, tok, batch_size=1, seq_len=4, tokenizer_batch_size=1)
+    with pytest.raises(ShardError, match=r"row 0 of row group 1 in .*shard_00001.parquet holds a null text, but "
+                                         r"every row's 'text' must be a string"):
+        list(itertools.islice(iter(dataset), 10))
+    (tmp_path / "shard_00000.parquet").write_text("not parquet")
+    with pytest.raises(ShardError, match=r"shard_00000.parquet is not a parquet file .*delete or replace it"):
+        _dataset(tmp_path, tok)
 
 
 def test_state_errors(data_dir, tok):

@@ -41,7 +41,7 @@ def train(params, data, mesh):
     for batch in data:
         inputs = np.maximum(batch[:, :-1], 0).reshape(accum, ROWS // accum, SEQ)
         targets = batch[:, 1:].reshape(accum, ROWS // accum, SEQ)
-        state, metrics = step(state, inputs, targets, 1.0, 0.9)
+        state, metrics = step(state, {"inputs": inputs, "targets": targets}, 1.0, 0.9)
         losses.append(float(metrics["loss"]))
     return np.array(losses), jax.tree.map(np.asarray, state.params), state
 

@@ -341,6 +341,21 @@ def test_load_rejects_non_encoding_pickles(tmp_path: Path, payload: bytes, messa
         Tokenizer.load(tmp_path)
 
 
+def test_load_refuses_registry_encoding_pickle(tok: Tokenizer, tmp_path: Path, monkeypatch) -> None:
+    # tiktoken pickles an encoding of its registry by name only; unpickling that would download the vocabulary.
+    enc = tiktoken.Encoding("cl100k_base", pat_str=SPLIT_PATTERN, mergeable_ranks=dict(tok.encoding._mergeable_ranks),
+                            special_tokens=dict(tok.encoding._special_tokens))
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "cl100k_base", enc)
+    payload = pickle.dumps(enc)
+    monkeypatch.undo()
+    assert enc.__getstate__() != "cl100k_base" and b"mergeable_ranks" not in payload
+    monkeypatch.setattr(tiktoken.registry, "get_encoding", lambda name: pytest.fail(f"fetched {name}"))
+    (tmp_path / TOKENIZER_FILE).write_bytes(payload)
+    with pytest.raises(TokenizerError, match=rf"{TOKENIZER_FILE}: the tokenizer pickle names tiktoken's registry "
+                                             r"encoding 'cl100k_base', which tiktoken would fetch from the network"):
+        Tokenizer.load(tmp_path)
+
+
 def test_load_truncated_pickle(golden_dir: Path, tmp_path: Path) -> None:
     data = (golden_dir / "tokenizer" / TOKENIZER_FILE).read_bytes()
     (tmp_path / TOKENIZER_FILE).write_bytes(data[: len(data) // 2])

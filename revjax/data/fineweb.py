@@ -17,16 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import requests
 from tqdm import tqdm
 
+from revjax.config import FINEWEB_SHARDS
 from revjax.data.corpus import corpus_dir, default_data_dir
-from revjax.data.shards import TEXT_COLUMN, shard_name
+from revjax.data.shards import TEXT_COLUMN, ShardError, open_shard, shard_name
 
 DEFAULT_BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 BASE_URL_ENV = "REVJAX_FINEWEB_URL"
-MAX_SHARD_INDEX = 1822
+MAX_SHARD_INDEX = FINEWEB_SHARDS - 1
 CHUNK_BYTES = 1 << 20
 
 
@@ -49,11 +49,12 @@ def shard_url(index: int, base: str | None = None) -> str:
 
 
 def is_valid_shard(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` opens as parquet (footer metadata) and has a ``text`` column."""
+    """Whether ``path`` is a parquet file with a ``text`` column and at least one row (footer metadata only)."""
     try:
-        return TEXT_COLUMN in pq.ParquetFile(path).schema_arrow.names
-    except Exception:  # pyarrow raises several types for damaged files
+        open_shard(path)
+    except ShardError:
         return False
+    return True
 
 
 def download_shards(
@@ -139,7 +140,7 @@ def _download_one(
             os.replace(part, final)
             return final
         part.unlink()
-        reason = f"the downloaded file is not a parquet file with a {TEXT_COLUMN!r} column"
+        reason = f"the downloaded file is not a parquet file with a {TEXT_COLUMN!r} column and at least one row"
     raise ShardDownloadError(
         f"could not download {final.name} from {url} after {retries + 1} attempt(s) (last: {reason}); "
         "check the network and the URL, then run again to resume"
@@ -211,12 +212,12 @@ def _range_total(content_range: str | None) -> int | None:
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m revjax.data.fineweb -n 8`` downloads shards 0..7 (the val shard is the last one)."""
     parser = argparse.ArgumentParser(prog="python -m revjax.data.fineweb", description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--num-shards", type=int, default=MAX_SHARD_INDEX + 1, help="first N shards")
+    parser.add_argument("-n", "--num-shards", type=int, default=FINEWEB_SHARDS, help="first N shards")
     parser.add_argument("-w", "--workers", type=int, default=4)
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     args = parser.parse_args(argv)
-    if not 1 <= args.num_shards <= MAX_SHARD_INDEX + 1:
-        parser.error(f"-n must be in 1..{MAX_SHARD_INDEX + 1}")
+    if not 1 <= args.num_shards <= FINEWEB_SHARDS:
+        parser.error(f"-n must be in 1..{FINEWEB_SHARDS}")
     out = corpus_dir(args.data_dir, "fineweb")
     download_shards(range(args.num_shards), out, workers=args.workers)
     print(out)

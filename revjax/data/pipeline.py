@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from revjax.config import Config
-from revjax.data.shards import TEXT_COLUMN, Split, split_shards
+from revjax.data.shards import Split, open_shard, read_texts, split_shards
 from revjax.direction import (
     Direction,
     Specials,
@@ -97,9 +97,7 @@ def _plan_units(shards: list[Path], process_index: int, process_count: int) -> t
     units: list[_Unit] = []
     first_doc = 0
     for shard, path in enumerate(shards):
-        meta = pq.ParquetFile(path)
-        if TEXT_COLUMN not in meta.schema_arrow.names:
-            raise ValueError(f"{path} has no {TEXT_COLUMN!r} column; delete it and recreate the shards")
+        meta = open_shard(path)
         for row_group in range(meta.num_row_groups):
             rows = meta.metadata.row_group(row_group).num_rows
             if row_group % process_count == process_index:
@@ -224,10 +222,10 @@ class TokenBatchIterator(grain.DatasetIterator):
     def _unit_texts(self, unit: int) -> list[str]:
         if self._texts is None or self._texts[0] != unit:
             info = self._ds.units[unit]
+            path = self._ds.shards[info.shard]
             if self._file is None or self._file[0] != info.shard:
-                self._file = (info.shard, pq.ParquetFile(self._ds.shards[info.shard]))
-            table = self._file[1].read_row_group(info.row_group, columns=[TEXT_COLUMN])
-            self._texts = (unit, table.column(TEXT_COLUMN).to_pylist())
+                self._file = (info.shard, open_shard(path))
+            self._texts = (unit, read_texts(self._file[1], path, info.row_group))
         return self._texts[1]
 
     def _read_piece(self) -> _Piece | None:

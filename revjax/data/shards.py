@@ -15,6 +15,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from revjax.errors import RevjaxError
+
 Split = Literal["train", "val"]
 
 TEXT_COLUMN = "text"
@@ -23,6 +25,11 @@ MAKE_SHARDS_HINT = (
     "run `python -m revjax.data.corpus` for the default corpus or "
     "`python -m revjax.data.fineweb -n 2` for FineWeb-Edu shards"
 )
+REPAIR_HINT = "delete or replace it (after deleting, `revjax prepare` rebuilds the default or FineWeb-Edu corpus)"
+
+
+class ShardError(RevjaxError, ValueError):
+    """A corpus folder or shard file that cannot be read, described in one sentence."""
 
 
 def shard_name(index: int) -> str:
@@ -94,13 +101,39 @@ def split_shards(data_dir: str | os.PathLike[str], split: Split) -> list[Path]:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     shards = list_shards(data_dir)
     if not shards:
-        raise FileNotFoundError(f"no parquet shards found in {data_dir}; {MAKE_SHARDS_HINT}")
+        raise ShardError(f"no parquet shards found in {data_dir}; {MAKE_SHARDS_HINT}")
     if len(shards) < 2:
-        raise FileNotFoundError(
+        raise ShardError(
             f"only one shard ({shards[0].name}) in {data_dir}, but a train/val split needs at least two "
             f"(the last one is val); {MAKE_SHARDS_HINT}"
         )
     return shards[:-1] if split == "train" else shards[-1:]
+
+
+def open_shard(path: str | os.PathLike[str]) -> pq.ParquetFile:
+    """Open a shard, checking that it is a parquet file with a ``text`` column and at least one row."""
+    try:
+        shard = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for files that are not parquet
+        raise ShardError(f"{path} is not a parquet file ({type(err).__name__}); {REPAIR_HINT}") from None
+    columns = shard.schema_arrow.names
+    if TEXT_COLUMN not in columns:
+        raise ShardError(f"{path} has no {TEXT_COLUMN!r} column (only {', '.join(map(repr, columns)) or 'none'}), "
+                         f"so it holds no documents; {REPAIR_HINT}")
+    if shard.metadata.num_rows == 0:
+        raise ShardError(f"{path} holds no rows, but every shard needs at least one document; {REPAIR_HINT}")
+    return shard
+
+
+def read_texts(shard: pq.ParquetFile, path: str | os.PathLike[str], row_group: int) -> list[str]:
+    """The documents of one row group of an opened shard, checking that every one is a string."""
+    texts = shard.read_row_group(row_group, columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            shown = "a null text" if text is None else f"the {type(text).__name__} {text!r:.40}"
+            raise ShardError(f"row {row} of row group {row_group} in {path} holds {shown}, but every row's "
+                             f"{TEXT_COLUMN!r} must be a string; {REPAIR_HINT}")
+    return texts
 
 
 def iter_texts(
@@ -119,11 +152,9 @@ def iter_texts(
     if start < 0 or step < 1 or batch_docs < 1:
         raise ValueError(f"need start >= 0, step >= 1 and batch_docs >= 1, got {start}, {step} and {batch_docs}")
     for path in split_shards(data_dir, split):
-        pf = pq.ParquetFile(path)
-        if TEXT_COLUMN not in pf.schema_arrow.names:
-            raise ValueError(f"{path} has no {TEXT_COLUMN!r} column; delete it and recreate the shards")
-        for rg in range(start, pf.num_row_groups, step):
-            texts = pf.read_row_group(rg, columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()
+        shard = open_shard(path)
+        for rg in range(start, shard.num_row_groups, step):
+            texts = read_texts(shard, path, rg)
             for i in range(0, len(texts), batch_docs):
                 yield texts[i : i + batch_docs]
 

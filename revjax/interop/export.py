@@ -8,7 +8,6 @@ Two layouts: ``onanchat`` writes ``<out>/<phase>_checkpoints/<tag>/model_<step:0
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import argparse
 import importlib.util
 import io
@@ -16,7 +15,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -29,8 +27,9 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from revjax.checkpoint import STATE, Checkpointer, CheckpointError
-from revjax.config import Config, ConfigError
-from revjax.interop.state_dict import StateDictError, to_torch_layout
+from revjax.config import Config
+from revjax.errors import RevjaxError, require, run_command
+from revjax.interop.state_dict import check_finite, to_torch_layout
 from revjax.model import GPT
 from revjax.tokenizer import Tokenizer, TokenizerError
 
@@ -45,7 +44,9 @@ class InteropError(RevjaxError, ValueError):
     """An export or import that cannot be done, described in one sentence."""
 
 
-ERRORS = (InteropError, StateDictError, TokenizerError, CheckpointError, ConfigError)
+def torch_for(command: str):
+    """The torch module, or a MissingDependency telling the user of ``command`` to install ``revjax[torch]``."""
+    return require("torch", "torch", command)
 
 
 def read_checkpoint_meta(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict, Config]:
@@ -109,18 +110,21 @@ def onanchat_meta(meta: dict, config: Config) -> dict:
 
 
 def torch_state_dict(params: dict, config: Config, *, all_fp32: bool = False) -> "OrderedDict[str, Any]":
-    """The onanchat state_dict as torch tensors: wte bf16 (torch's round-to-nearest cast) and the rest fp32."""
-    import torch
+    """The onanchat state_dict as torch tensors: wte bf16 (torch's round-to-nearest cast) and the rest fp32.
 
+    A parameter holding a NaN or an infinity is refused (StateDictError)."""
+    torch = torch_for("revjax export")
+    arrays = to_torch_layout(params, config.model)
+    check_finite(arrays)
     out: OrderedDict[str, Any] = OrderedDict()
-    for name, array in to_torch_layout(params, config.model).items():
+    for name, array in arrays.items():
         tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
         out[name] = tensor.to(torch.bfloat16) if name in BF16_TENSORS and not all_fp32 else tensor
     return out
 
 
 def _torch_bytes(obj: Any) -> bytes:
-    import torch
+    torch = torch_for("revjax export")
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -138,7 +142,7 @@ def _write(path: Path, data: bytes | str) -> None:
 def _write_files(folder: Path, files: dict[str, bytes | str], state_dict: dict, model_name: str,
                  safetensors: bool) -> None:
     """``files`` plus the state_dict as ``model_name`` (and optionally its safetensors twin) into ``folder``."""
-    import torch
+    torch = torch_for("revjax export")
 
     for name, data in files.items():
         _write(folder / name, data)
@@ -169,6 +173,7 @@ def export_checkpoint(
     Everything is written into a temporary folder first and moved into place only when complete; an existing
     export of the same step (or flat folder) is replaced only with ``force``.
     """
+    torch = torch_for("revjax export")
     if layout not in ("onanchat", "flat"):
         raise InteropError(f"layout must be 'onanchat' or 'flat', not {layout!r}")
     if safetensors and importlib.util.find_spec("safetensors") is None:
@@ -195,8 +200,6 @@ def export_checkpoint(
     params, _, _ = read_params(run_dir, n)
     state_dict = torch_state_dict(params, config, all_fp32=all_fp32)
     del params
-    import torch
-
     tok_files = {"tokenizer.pkl": pickle.dumps(tokenizer.encoding),
                  "token_bytes.pt": _torch_bytes(torch.from_numpy(tokenizer.token_bytes(config.tokenizer.token_bytes)))}
     meta_text = json.dumps(onanchat_meta(meta, config), indent=2)
@@ -277,16 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--safetensors", action="store_true", help="also write a .safetensors copy of the model")
     parser.add_argument("--force", action="store_true", help="replace an existing export")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         path = export_checkpoint(args.run_dir, args.out, step=args.step, layout="flat" if args.flat else "onanchat",
                                  phase=args.phase, tag=args.tag, all_fp32=args.fp32, safetensors=args.safetensors,
                                  force=args.force)
-    except ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"exported {path}")
-    return 0
+        print(f"exported {path}")
+
+    return run_command("revjax export", run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

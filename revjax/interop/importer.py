@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +23,8 @@ import numpy as np
 
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import Config, MeshConfig
-from revjax.interop.export import ERRORS, MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, temp_dir
+from revjax.errors import run_command
+from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, temp_dir, torch_for
 from revjax.interop.state_dict import StateDictError, from_torch_layout
 from revjax.tokenizer import Tokenizer
 
@@ -78,12 +78,15 @@ def read_meta(path: Path) -> dict:
     direction = meta.get("direction", "forward")
     if direction not in DIRECTIONS:
         raise InteropError(f"{path} has direction {direction!r}; expected one of {', '.join(DIRECTIONS)}")
+    step = meta.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise InteropError(f"{path} has step {step!r}, but a step must be a non-negative integer; fix its 'step'")
     return meta
 
 
 def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     """The tensors of ``model.pt`` as fp32 numpy arrays (``torch.load(weights_only=True)``, ``_orig_mod.`` stripped)."""
-    import torch
+    torch = torch_for("revjax import")
 
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -139,7 +142,7 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
     direction = meta.get("direction", "forward")
     config = revjax_config(model_config, direction=direction, phase=phase, out_run_dir=out)
     params = from_torch_layout(read_state_dict(model_path), config.model)
-    number = int(meta.get("step", 0) if meta_path.name == "meta.json" else STEP_FILE.fullmatch(model_path.name)[1])
+    number = meta.get("step", 0) if meta_path.name == "meta.json" else int(STEP_FILE.fullmatch(model_path.name)[1])
 
     mesh = shd.make_mesh(MeshConfig(data=1), jax.devices()[:1])
     tx = build_optimizer(config.optimizer, config.model, init_lr_frac=config.schedule.init_lr_frac)
@@ -178,14 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         path = import_checkpoint(args.src, args.out_run_dir, phase=args.phase, step=args.step, force=args.force)
-    except ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"imported into {path}")
-    return 0
+        print(f"imported into {path}")
+
+    return run_command("revjax import", run)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

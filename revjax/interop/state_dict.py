@@ -74,8 +74,20 @@ def to_torch_layout(params: Mapping[str, Any], config: ModelConfig) -> dict[str,
     return out
 
 
+def check_finite(state_dict: Mapping[str, Any]) -> None:
+    """Raise a StateDictError naming the first tensor that holds a NaN or an infinity."""
+    for name, array in state_dict.items():
+        bad = np.size(array) - np.count_nonzero(np.isfinite(array))
+        if bad:
+            raise StateDictError(
+                f"tensor '{name}' holds {bad} NaN or infinite value(s); the weights are damaged or come from a "
+                "diverged run, so convert an earlier checkpoint instead"
+            )
+
+
 def check_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> None:
-    """Raise a StateDictError if names or shapes disagree with the config (onanchat's ``_orig_mod.`` is not allowed)."""
+    """Raise a StateDictError if names or shapes disagree with the config (onanchat's ``_orig_mod.`` is not
+    allowed) or a tensor is not finite."""
     shapes = expected_shapes(config)
     missing = [k for k in shapes if k not in state_dict]
     extra = [k for k in state_dict if k not in shapes]
@@ -95,6 +107,7 @@ def check_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> None
             raise StateDictError(
                 f"tensor '{name}' has shape {got} but model_config gives {shape}; check model_config against the weights"
             )
+    check_finite(state_dict)
 
 
 def from_torch_layout(state_dict: Mapping[str, Any], config: ModelConfig) -> dict:

@@ -1,8 +1,10 @@
-"""The train step: one jitted, sharded, donated function with gradient accumulation inside.
+"""The train step: one jitted, sharded, donated function with gradient accumulation inside; the loss is passed in.
 
-A step consumes a global batch of shape ``(accum, rows, T)``: ``accum`` micro-batches, each split over the
-data-parallel devices. The loss is the mean over every scored target of the whole step (targets of −1 are not
-scored), so the result does not depend on how the batch is split into micro-batches or devices.
+A step consumes a global batch: a dict of arrays of shape ``(accum, rows, T)`` (``inputs``, ``targets`` and
+whatever the loss reads, e.g. ``advantages``): ``accum`` micro-batches, each split over the data-parallel devices.
+A loss function maps ``(model, micro-batch)`` to the *sum* of its per-token losses; the step divides by the number
+of scored targets (≥ 0) of the whole step, so the result does not depend on how the batch is split into
+micro-batches or devices.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from revjax import sharding as shd
 from revjax.config import ModelConfig
 from revjax.model import GPT, cross_entropy
-from revjax.optim import set_schedule
+from revjax.optim import LR_MULTIPLIER, MUON_MOMENTUM, set_schedule
 
 
 @dataclass
@@ -34,10 +36,22 @@ class TrainState:
 jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state"], meta_fields=[])
 
 
-def loss_sum(graphdef: nnx.GraphDef, params: Any, inputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Summed cross-entropy over the scored targets of one micro-batch."""
-    model: GPT = nnx.merge(graphdef, params)
-    return cross_entropy(model(inputs), targets, reduction="sum")
+Batch = dict[str, jax.Array]
+LossFn = Callable[[GPT, Batch], jax.Array]
+
+
+def next_token_loss(model: GPT, batch: Batch) -> jax.Array:
+    """Summed cross-entropy over the scored targets of one micro-batch (base, mid, SFT)."""
+    return cross_entropy(model(batch["inputs"]), batch["targets"], reduction="sum")
+
+
+def policy_gradient_loss(model: GPT, batch: Batch) -> jax.Array:
+    """−Σ advantage · log p(sampled token) over the sampled tokens (RL; ``advantages`` per token, 0 elsewhere)."""
+    nll = cross_entropy(model(batch["inputs"]), batch["targets"], reduction="none")
+    return jnp.sum(batch["advantages"] * nll)
+
+
+LOSSES: dict[str, LossFn] = {"next_token": next_token_loss, "policy_gradient": policy_gradient_loss}
 
 
 def accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len: int, dp_size: int) -> int:
@@ -56,31 +70,35 @@ def build_train_step(
     tx: optax.GradientTransformation,
     mesh: Mesh,
     state_shardings: TrainState,
-) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """``step(state, inputs, targets, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state."""
-    batch = shd.step_batch_sharding(mesh)
+    loss: LossFn = next_token_loss,
+) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state."""
+    batch_sharding = shd.step_batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
 
-    def step(state: TrainState, inputs, targets, lrm, momentum):
-        n_scored = jnp.maximum(jnp.sum(targets >= 0), 1).astype(jnp.float32)
-        grad_fn = jax.value_and_grad(lambda p, x, y: loss_sum(graphdef, p, x, y) / n_scored)
+    def step(state: TrainState, batch: Batch, lrm, momentum):
+        n_scored = jnp.maximum(jnp.sum(batch["targets"] >= 0), 1).astype(jnp.float32)
+        grad_fn = jax.value_and_grad(lambda p, micro: loss(nnx.merge(graphdef, p), micro) / n_scored)
 
-        def micro(carry, xy):
-            loss, grads = grad_fn(state.params, *xy)
-            return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+        def micro(carry, micro_batch):
+            value, grads = grad_fn(state.params, micro_batch)
+            return (carry[0] + value, jax.tree.map(jnp.add, carry[1], grads)), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (loss, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), (inputs, targets))
+        (value, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch)
         opt_state = set_schedule(state.opt_state, lrm, momentum)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "scored_tokens": n_scored,
-                   "params_finite": jnp.isfinite(optax.tree.norm(params))}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "scored_tokens": n_scored,
+                   "params_finite": jnp.isfinite(optax.tree.norm(params)),
+                   # what the optimizer itself read this step
+                   "lr_multiplier": opt_state.hyperparams[LR_MULTIPLIER],
+                   "muon_momentum": opt_state.hyperparams[MUON_MOMENTUM]}
         return TrainState(params, opt_state), metrics
 
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch, batch, replicated, replicated),
+        in_shardings=(state_shardings, batch_sharding, replicated, replicated),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )

@@ -1,0 +1,83 @@
+"""Each phase's batches: training batches as one resumable iterator of step batches placed on the mesh, and the
+validation rows its evaluation reads.
+
+Base reads the document corpus; mid and SFT read the conversation mixtures of ``tasks.train`` / ``tasks.val``
+(:mod:`revjax.data.conversations`: mid packs whole conversations like documents, SFT pads one per row). A step
+batch is ``{"inputs", "targets"}``, global arrays of shape ``(accum, rows, T)``; ``get_state()`` / ``set_state()``
+round-trip the position exactly (it is stored with every checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+
+from revjax import sharding as shd
+from revjax.config import Config
+from revjax.data.conversations import ConversationBatches
+from revjax.data.pipeline import SlicedBatches, global_batch
+from revjax.phases import Phase
+from revjax.tasks import build_mixture
+from revjax.tokenizer import Tokenizer
+
+
+class StepBatches:
+    """Stacks ``accum`` micro-batches of a row iterator into one step batch on ``sharding``."""
+
+    def __init__(self, rows, accum: int, sharding: jax.sharding.Sharding):
+        self.rows, self.accum, self.sharding = rows, accum, sharding
+
+    def __next__(self) -> dict:
+        micro = [next(self.rows) for _ in range(self.accum)]
+        inputs, targets = global_batch((np.stack([m[0] for m in micro]), np.stack([m[1] for m in micro])),
+                                       self.sharding)
+        return {"inputs": inputs, "targets": targets}
+
+    def get_state(self) -> dict:
+        return self.rows.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.rows.set_state(state)
+
+    def close(self) -> None:
+        self.rows.close()
+
+
+def conversation_source(config: Config, split: str):
+    """The task mixture of ``tasks.train`` (``split="train"``) or ``tasks.val`` (``"val"``)."""
+    spec = config.tasks.train if split == "train" else config.tasks.val
+    return build_mixture(spec, seed=config.tasks.seed, cache_dir=config.tasks_path(), training=split == "train")
+
+
+def row_batches(config: Config, phase: Phase, tokenizer: Tokenizer, split: str, rows: int, *, source=None):
+    """This process's ``(inputs, targets)`` rows of ``split`` for ``phase``: the train split cycles, val ends."""
+    T, proc, n_proc = config.model.sequence_len, jax.process_index(), jax.process_count()
+    if phase.data == "documents":
+        return SlicedBatches(config, tokenizer, split, rows=rows, seq_len=T, process_index=proc,
+                             process_count=n_proc, cycle=split == "train")
+    if phase.data in ("conversations-packed", "conversations-padded"):
+        kind = "mid" if phase.data == "conversations-packed" else "sft"
+        return ConversationBatches(config, tokenizer, source or conversation_source(config, split), kind=kind,
+                                   rows=rows, seq_len=T, process_index=proc, process_count=n_proc,
+                                   cycle=split == "train")
+    raise ValueError(f"the {phase.name} phase reads {phase.data}, which are not row batches")
+
+
+def epoch_steps(config: Config, phase: Phase, tokenizer: Tokenizer, source) -> int:
+    """Optimizer steps in one epoch of a conversation mixture: SFT examples, or mid tokens, per step."""
+    per_step = config.training.total_batch_tokens // config.model.sequence_len  # rows per optimizer step
+    if phase.data == "conversations-padded":
+        return max(1, len(source) // per_step)
+    tokens = sum(len(tokenizer.render_conversation(source[i])[0]) for i in range(len(source)))
+    return max(1, math.ceil(tokens / config.training.total_batch_tokens))
+
+
+def build_batches(run) -> StepBatches:
+    """The training batches of ``run`` (a :class:`revjax.train.setup.RunSetup`) for its phase, at its data state."""
+    rows = row_batches(run.config, run.phase, run.tokenizer, "train", run.local_rows, source=run.train_source)
+    batches = StepBatches(rows, run.accum, shd.step_batch_sharding(run.mesh))
+    if run.data_state is not None:
+        batches.set_state(run.data_state)
+    return batches

@@ -1,0 +1,134 @@
+"""Mid-training and SFT through the one training loop: the loss, LR and momentum each step receives, pinned against
+hand computations; chat samples in every direction; resuming from a chosen step."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from revjax.checkpoint import Checkpointer
+from revjax.config import load_config
+from revjax.data.shards import write_shards
+from revjax.model import GPT
+from revjax.tasks import get_task
+from revjax.tokenizer import Tokenizer, train_tokenizer
+from revjax.train.data import conversation_source, row_batches
+from revjax.phases import PHASES
+from revjax.train.loop import train
+
+WORDS = "what is plus the answer spell word letters who are you a language model seven twelve nineteen".split()
+TRAIN_TASKS = '[{task: arithmetic, size: 48}, {task: identity, size: 16}]'
+VAL_TASKS = '[{task: arithmetic, split: test, size: 8}]'
+
+
+def overrides(base: Path, run: str, **extra) -> list[str]:
+    values = {
+        "base_dir": base, "run_name": run, "data.corpus": "parquet", "data.dir": base / "corpus",
+        "tokenizer.vocab_size": 400, "model.depth": None, "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
+        "model.sequence_len": 64, "model.compute_dtype": "float32", "training.device_batch_size": 1,
+        "training.total_batch_tokens": 512, "training.num_iterations": 4, "training.eval_every": 100,
+        "training.eval_tokens": 512, "training.sample_every": 0, "logging.log_every": 1, "logging.progress": False,
+        "optimizer.ns_dtype": "float32", "tasks.train": TRAIN_TASKS, "tasks.val": VAL_TASKS,
+        "optimizer.muon_momentum_warmup_steps": 4,
+    }
+    values.update(extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("phases")
+    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(20 + i % 13)) for i in range(100)]
+    for name in ("arithmetic", "identity"):  # the conversations' own words, so the tokenizer reaches its size
+        for conversation in get_task(name, size=100):
+            docs.append(" ".join(part["text"] if isinstance(part, dict) else part
+                                 for m in conversation["messages"]
+                                 for part in (m["content"] if isinstance(m["content"], list) else [m["content"]])))
+    write_shards(docs, base / "corpus", docs_per_shard=100)
+    train_tokenizer(docs, base / "tokenizer", 400, progress=False)
+    return base
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_rows(run_dir: Path) -> list[dict]:
+    return [r for r in metrics(run_dir) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def sft(base):
+    return train(load_config(overrides=overrides(base, "sft", **{"training.phase": "sft",
+                                                                 "checkpoint.save_every": 2})))
+
+
+def test_sft_loss_is_the_mean_over_scored_targets_only(base, sft):
+    """Step 0's loss, recomputed by hand from the fresh model's logits on the first SFT step batch."""
+    config = load_config(overrides=overrides(base, "sft", **{"training.phase": "sft"}))
+    tokenizer = Tokenizer.load(base / "tokenizer")
+    rows = row_batches(config, PHASES["sft"], tokenizer, "train", 8, source=conversation_source(config, "train"))
+    inputs, targets = next(rows)
+    rows.close()
+    model = GPT(config.model, rngs=nnx.Rngs(config.training.seed))
+    logits = np.asarray(model(inputs), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    scored = targets >= 0
+    assert 0 < scored.sum() < scored.size / 2  # SFT scores a minority of positions
+    nll = -np.take_along_axis(logp, np.maximum(targets, 0)[..., None], -1)[..., 0]
+    expected = nll[scored].sum() / scored.sum()
+    first = step_rows(sft.run_dir)[0]
+    assert first["scored_tokens"] == scored.sum()
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+# By hand: base with warmup 0.5 and warmdown 0.5 of 4 steps: (0+1)/2, 1, 1, (4−3)/2; mid over 8 steps: 1 until
+# progress 0.8, then 1 − (7/8 − 0.8)/0.2 = 0.625; SFT: 1 − s/4. Muon momentum ramps 0.85 → 0.95 over 4 steps in base
+# and mid, and stays 0.95 in SFT.
+SCHEDULES = {
+    "base": ({"schedule.warmup_ratio": 0.5, "schedule.warmdown_ratio": 0.5}, [0.5, 1.0, 1.0, 0.5],
+             [0.85, 0.875, 0.9, 0.925]),
+    "mid": ({"training.num_iterations": 8}, [1.0] * 7 + [0.625], [0.85, 0.875, 0.9, 0.925] + [0.95] * 4),
+    "sft": ({}, [1.0, 0.75, 0.5, 0.25], [0.95] * 4),
+}
+
+
+@pytest.mark.parametrize("phase", sorted(SCHEDULES))
+def test_each_step_receives_the_schedules_lr_and_momentum(base, sft, phase):
+    extra, lrs, momenta = SCHEDULES[phase]
+    if phase == "sft":
+        run_dir = sft.run_dir
+    else:
+        run_dir = train(load_config(overrides=overrides(base, phase, **{"training.phase": phase, **extra}))).run_dir
+    rows = step_rows(run_dir)
+    assert [r["step"] for r in rows] == list(range(len(lrs)))
+    assert [r["lr_multiplier"] for r in rows] == pytest.approx(lrs, abs=1e-7)
+    assert [r["muon_momentum"] for r in rows] == pytest.approx(momenta, abs=1e-7)
+
+
+def test_sft_resumes_from_a_chosen_step_exactly(base, sft):
+    losses = {r["step"]: r["loss"] for r in step_rows(sft.run_dir)}
+    assert Checkpointer(sft.run_dir).steps() == [2, 4]
+    with pytest.warns(UserWarning, match="moved checkpoint step 4"):
+        again = train(load_config(overrides=overrides(base, "sft", **{"training.phase": "sft",
+                                                                       "checkpoint.save_every": 2,
+                                                                       "checkpoint.resume_step": 2})))
+    assert sorted(again.losses) == [2, 3]
+    assert all(again.losses[s] == losses[s] for s in (2, 3))
+    assert any(p.name.startswith("4-superseded-") for p in (sft.run_dir / "set-aside").iterdir())
+
+
+@pytest.mark.parametrize("direction,mode", [("backward", "sequence"), ("backward", "turn"), ("bidirectional", "turn")])
+def test_chat_phases_sample_in_reading_order_for_every_direction(base, direction, mode):
+    result = train(load_config(overrides=overrides(base, f"sft-{direction}-{mode}", **{
+        "training.phase": "sft", "direction.direction": direction, "direction.conversation": mode,
+        "training.num_iterations": 2, "training.sample_every": 2})))
+    assert result.val_loss is not None and np.isfinite(result.val_loss)
+    ways = ["forward", "backward"] if direction == "bidirectional" else [direction]
+    assert sorted(result.samples) == sorted(ways)
+    backward = result.samples["backward"]
+    given = "12 + 7 = 19. #### 19" if mode == "sequence" else "What is 12 plus 7?"
+    assert backward[0].startswith(repr(given) + " → ")
