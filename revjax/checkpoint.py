@@ -32,7 +32,7 @@ import subprocess
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import revjax
+
+if TYPE_CHECKING:
+    from revjax.config import Config
 
 PyTree = Any
 
@@ -318,6 +321,23 @@ class Checkpointer:
         self._verify(step, restored[STATE], data["data_state"], metadata)
         return restored[STATE], data["data_state"], metadata
 
+    def _restore_params(self, step: int, target: PyTree, metadata: dict) -> PyTree:
+        """Only the ``params`` subtree of ``step``'s state (in ``target``'s layout), checksums verified."""
+        args = ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                params = reader.restore(self.step_path(step) / STATE, args=args)
+        except Exception as err:
+            raise self._damaged(step, err) from err
+        want = {k: v for k, v in (metadata.get(CHECKSUMS) or {}).items() if k.startswith("params.")}
+        if want:
+            got = checksums(params)
+            bad = sorted(name for name in want if want[name] != got.get(name))
+            if bad:
+                raise self._damaged(step, ValueError(f"wrong checksum for {', '.join(bad[:MAX_LISTED_DIFFERENCES])}"))
+        return params["params"]
+
     def _verify(self, step: int, state: PyTree, data_state: Any, metadata: dict) -> None:
         """Compare the restored arrays and data state with the checksums saved in the metadata (if any)."""
         want = metadata.get(CHECKSUMS)
@@ -395,6 +415,42 @@ class Checkpointer:
             if step < oldest_kept:
                 self._manager.delete(step)
         self._manager.reload()
+
+
+def read_params(run_dir: str | Path, step: int | None = None) -> tuple[dict, dict, "Config"]:
+    """``(params, metadata, config)`` of step ``step`` of a revjax run folder, or of its newest intact step (damaged
+    ones are skipped with a warning); only the parameters are read, as numpy fp32 arrays, and their checksums are
+    verified."""
+    from flax import nnx
+    from jax.sharding import SingleDeviceSharding
+
+    from revjax.config import Config
+    from revjax.model import GPT
+
+    if not Path(run_dir).expanduser().is_dir():
+        raise CheckpointError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
+    with Checkpointer(run_dir) as checkpointer:
+        candidates = [checkpointer._resolve(step)] if step is not None else list(reversed(checkpointer.steps()))
+        if not candidates:
+            raise CheckpointError(f"{checkpointer.directory} holds no revjax checkpoint")
+        for candidate in candidates:
+            try:
+                meta = checkpointer._read_meta(candidate)
+                if "config" not in meta:
+                    raise CheckpointError(f"the metadata of {checkpointer.step_path(candidate)} has no 'config'; it "
+                                          "was not written by revjax's training loop")
+                config = Config.from_dict(meta["config"], source=f"the metadata of {checkpointer.step_path(candidate)}")
+                _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
+                cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
+                                      nnx.to_pure_dict(abstract))
+                params = checkpointer._restore_params(candidate, target, meta)
+                return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params), meta, config
+            except DamagedCheckpoint as err:
+                if step is not None:
+                    raise
+                warnings.warn(f"skipping damaged {err}", stacklevel=2)
+        raise NoIntactCheckpoint(f"none of the checkpoint steps {candidates} in {checkpointer.directory} is intact")
 
 
 def check_compatible(

@@ -146,6 +146,12 @@ def _run_train(argv: list[str]) -> int:
     return run_from_args(argv)
 
 
+def _run_sweep(argv: list[str]) -> int:
+    from revjax.experiments import main as sweep_main
+
+    return sweep_main(argv)
+
+
 def _run_export(argv: list[str]) -> int:
     from revjax.interop.export import main as export_main
 
@@ -161,6 +167,7 @@ def _run_import(argv: list[str]) -> int:
 # Subcommands with their own arguments (no config): revjax NAME ... is handed to them as is.
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_run_train, "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
+    "sweep": (_run_sweep, "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
     "export": (_run_export, "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
     "import": (_run_import, "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
 }

@@ -11,6 +11,7 @@ The resolved configuration serialises to YAML/JSON (:meth:`Config.to_dict`) and 
 from __future__ import annotations
 
 from revjax.errors import RevjaxError
+from revjax.phases import PhaseName
 import dataclasses
 import difflib
 import json
@@ -130,6 +131,19 @@ class TasksConfig:
 
 
 @dataclass
+class RLConfig:
+    """nanochat's simplified GRPO: per prompt, ``num_samples`` sampled replies; advantage = reward − the prompt's
+    mean reward; a policy-gradient loss on the sampled tokens only."""
+
+    num_samples: int = 16  # replies per prompt (the group the advantage is centred on)
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 50  # 0: no top-k cut
+    eval_prompts: int = 32  # prompts of tasks.rl_val for pass@k
+    eval_samples: int = 4  # k of pass@k
+
+
+@dataclass
 class OptimizerConfig:
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
@@ -156,7 +170,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainingConfig:
-    phase: Literal["base", "mid", "sft", "rl"] = "base"
+    phase: PhaseName = "base"
     num_iterations: int = AUTO_ITERATIONS  # -1: from target_flops, else from target_param_data_ratio
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0
@@ -210,6 +224,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def base_path(self) -> Path:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 ScheduleKind = Literal["base", "mid", "linear"]
+PhaseName = Literal["base", "mid", "sft", "rl"]  # the keys of PHASES (training.phase)
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``with RunLock(run_dir, "training"):`` — exclusive use of ``run_dir`` (created if missing)."""
+    """``with RunLock(run_dir, "training"):`` — exclusive use of ``run_dir`` (created if missing with ``create``)."""
 
-    def __init__(self, run_dir: str | Path, purpose: str):
+    def __init__(self, run_dir: str | Path, purpose: str, *, create: bool = False):
         self.path = Path(run_dir).expanduser().resolve() / LOCK_NAME
-        self.purpose = purpose
+        self.purpose, self.create = purpose, create
         self._fd: int | None = None
 
     def _read_holder(self) -> dict:
@@ -61,7 +61,10 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            elif not self.path.parent.is_dir():
+                raise RunFolderLocked(f"the run folder {self.path.parent} does not exist; check the path")
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o664)
         except OSError as err:
             raise RunFolderLocked(f"cannot open the lock file {self.path} ({err.strerror}); check the folder's "

@@ -25,7 +25,8 @@ from revjax.model import flops_per_token, num_params
 from revjax.optim import build_optimizer
 from revjax.sharding import data_parallel_size, make_mesh
 from revjax.train.loop import device_peak_flops
-from revjax.train.step import accumulation_steps, build_train_step, init_train_state
+from revjax.state import init_train_state
+from revjax.train.step import accumulation_steps, build_train_step
 
 
 def peak_memory_gib() -> tuple[float, str]:

@@ -132,3 +132,13 @@ def test_paths_follow_base_dir(tmp_path, monkeypatch):
     assert config.data_path() == tmp_path / "data" / "default"
     assert config.checkpoint_path() == tmp_path / "checkpoints" / "r1"
     assert load_config(overrides=["data.dir=/x/y"]).data_path() == Path("/x/y")
+
+
+def test_phase_names_are_the_phase_tables():
+    import typing
+
+    from revjax.phases import PHASES, PhaseName
+
+    assert set(typing.get_args(PhaseName)) == set(PHASES) == {"base", "mid", "sft", "rl"}
+    assert {p.export_dir for p in PHASES.values()} == {"base_checkpoints", "mid_checkpoints", "chatsft_checkpoints",
+                                                       "chatrl_checkpoints"}

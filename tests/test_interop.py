@@ -15,14 +15,15 @@ from flax import nnx
 
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import MeshConfig, load_config
-from revjax.interop.export import InteropError, export_checkpoint, main as export_main, read_params
+from revjax.checkpoint import read_params
+from revjax.interop.export import InteropError, export_checkpoint, main as export_main
 from revjax.interop.importer import import_checkpoint, main as import_main
 from revjax.interop.state_dict import StateDictError, build_model, expected_shapes
 from revjax.optim import build_optimizer
 from revjax.sharding import make_mesh
 from revjax.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 from revjax.train.setup import _init_from
-from revjax.train.step import init_train_state, train_state_shardings
+from revjax.state import init_train_state, train_state_shardings
 from tests.torch_reference import RefConfig, RefGPT
 
 WORDS = "in the beginning god created heaven and earth to be or not to be that is the question".split()

@@ -132,3 +132,19 @@ def test_chat_phases_sample_in_reading_order_for_every_direction(base, direction
     backward = result.samples["backward"]
     given = "12 + 7 = 19. #### 19" if mode == "sequence" else "What is 12 plus 7?"
     assert backward[0].startswith(repr(given) + " → ")
+
+
+def test_rl_logs_rewards_and_pass_at_k_and_resumes_its_prompt_position(base):
+    rl = {"training.phase": "rl", "direction.direction": "bidirectional", "direction.conversation": "turn",
+          "rl.num_samples": 2, "rl.max_new_tokens": 8, "tasks.rl": "[{task: arithmetic, size: 32}]",
+          "tasks.rl_val": "[{task: arithmetic, split: test, size: 4}]", "rl.eval_prompts": 4, "rl.eval_samples": 2,
+          "training.num_iterations": 3, "training.eval_every": 3, "checkpoint.save_every": 2}
+    result = train(load_config(overrides=overrides(base, "rl", **rl)))
+    rows = step_rows(result.run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(0 <= r["reward"] <= 1 for r in rows)
+    assert set(result.evals) == {"val_pass@2", "val_reward", "step"} and result.evals["step"] == 3
+    meta = Checkpointer(result.run_dir).metadata(2)
+    assert meta["phase"] == "rl"
+    # 8 rows per step (512 tokens / T 64) = 4 prompts × 2 samples: step 2's data state is 2 steps of prompts in
+    data = json.loads((result.run_dir / "2" / "data" / "metadata").read_text())["data_state"]
+    assert data == {"kind": "rl", "position": 8, "steps": 2}

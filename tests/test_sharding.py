@@ -11,7 +11,8 @@ from revjax.model import GPT
 from revjax.interop.state_dict import model_params
 from revjax.optim import build_optimizer
 from revjax.sharding import ShardingError, make_mesh, mesh_shape, param_shardings
-from revjax.train.step import accumulation_steps, build_train_step, init_train_state
+from revjax.state import init_train_state
+from revjax.train.step import accumulation_steps, build_train_step
 from tests.test_model import new_model
 
 ROWS, SEQ, STEPS = 16, 32, 3

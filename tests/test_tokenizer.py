@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import subprocess
@@ -263,6 +264,16 @@ def test_save_load_round_trip(tok: Tokenizer, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "tok" / TOKEN_BYTES_FILE), tok.token_bytes())
     assert np.load(tmp_path / "tok" / TOKEN_BYTES_FILE).dtype == np.int32
     assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == [TOKEN_BYTES_FILE, TOKENIZER_FILE]
+
+
+def test_saved_files_are_readable_by_the_group(tok: Tokenizer, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        tok.save(tmp_path / "tok")
+    finally:
+        os.umask(old)
+    for name in (TOKENIZER_FILE, TOKEN_BYTES_FILE):
+        assert (tmp_path / "tok" / name).stat().st_mode & 0o777 == 0o644
 
 
 def test_saved_pickle_needs_only_tiktoken(tok: Tokenizer, tmp_path: Path) -> None:

@@ -20,21 +20,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
-from jax.sharding import SingleDeviceSharding
 
-from revjax.checkpoint import STATE, Checkpointer, CheckpointError
+from revjax.checkpoint import read_params
 from revjax.config import Config
 from revjax.errors import RevjaxError, require, run_command
 from revjax.interop.state_dict import check_finite, to_torch_layout
-from revjax.model import GPT
+from revjax.phases import EXPORT_DIRS
+from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer, TokenizerError
 
-PHASE_DIRS = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
-              "rl": "chatrl_checkpoints"}
+PHASE_DIRS = EXPORT_DIRS  # onanchat's checkpoint folder per phase, from the phase table
 MODEL_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
 BF16_TENSORS = ("transformer.wte.weight",)
 Layout = Literal["onanchat", "flat"]
@@ -47,40 +42,6 @@ class InteropError(RevjaxError, ValueError):
 def torch_for(command: str):
     """The torch module, or a MissingDependency telling the user of ``command`` to install ``revjax[torch]``."""
     return require("torch", "torch", command)
-
-
-def read_checkpoint_meta(run_dir: str | Path, step: int | None = None) -> tuple[Path, dict, Config]:
-    """``(state folder, metadata, config)`` of step ``step`` (default: newest) of a revjax checkpoint folder."""
-    if not Path(run_dir).expanduser().is_dir():
-        raise InteropError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
-    with Checkpointer(run_dir) as checkpointer:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise InteropError(f"{checkpointer.directory} holds no valid revjax checkpoint")
-        meta = checkpointer.metadata(step)
-        state_dir = checkpointer.step_path(step) / STATE
-    if "config" not in meta:
-        raise InteropError(f"the metadata of {state_dir.parent} has no 'config'; it was not written by revjax's loop")
-    return state_dir, meta, Config.from_dict(meta["config"], source=f"the metadata of {state_dir.parent}")
-
-
-def read_params(run_dir: str | Path, step: int | None = None) -> tuple[dict, dict, Config]:
-    """``(params, metadata, config)`` of a revjax checkpoint; only the parameters are read, as numpy fp32 arrays."""
-    state_dir, meta, config = read_checkpoint_meta(run_dir, step)
-    _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
-    cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
-                                     nnx.to_pure_dict(abstract))}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    with ocp.PyTreeCheckpointer() as reader:
-        try:
-            restored = reader.restore(state_dir, args=args)
-        except Exception as err:
-            raise CheckpointError(f"cannot read the parameters of {state_dir.parent} ({type(err).__name__}: "
-                                  f"{str(err).splitlines()[0] if str(err) else ''})") from err
-    params = jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), restored["params"])
-    return params, meta, config
 
 
 def onanchat_meta(meta: dict, config: Config) -> dict:
@@ -173,7 +134,7 @@ def export_checkpoint(
     Everything is written into a temporary folder first and moved into place only when complete; an existing
     export of the same step (or flat folder) is replaced only with ``force``.
     """
-    torch = torch_for("revjax export")
+    torch_for("revjax export")  # fail before reading anything when torch is missing
     if layout not in ("onanchat", "flat"):
         raise InteropError(f"layout must be 'onanchat' or 'flat', not {layout!r}")
     if safetensors and importlib.util.find_spec("safetensors") is None:
@@ -181,7 +142,17 @@ def export_checkpoint(
     out = Path(out).expanduser().resolve()
     if layout == "flat" and out.exists() and not force:
         raise InteropError(f"{out} already exists; pass force to replace it")
-    _, meta, config = read_checkpoint_meta(run_dir, step)
+    if not Path(run_dir).expanduser().is_dir():
+        raise InteropError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
+    with RunLock(run_dir, "export"):  # no training may save or set steps aside while they are read
+        params, meta, config = read_params(run_dir, step)
+        return _export(params, meta, config, out, layout=layout, phase=phase, tag=tag, all_fp32=all_fp32,
+                       safetensors=safetensors, force=force)
+
+
+def _export(params, meta: dict, config: Config, out: Path, *, layout: Layout, phase: str | None, tag: str | None,
+            all_fp32: bool, safetensors: bool, force: bool) -> Path:
+    torch = torch_for("revjax export")
     phase = phase or meta.get("phase") or config.training.phase
     if phase not in PHASE_DIRS:
         raise InteropError(f"phase must be one of {', '.join(PHASE_DIRS)}, not {phase!r}")
@@ -197,7 +168,6 @@ def export_checkpoint(
     if tokenizer.vocab_size != config.model.vocab_size:
         raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
                            f"vocab_size={config.model.vocab_size}")
-    params, _, _ = read_params(run_dir, n)
     state_dict = torch_state_dict(params, config, all_fp32=all_fp32)
     del params
     tok_files = {"tokenizer.pkl": pickle.dumps(tokenizer.encoding),

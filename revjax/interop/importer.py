@@ -124,7 +124,7 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
     """
     from revjax import sharding as shd
     from revjax.optim import build_optimizer
-    from revjax.train.step import init_train_state
+    from revjax.state import init_train_state
 
     out = Path(out_run_dir).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not force:

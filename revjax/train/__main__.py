@@ -2,6 +2,10 @@
 
 import sys
 
-from revjax.train.loop import run_from_args
+try:
+    from revjax.train.loop import run_from_args
+except KeyboardInterrupt:  # Ctrl-C while jax and the rest load: one line, no traceback
+    print("revjax.train: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(run_from_args())

@@ -2,8 +2,8 @@
 validation rows its evaluation reads.
 
 Base reads the document corpus; mid and SFT read the conversation mixtures of ``tasks.train`` / ``tasks.val``
-(:mod:`revjax.data.conversations`: mid packs whole conversations like documents, SFT pads one per row). A step
-batch is ``{"inputs", "targets"}``, global arrays of shape ``(accum, rows, T)``; ``get_state()`` / ``set_state()``
+(:mod:`revjax.data.conversations`: mid packs whole conversations like documents, SFT pads one per row); RL samples
+its rows (:mod:`revjax.train.rl`). A step batch is ``{"inputs", "targets"}`` (RL adds ``advantages``), global arrays of shape ``(accum, rows, T)``; ``get_state()`` / ``set_state()``
 round-trip the position exactly (it is stored with every checkpoint).
 """
 
@@ -74,10 +74,16 @@ def epoch_steps(config: Config, phase: Phase, tokenizer: Tokenizer, source) -> i
     return max(1, math.ceil(tokens / config.training.total_batch_tokens))
 
 
-def build_batches(run) -> StepBatches:
-    """The training batches of ``run`` (a :class:`revjax.train.setup.RunSetup`) for its phase, at its data state."""
-    rows = row_batches(run.config, run.phase, run.tokenizer, "train", run.local_rows, source=run.train_source)
-    batches = StepBatches(rows, run.accum, shd.step_batch_sharding(run.mesh))
+def build_batches(run):
+    """The training batches of ``run`` (a :class:`revjax.train.setup.RunSetup`) for its phase, at its data state:
+    :class:`StepBatches` of rows, or RL's rollouts (sampled from the parameters the loop binds)."""
+    if run.phase.data == "rollouts":
+        from revjax.train.rl import RolloutBatches
+
+        batches = RolloutBatches(run)
+    else:
+        rows = row_batches(run.config, run.phase, run.tokenizer, "train", run.local_rows, source=run.train_source)
+        batches = StepBatches(rows, run.accum, shd.step_batch_sharding(run.mesh))
     if run.data_state is not None:
         batches.set_state(run.data_state)
     return batches

@@ -120,6 +120,29 @@ def eval_hook(trainer: "Trainer") -> Hook:
     return Hook("eval", config.training.eval_every, evaluate)
 
 
+def rl_eval_hook(trainer: "Trainer") -> Hook:
+    """pass@k and mean reward of ``rl.eval_samples`` sampled replies to ``rl.eval_prompts`` prompts of
+    ``tasks.rl_val``."""
+    from revjax.tasks import build_mixture
+    from revjax.train.rl import Rollouts, pass_at_k
+
+    run, config = trainer.run, trainer.run.config
+    source = build_mixture(config.tasks.rl_val, seed=config.tasks.seed, cache_dir=config.tasks_path(),
+                           training=False)
+    rollouts = Rollouts(config, run.tokenizer, run.graphdef, source, max_len=config.model.sequence_len + 1)
+    k = config.rl.eval_samples
+
+    def evaluate(trainer: "Trainer", step: int) -> None:
+        indices = list(range(min(config.rl.eval_prompts, len(source))))
+        rewards = rollouts.sample(trainer.state.params, indices, k, seed=config.training.seed)["rewards"]
+        measured = {f"val_pass@{k}": pass_at_k(rewards > 0), "val_reward": float(rewards.mean())}
+        trainer.result.evals = {**measured, "step": step}
+        trainer.log({"step": step, **measured})
+        trainer.say(f"step {step}: " + ", ".join(f"{name} {value:.3f}" for name, value in measured.items()))
+
+    return Hook("eval", config.training.eval_every, evaluate)
+
+
 def sample_hook(trainer: "Trainer") -> Hook:
     config = trainer.run.config
 

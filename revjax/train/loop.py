@@ -28,7 +28,7 @@ from revjax.optim import lr_multiplier, muon_momentum
 from revjax.runlock import RunLock
 from revjax.tracking import JsonlTracker, Trackers, WandbTracker
 from revjax.train.data import build_batches
-from revjax.train.hooks import Hook, checkpoint_hook, eval_hook, sample_hook, save_checkpoint
+from revjax.train.hooks import Hook, checkpoint_hook, eval_hook, rl_eval_hook, sample_hook, save_checkpoint
 from revjax.train.setup import RunSetup, TrainingError, maybe_initialize_distributed, prepare_run
 from revjax.train.step import LOSSES, build_train_step
 
@@ -44,6 +44,7 @@ class RunResult:
     val_bpb: float | None = None
     val_bpb_step: int | None = None
     val_loss: float | None = None
+    evals: dict = field(default_factory=dict)  # the last evaluation of a phase measured otherwise (RL: pass@k)
     losses: dict[int, float] = field(default_factory=dict)
     samples: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -54,8 +55,13 @@ class RunResult:
         return self.signal is not None
 
     def summary(self) -> str:
-        bpb = ("val bpb n/a" if self.val_bpb is None
-               else f"val bpb {self.val_bpb:.4f} (measured at step {self.val_bpb_step})")
+        if self.evals:
+            bpb = ", ".join(f"{k} {v:.3f}" for k, v in self.evals.items() if k != "step")
+            bpb += f" (measured at step {self.evals['step']})"
+        elif self.val_bpb is None:
+            bpb = "val bpb n/a"
+        else:
+            bpb = f"val bpb {self.val_bpb:.4f} (measured at step {self.val_bpb_step})"
         return (f"{'stopped' if self.interrupted else 'finished'} at step {self.step}: {bpb}, "
                 f"{self.seconds:.0f}s, checkpoints in {self.run_dir}")
 
@@ -107,7 +113,7 @@ class Trainer:
         self._peak_total = peak * jax.device_count() if peak else None
         self._bar = tqdm(total=run.num_iterations, initial=run.start, disable=not (progress and run.is_main),
                          desc=run.config.run_name, unit="step", dynamic_ncols=True)
-        self._pending: tuple[int, dict] | None = None
+        self._pending: tuple[int, dict, dict] | None = None
         self._last_time = time.perf_counter()
 
     def add_hook(self, hook: Hook) -> None:
@@ -125,7 +131,7 @@ class Trainer:
         """Read the pending step's metrics: stop on a non-finite loss, log, update the bar."""
         if self._pending is None:
             return
-        (step, metrics), self._pending = self._pending, None
+        (step, metrics, stats), self._pending = self._pending, None
         loss = float(metrics["loss"])
         now = time.perf_counter()
         dt, self._last_time = now - self._last_time, now
@@ -143,6 +149,7 @@ class Trainer:
                "scored_tokens": int(metrics["scored_tokens"]), "tokens_per_s": tokens / dt, "step_seconds": dt}
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
+        row.update(stats)
         if step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1:
             self.log(row)
         postfix = {"loss": f"{loss:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
@@ -173,7 +180,7 @@ class Trainer:
                 self.state, metrics = self.step_fn(self.state, next(self.batches), np.float32(lrm),
                                                    np.float32(momentum))
                 self._flush()  # the previous step's metrics, while this one runs
-                self._pending = (step, metrics)
+                self._pending = (step, metrics, dict(getattr(self.batches, "last", {})))
             self._flush()
         return self.result
 
@@ -197,11 +204,11 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
     maybe_initialize_distributed()
     start_time = time.time()
     show = config.logging.progress if progress is None else progress
-    lock = RunLock(config.checkpoint_path(), "training") if jax.process_index() == 0 else contextlib.nullcontext()
+    lock = RunLock(config.checkpoint_path(), "training", create=True) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, contextlib.ExitStack() as stack:
         run = prepare_run(config)
         stack.callback(run.checkpointer.close)
-        if run.is_main and show:
+        if run.is_main:
             print(f"resuming {run.run_dir} from step {run.start}" if run.start else
                   f"starting {run.run_dir}" + (f" from the parameters of {run.parent['run']}" if run.parent else ""))
         batches = build_batches(run)
@@ -211,7 +218,9 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
             stack.callback(tracker.close)
         trainer = Trainer(run, batches, tracker, progress=show)
         stack.callback(trainer.close)
-        for make in (eval_hook, sample_hook, checkpoint_hook):
+        if run.phase.data == "rollouts":
+            batches.bind(lambda: trainer.state.params)
+        for make in (rl_eval_hook if run.phase.data == "rollouts" else eval_hook, sample_hook, checkpoint_hook):
             trainer.add_hook(make(trainer))
         result = trainer.fit()
     result.seconds = time.time() - start_time

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from revjax import sharding as shd
-from revjax.checkpoint import SET_ASIDE, Checkpointer, CheckpointError, check_compatible
+from revjax.checkpoint import SET_ASIDE, Checkpointer, CheckpointError, check_compatible, read_params
 from revjax.config import Config
 from revjax.errors import RevjaxError
 from revjax.model import flops_per_token, num_params
@@ -30,7 +30,8 @@ from revjax.optim import build_optimizer
 from revjax.phases import PHASES, Phase
 from revjax.tokenizer import Tokenizer, TokenizerError
 from revjax.train.data import conversation_source, epoch_steps
-from revjax.train.step import TrainState, accumulation_steps, init_train_state, train_state_shardings
+from revjax.state import TrainState, init_train_state, train_state_shardings
+from revjax.train.step import accumulation_steps
 
 
 class TrainingError(RevjaxError, RuntimeError):
@@ -144,8 +145,6 @@ def _resume(config: Config, tokenizer: Tokenizer, checkpointer: Checkpointer, tx
 
 def _init_from(config: Config, tokenizer: Tokenizer) -> tuple[Any, dict]:
     """The parameters of the newest intact checkpoint of ``training.init_from`` and the parent's lineage record."""
-    from revjax.interop.export import read_params
-
     params, meta, origin = read_params(config.training.init_from)
     check_compatible(meta, direction=config.direction.direction, tokenizer_identity=tokenizer.identity(),
                      force=config.checkpoint.force)

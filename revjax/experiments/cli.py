@@ -1,0 +1,80 @@
+"""``revjax sweep SWEEP.yaml [--backend local|slurm|pod] [--parallel N] [--dry-run] [--retry-failed] [--status]``.
+
+Expands the sweep into run folders under the experiment folder, then trains what is not finished: here
+(``local``), as a SLURM array job (``slurm``), or by printing (``--run``: running) the command every host of a pod
+runs (``pod``). Running it again skips finished runs and resumes the others. ``--status`` only prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from revjax.errors import run_command
+from revjax.experiments.cluster import pod_command, pod_instructions, run_pod_command, submit, write_slurm_script
+from revjax.experiments.execute import RunsFailed
+from revjax.experiments.runner import describe_plan, plan, prepare, run_local
+from revjax.experiments.spec import load_sweep
+from revjax.experiments.table import print_table
+
+PROG = "revjax sweep"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].strip("`"))
+    parser.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file, or a name under configs/experiments")
+    parser.add_argument("--backend", choices=("local", "slurm", "pod"), default="local")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N", help="local: chains trained at once")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="local: list what would run; slurm: write the script without submitting it")
+    parser.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    parser.add_argument("--status", action="store_true", help="print the status table and exit")
+    parser.add_argument("--run", action="store_true", help="pod: run the per-host command on this host")
+    parser.add_argument("--dir", metavar="DIR", help="the experiment folder (default: the sweep's dir, else "
+                                                     "<base_dir>/experiments/<name>)")
+    return parser
+
+
+def sweep(args: argparse.Namespace) -> int:
+    spec = load_sweep(args.sweep, args.dir)
+    title = f"experiment {spec.name}: {spec.dir}"
+    if args.status:
+        print_table(spec.runs, title)
+        return 0
+    prepare(spec)
+    chains, left = plan(spec, args.retry_failed)
+    if args.backend == "pod":
+        command = pod_command(spec, retry_failed=args.retry_failed)
+        if not args.run:
+            print(pod_instructions(spec, command))
+            return 0
+        return run_pod_command(command)
+    if not chains:
+        print_table(spec.runs, title)
+        if left:
+            raise RunsFailed(f"nothing to train: {len(left)} of {len(spec.runs)} runs failed earlier (their status.json "
+                             "holds the last lines of their logs); --retry-failed trains them again")
+        print(f"nothing to train: all {len(spec.runs)} runs finished")
+        return 0
+    if args.backend == "slurm":
+        path = write_slurm_script(spec, chains, retry_failed=args.retry_failed)
+        if args.dry_run:
+            print(path.read_text(), end="")
+            print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): sbatch {path}",
+                  file=sys.stderr)
+            return 0
+        job = submit(path, chains)
+        print(f"submitted {path} as job {job}: {len(chains)} array tasks; "
+              f"follow them with revjax sweep {args.sweep} --status")
+        return 0
+    if args.dry_run:
+        describe_plan(spec, chains, left)
+        return 0
+    return run_local(spec, chains, parallel=args.parallel, retry_failed=args.retry_failed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``revjax sweep`` command; returns its exit code."""
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, lambda: sweep(args))
