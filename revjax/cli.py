@@ -119,8 +119,30 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chain(args: argparse.Namespace) -> int:
+    from revjax.train.chain import run_chain, summary_table
+    from revjax.train.loop import exit_code
+
+    files = config_files(args, ["default"])
+    config = load_config(files, args.overrides)
+    prepare_corpus(config)
+    train_tokenizer(config)  # the existing one when it has the configured size
+    outcomes = run_chain(files, args.overrides)
+    print("\n" + summary_table(outcomes))
+    last = next((o.result for o in reversed(outcomes) if o.result is not None), None)
+    if last is not None and last.interrupted:
+        print("interrupted: run the same command again to continue")
+        return exit_code(last)
+    if last is not None:
+        for way, texts in last.samples.items():
+            for text in texts:
+                print(f"[{way}] {text}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "quickstart": (cmd_quickstart, "prepare the default corpus, train its tokenizer, a forward and a backward model"),
+    "chain": (cmd_chain, "run base → mid → SFT → RL for the configured direction, each phase resumable"),
     "prepare": (cmd_prepare, "build or download the configured corpus"),
     "tokenizer": (cmd_tokenizer, "train the configured tokenizer and print compression stats"),
     "config": (cmd_config, "print the resolved configuration as YAML"),

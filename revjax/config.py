@@ -144,6 +144,18 @@ class RLConfig:
 
 
 @dataclass
+class ChainConfig:
+    """``revjax chain``: the phases to run in order, and each phase's overrides (``{key.sub: value}``) on top of
+    the run's config and the phase's own file ``configs/phase/<phase>.yaml``."""
+
+    phases: list[PhaseName] = field(default_factory=lambda: ["base", "mid", "sft", "rl"])
+    base: dict = field(default_factory=dict)
+    mid: dict = field(default_factory=dict)
+    sft: dict = field(default_factory=dict)
+    rl: dict = field(default_factory=dict)
+
+
+@dataclass
 class OptimizerConfig:
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
@@ -225,6 +237,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
     # ---- paths ---------------------------------------------------------------------------------------------
     def base_path(self) -> Path:

@@ -148,3 +148,23 @@ def test_rl_logs_rewards_and_pass_at_k_and_resumes_its_prompt_position(base):
     # 8 rows per step (512 tokens / T 64) = 4 prompts × 2 samples: step 2's data state is 2 steps of prompts in
     data = json.loads((result.run_dir / "2" / "data" / "metadata").read_text())["data_state"]
     assert data == {"kind": "rl", "position": 8, "steps": 2}
+
+
+def test_chain_skips_finished_phases_and_each_phase_starts_from_its_parent(base):
+    from revjax.train.chain import run_chain, summary_table
+
+    args = overrides(base, "chain", **{"training.num_iterations": 2, "chain.phases": "[base]"})
+    [first] = run_chain([], args)
+    assert first.result.step == 2 and first.run_dir.name == "chain-forward-base"
+    outcomes = run_chain([], args + ["chain.phases=[base, sft]", "chain.sft={training.num_iterations: 2}"])
+    assert [o.phase for o in outcomes] == ["base", "sft"]
+    assert outcomes[0].result is None and outcomes[0].note == "finished earlier"
+    sft = outcomes[1]
+    assert sft.result.step == 2 and sft.run_dir.name == "chain-forward-sft"
+    parent = Checkpointer(sft.run_dir).metadata(2)["parent"]
+    assert parent == {"run": str(first.run_dir), "step": 2, "phase": "base"}
+    assert Checkpointer(sft.run_dir).metadata(2)["finished"] is True
+    table = summary_table(outcomes)
+    assert "| base | | finished earlier |" in table and "| sft | 2 | val bpb" in table
+    backward = run_chain([], args + ["chain.phases=[rl]", "direction.direction=backward"])
+    assert backward[0].result is None and "sequence-mode backward" in backward[0].note

@@ -49,12 +49,13 @@ class Hook:
     fn: Callable[["Trainer", int], None]
     skip_start: bool = False  # not at the step the run (re)started from, unless it is the final step
     main_only: bool = False  # only on process 0
+    at_end: bool = True  # also at the final step
 
     def due(self, step: int, start: int, last: bool, is_main: bool) -> bool:
         if self.main_only and not is_main:
             return False
         if last:
-            return True
+            return self.at_end
         if self.skip_start and step == start:
             return False
         return self.every > 0 and step % self.every == 0 and (step > 0 or not self.skip_start)
@@ -158,7 +159,8 @@ def sample_hook(trainer: "Trainer") -> Hook:
             for text in texts:
                 trainer.say(f"  [{way}] {text!r}")
 
-    return Hook("samples", config.training.sample_every, sample, skip_start=True, main_only=True)
+    every = config.training.sample_every
+    return Hook("samples", every, sample, skip_start=True, main_only=True, at_end=every > 0)
 
 
 def checkpoint_hook(trainer: "Trainer") -> Hook:
@@ -174,6 +176,7 @@ def save_checkpoint(trainer: "Trainer", step: int) -> None:
         model_config=config.model.gpt_config(), config=config.to_dict(),
         tokenizer_identity=run.tokenizer.identity(), tokenizer_path=str(config.tokenizer_path()),
         val_bpb=trainer.result.val_bpb)
+    metadata["finished"] = step == run.num_iterations
     if run.parent is not None:
         metadata["parent"] = run.parent
     state = {"params": trainer.state.params, "opt_state": trainer.state.opt_state}

@@ -1,0 +1,89 @@
+"""Phase chains: base → mid → SFT → RL for one direction, each phase a resumable run started from the previous one.
+
+Phase ``p`` of run ``NAME`` in direction ``D`` is the run ``NAME-D-p``: its config is the run's files, then ``configs/phase/<p>.yaml``,
+then the run's overrides, then ``chain.<p>`` (e.g. the step counts of a small default), and it starts from the
+previous phase's run folder (``training.init_from``), so it inherits the direction, the conversation mode and the
+tokenizer, and records its parent. A phase whose last checkpoint says it finished is skipped; an unfinished one
+continues from its checkpoint. A ``sequence``-mode backward model skips RL (it writes questions, not answers).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from revjax.checkpoint import Checkpointer
+from revjax.config import Config, load_config
+from revjax.config_args import find_config
+from revjax.train.loop import RunResult, train
+
+
+@dataclass
+class PhaseOutcome:
+    phase: str
+    run_dir: Path
+    result: RunResult | None  # None when the phase had already finished (skipped) or cannot run
+    note: str = ""
+
+
+def phase_config(files: Sequence[Path], overrides: Sequence[str], phase: str, parent: Path | None) -> Config:
+    """The config of ``phase`` in the chain of ``files`` + ``overrides``."""
+    chain = load_config(files, overrides)
+    extra = [f"{key}={json.dumps(value)}" for key, value in getattr(chain.chain, phase).items()]
+    extra += [f"run_name={chain.run_name}-{chain.direction.direction}-{phase}", f"training.phase={phase}"]
+    if parent is not None:
+        extra.append(f"training.init_from={parent}")
+    return load_config([*files, find_config(f"phase/{phase}")], [*overrides, *extra])
+
+
+def finished(config: Config) -> bool:
+    """Whether the run's newest checkpoint is its final step."""
+    run_dir = config.checkpoint_path()
+    if not run_dir.is_dir():
+        return False
+    with Checkpointer(run_dir) as checkpointer:
+        step = checkpointer.latest_step()
+        return step is not None and bool(checkpointer.metadata(step).get("finished"))
+
+
+def run_chain(files: Sequence[Path], overrides: Sequence[str]) -> list[PhaseOutcome]:
+    """Run (or continue) every phase of ``chain.phases``; stops after a phase interrupted by a signal."""
+    outcomes: list[PhaseOutcome] = []
+    parent = None
+    for phase in load_config(files, overrides).chain.phases:
+        config = phase_config(files, overrides, phase, parent)
+        run_dir = config.checkpoint_path()
+        d = config.direction
+        if phase == "rl" and d.direction == "backward" and d.conversation == "sequence":
+            outcomes.append(PhaseOutcome(phase, run_dir, None, "skipped: a sequence-mode backward model writes "
+                                                               "questions, and RL rewards answers"))
+            continue
+        if finished(config):
+            print(f"{config.run_name}: already finished, skipped")
+            outcomes.append(PhaseOutcome(phase, run_dir, None, "finished earlier"))
+        else:
+            print(f"\n== {config.run_name} ({phase}) ==")
+            result = train(config)
+            outcomes.append(PhaseOutcome(phase, run_dir, result))
+            if result.interrupted:
+                break
+        parent = run_dir
+    return outcomes
+
+
+def summary_table(outcomes: list[PhaseOutcome]) -> str:
+    """One markdown row per phase: steps, what it measured, seconds."""
+    lines = ["| phase | steps | measured | seconds | run |", "|---|---|---|---|---|"]
+    for o in outcomes:
+        r = o.result
+        if r is None:
+            lines.append(f"| {o.phase} | | {o.note} | | {o.run_dir} |")
+            continue
+        if r.evals:
+            measured = ", ".join(f"{k} {v:.3f}" for k, v in r.evals.items() if k != "step")
+        else:
+            measured = f"val bpb {r.val_bpb:.4f}" + (f", val loss {r.val_loss:.4f}" if r.val_loss else "")
+        lines.append(f"| {o.phase} | {r.step} | {measured} | {r.seconds:.0f} | {o.run_dir} |")
+    return "\n".join(lines)
