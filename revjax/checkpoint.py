@@ -23,7 +23,6 @@ Nothing committed is ever lost:
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import datetime
 import hashlib
 import json
@@ -40,6 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import revjax
+
+from revjax.errors import RevjaxError
 
 if TYPE_CHECKING:
     from revjax.config import Config

@@ -265,6 +265,17 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_absolute_paths(self) -> "Config":
+        """A copy whose folders are absolute (what checkpoints store, so the run reads the same files from any
+        working directory); ``base_dir`` is resolved from REVJAX_BASE_DIR or the home default when unset."""
+        data = self.to_dict()
+        data["base_dir"] = str(self.base_path().resolve())
+        for section, key in (("data", "dir"), ("tokenizer", "dir"), ("checkpoint", "dir"), ("tasks", "cache_dir"),
+                             ("training", "init_from")):
+            if data[section][key]:
+                data[section][key] = str(Path(data[section][key]).expanduser().resolve())
+        return Config.from_dict(data, source="the resolved configuration")
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 

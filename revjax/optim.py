@@ -31,7 +31,6 @@ then writes the values into its state in place.
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import math
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -41,6 +40,7 @@ import optax
 from flax import nnx
 
 from revjax.config import ModelConfig, OptimizerConfig, ScheduleConfig
+from revjax.errors import RevjaxError
 
 MUON = "muon"
 ADAM_EMBEDDING = "adam_embedding"

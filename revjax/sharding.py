@@ -7,7 +7,6 @@ each name to mesh axes, so data-parallel, FSDP and tensor-parallel runs differ o
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import math
 from typing import Any, Sequence
 
@@ -17,6 +16,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from revjax.config import MeshConfig
+from revjax.errors import RevjaxError
 from revjax.model import PARAM_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")

@@ -6,7 +6,6 @@ The on-disk format is onanchat's: ``tokenizer.pkl`` is a pickled ``tiktoken.Enco
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import copy
 import hashlib
 import io
@@ -23,6 +22,8 @@ import numpy as np
 import rustbpe
 import tiktoken
 from tqdm.auto import tqdm
+
+from revjax.errors import RevjaxError
 
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""

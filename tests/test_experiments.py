@@ -378,3 +378,12 @@ def test_pod_command_is_the_same_on_every_host(finished, capsys):
     done = subprocess.run([sys.executable, "-m", "revjax.experiments.execute", *hosts.split()], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 1 and "needs REVJAX_COORDINATOR, REVJAX_NUM_PROCESSES, REVJAX_PROCESS_ID" in done.stderr
+
+
+def test_the_shipped_example_sweep_expands(tmp_path):
+    from revjax.config_args import find_config
+    from revjax.experiments.spec import load_sweep
+
+    sweep = load_sweep(find_config("experiments/directions"), experiment_dir=tmp_path)
+    directions = sorted({run.config.direction.direction for run in sweep.runs})
+    assert directions == ["backward", "bidirectional", "forward"] and len(sweep.runs) == 6

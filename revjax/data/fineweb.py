@@ -7,7 +7,6 @@ into place, so a shard file that exists is always complete.
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 import argparse
 import os
 import threading
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from revjax.config import FINEWEB_SHARDS
 from revjax.data.corpus import corpus_dir, default_data_dir
 from revjax.data.shards import TEXT_COLUMN, ShardError, open_shard, shard_name
+from revjax.errors import RevjaxError
 
 DEFAULT_BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 BASE_URL_ENV = "REVJAX_FINEWEB_URL"

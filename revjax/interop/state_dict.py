@@ -8,7 +8,6 @@ Arrays here are numpy; torch itself is not needed.
 
 from __future__ import annotations
 
-from revjax.errors import RevjaxError
 from typing import Any, Mapping
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from revjax.config import ModelConfig
+from revjax.errors import RevjaxError
 
 
 class StateDictError(RevjaxError, ValueError):

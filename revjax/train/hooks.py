@@ -173,7 +173,7 @@ def save_checkpoint(trainer: "Trainer", step: int) -> None:
     run, config = trainer.run, trainer.run.config
     metadata = build_metadata(
         step=step, direction=config.direction.direction, phase=config.training.phase,
-        model_config=config.model.gpt_config(), config=config.to_dict(),
+        model_config=config.model.gpt_config(), config=config.with_absolute_paths().to_dict(),
         tokenizer_identity=run.tokenizer.identity(), tokenizer_path=str(config.tokenizer_path()),
         val_bpb=trainer.result.val_bpb)
     metadata["finished"] = step == run.num_iterations
