@@ -2,6 +2,7 @@
 with nothing lost."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fault_drill.py"
 spec = importlib.util.spec_from_file_location("fault_drill", SCRIPT)
 fault_drill = importlib.util.module_from_spec(spec)
+sys.modules["fault_drill"] = fault_drill
 spec.loader.exec_module(fault_drill)
 
 
