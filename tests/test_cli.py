@@ -1,5 +1,7 @@
 """The revjax command: config printing, tokenizer training on a parquet corpus, and clear errors."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -48,3 +50,12 @@ def test_export_and_import_are_reachable_from_the_revjax_command(tmp_path, capsy
     assert info.value.code == 1
     assert "is not a folder holding an onanchat checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_configs_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
+    import revjax
+    from revjax.config_args import find_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("d20", "direction/backward", "phase/sft", "experiments/directions"):
+        assert find_config(name).is_relative_to(Path(revjax.__file__).parent / "configs")
