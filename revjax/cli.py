@@ -168,6 +168,24 @@ def _run_train(argv: list[str]) -> int:
     return run_from_args(argv)
 
 
+def _run_eval(argv: list[str]) -> int:
+    from revjax.eval.run import main as eval_main
+
+    return eval_main(argv)
+
+
+def _run_chat(argv: list[str]) -> int:
+    from revjax.chat.cli import main as chat_main
+
+    return chat_main(argv)
+
+
+def _run_serve(argv: list[str]) -> int:
+    from revjax.chat.server import main as serve_main
+
+    return serve_main(argv)
+
+
 def _run_sweep(argv: list[str]) -> int:
     from revjax.experiments import main as sweep_main
 
@@ -189,6 +207,9 @@ def _run_import(argv: list[str]) -> int:
 # Subcommands with their own arguments (no config): revjax NAME ... is handed to them as is.
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_run_train, "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
+    "eval": (_run_eval, "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
+    "chat": (_run_chat, "chat with a trained model in the terminal (--help for options)"),
+    "serve": (_run_serve, "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
     "sweep": (_run_sweep, "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
     "export": (_run_export, "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
     "import": (_run_import, "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),

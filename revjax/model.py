@@ -88,7 +88,11 @@ class Linear(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Keys/values of every layer, (L, B, T_max, H_kv, D), and the number of positions already filled."""
+    """Keys/values of every layer, head-major (L, B, H_kv, T_max, D), and the number of positions already filled.
+
+    A cached call writes each layer's new keys/values into the stacked arrays in place and attends over that
+    layer's slice as it lies, so a decode step neither transposes nor rebuilds the cache.
+    """
 
     k: jax.Array
     v: jax.Array
@@ -96,8 +100,26 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
-        shape = (config.n_layer, batch, max_len, config.n_kv_head, config.head_dim)
+        shape = (config.n_layer, batch, config.n_kv_head, max_len, config.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+
+def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, pos: jax.Array) -> jax.Array:
+    """Attention of queries at positions ``pos … pos+T−1`` over a head-major cache (keys ≤ each query's position).
+
+    The arithmetic of ``jax.nn.dot_product_attention``'s XLA path (fp32 logits and softmax, GQA by grouping the
+    query heads of each key/value head), with both products laid out so that the cache is read where it lies:
+    neither operand is transposed, only the small output. Returns (B, T, H·D).
+    """
+    B, T, H, D = q_BTHD.shape
+    K, S = k_BKSD.shape[1], k_BKSD.shape[2]
+    q = q_BTHD.reshape(B, T, K, H // K, D)
+    logits = jnp.einsum("btkgd,bksd->bkgts", q, k_BKSD.astype(q.dtype), preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(1.0 / math.sqrt(D))
+    visible = jnp.arange(S)[None, :] <= (pos + jnp.arange(T))[:, None]  # (T, S): the prefix and the causal chunk
+    probs = jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1).astype(q.dtype)
+    y = jnp.einsum("bkgts,bksd->bkgtd", probs, v_BKSD.astype(q.dtype))
+    return y.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
 
 
 class Attention(nnx.Module):
@@ -109,25 +131,21 @@ class Attention(nnx.Module):
         self.c_v = Linear(d, config.n_kv_head * hd, rngs=rngs)
         self.c_proj = Linear(d, d, rngs=rngs, zero_init=True)
 
-    def __call__(self, x_BTD, cos, sin, implementation, cache_kv=None, pos=None):
+    def __call__(self, x_BTD, cos, sin, implementation, cache=None, layer=None):
+        """Output (B, T, d) and, with ``cache``, the cache with this ``layer``'s keys/values written at its ``pos``."""
         B, T, _ = x_BTD.shape
         q = self.c_q(x_BTD).reshape(B, T, self.n_head, self.head_dim)
         k = self.c_k(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
-        if cache_kv is None:
+        if cache is None:
             y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-        else:
-            k_cache, v_cache = cache_kv
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
-            key_pos = jnp.arange(k_cache.shape[1])
-            mask = key_pos[None, :] <= (pos + jnp.arange(T))[:, None]  # (T, T_max): prefix and causal chunk
-            y = jax.nn.dot_product_attention(
-                q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask=mask[None, None], implementation="xla"
-            )
-            cache_kv = (k_cache, v_cache)
-        return self.c_proj(y.reshape(B, T, -1)), cache_kv
+            return self.c_proj(y.reshape(B, T, -1)), None
+        at = (layer, 0, 0, cache.pos, 0)
+        k_all = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3)[None].astype(cache.k.dtype), at)
+        v_all = jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3)[None].astype(cache.v.dtype), at)
+        y = cached_attention(q, k_all[layer], v_all[layer], cache.pos)
+        return self.c_proj(y), cache._replace(k=k_all, v=v_all)
 
 
 class MLP(nnx.Module):
@@ -144,11 +162,11 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, implementation, cache_kv=None, pos=None):
-        y, cache_kv = self.attn(rms_norm(x), cos, sin, implementation, cache_kv, pos)
+    def __call__(self, x, cos, sin, implementation, cache=None, layer=None):
+        y, cache = self.attn(rms_norm(x), cos, sin, implementation, cache, layer)
         x = x + y
         x = x + self.mlp(rms_norm(x))
-        return x, cache_kv
+        return x, cache
 
 
 class GPT(nnx.Module):
@@ -178,21 +196,18 @@ class GPT(nnx.Module):
         cos, sin = rope_tables(pos0 + jnp.arange(T), self.config.head_dim)
         x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
         implementation = self.attention_implementation()
-        new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             if cache is None:
                 call = nnx.remat(Block.__call__, static_argnums=(4,)) if self.config.remat else Block.__call__
                 x, _ = call(block, x, cos, sin, implementation)
             else:
-                x, (k, v) = block(x, cos, sin, implementation, (cache.k[i], cache.v[i]), cache.pos)
-                new_k.append(k)
-                new_v.append(v)
+                x, cache = block(x, cos, sin, implementation, cache, i)
         x = rms_norm(x)
         logits = self.lm_head(x).astype(jnp.float32)
         logits = SOFTCAP * jnp.tanh(logits / SOFTCAP)
         if cache is None:
             return logits
-        return logits, KVCache(jnp.stack(new_k), jnp.stack(new_v), cache.pos + T)
+        return logits, cache._replace(pos=cache.pos + T)
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, reduction: str = "mean") -> jax.Array:

@@ -105,14 +105,43 @@ class RunResult:
     stderr: str
 
 
+# Run before the program (``python -I -c _BOOT program.py``): every socket constructor and name lookup raises, then
+# the program runs as ``__main__`` with its own line numbers.
+_BOOT = """\
+import socket as _s, _socket as _c
+def _refuse(*args, **kwargs):
+    raise PermissionError("network access is disabled in the revjax sandbox")
+class _NoSocket(_c.socket):
+    def __init__(self, *args, **kwargs):
+        _refuse()
+for _name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "create_connection",
+              "create_server", "socketpair", "fromfd"):
+    for _module in (_s, _c):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _refuse)
+_s.socket = _s.SocketType = _c.socket = _c.SocketType = _NoSocket
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
+
+
 def _limits(memory_bytes: int):
-    """A ``preexec_fn`` capping the child's address space and file sizes (Linux), or None elsewhere."""
+    """A ``preexec_fn`` that moves the child into an empty network namespace where the kernel allows it (so
+    processes it starts have no network either) and caps its address space and file sizes (Linux); None
+    elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
 
     def apply() -> None:
+        import ctypes
         import resource
 
+        try:
+            ctypes.CDLL(None, use_errno=True).unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
+        except (OSError, AttributeError):
+            pass  # no namespaces here: the in-process block still refuses sockets
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
@@ -122,8 +151,9 @@ def _limits(memory_bytes: int):
 def run_program(program: str, timeout: float = 5.0, memory_bytes: int = 1 << 30) -> RunResult:
     """Run ``program`` in a fresh isolated Python (``-I``) in an empty temporary folder; success is exit code 0.
 
-    The child gets ``timeout`` seconds of wall time, an address-space cap of ``memory_bytes`` (Linux) and a 1 MiB
-    file-size cap. This bounds runaway code; it is not a security sandbox for hostile code.
+    The child gets ``timeout`` seconds of wall time, an address-space cap of ``memory_bytes`` (Linux), a 1 MiB
+    file-size cap and no network (sockets refused in-process, plus an empty network namespace where the kernel
+    allows one). This bounds runaway and careless code; it is not a security sandbox for hostile code.
     """
     with tempfile.TemporaryDirectory(prefix="revjax-run-") as tmp:
         path = os.path.join(tmp, "program.py")
@@ -132,7 +162,7 @@ def run_program(program: str, timeout: float = 5.0, memory_bytes: int = 1 << 30)
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0", "HOME": tmp}
         try:
             proc = subprocess.run(
-                [sys.executable, "-I", path], cwd=tmp, env=env, capture_output=True, text=True,
+                [sys.executable, "-I", "-c", _BOOT, path], cwd=tmp, env=env, capture_output=True, text=True,
                 timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=_limits(int(memory_bytes)),
             )
         except subprocess.TimeoutExpired as e:

@@ -1,0 +1,289 @@
+"""Chat with a revjax run: the loaded model, reading-order text streams, and a multi-turn session.
+
+Every token layout comes from :mod:`revjax.direction`: a prompt is always rebuilt from the reading-order history by
+:func:`~revjax.direction.chat_prompt`, generation stops at :func:`~revjax.direction.chat_stop_token`, and the
+reply is restored to reading order by :func:`~revjax.direction.chat_reply`.
+
+Two tasks, depending on the generation's direction and the model's conversation mode:
+
+* ``answer`` (forward, and backward in ``turn`` mode): the user writes a message, the model writes the assistant's
+  reply, appended at the end of the conversation. The calculator tool fires in the generation's direction.
+* ``reverse`` (backward in ``sequence`` mode): the user writes an *answer* and the model writes the user question
+  that precedes it; the new pair goes at the *start* of the reading-order conversation, since a backward model
+  writes what comes before.
+
+Streaming: a forward generation arrives left to right, so each piece goes after the text so far. A backward one
+arrives right to left: each piece (itself in reading order) goes *before* the text so far (``Piece.prepend``); a
+front end may show it growing leftwards and then presents the whole reply in reading order (``Reply.text``).
+Pieces are cut at UTF-8 character boundaries, so a character split over tokens is never shown half.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+from revjax.direction import ConversationMode, Direction, Specials, chat_prompt, chat_reply, chat_stop_token
+from revjax.errors import RevjaxError
+
+ANSWER, REVERSE = "answer", "reverse"
+TASK_LABELS = {ANSWER: "reply", REVERSE: "question (reverse task)"}
+
+
+class ChatError(RevjaxError):
+    """A chat request that cannot be served as given (unknown direction, message too long, bad history)."""
+
+
+@dataclass
+class ChatModel:
+    """A model ready to chat: graphdef + params, tokenizer, the direction it reads and its conversation mode."""
+
+    graphdef: object
+    params: object
+    tokenizer: object
+    direction: Direction
+    mode: ConversationMode
+    max_len: int
+    name: str = "revjax"
+    step: int | None = None
+    chunk_size: int = 8
+
+    def __post_init__(self) -> None:
+        from revjax.engine import Engine
+
+        self.direction = Direction.parse(self.direction)
+        self.mode = ConversationMode.parse(self.mode)
+        self.specials = Specials.from_tokenizer(self.tokenizer)
+        self.engine = Engine(self.graphdef, self.params, tokenizer=self.tokenizer, chunk_size=self.chunk_size)
+
+    @property
+    def ways(self) -> list[Direction]:
+        """The directions this model generates in (both for a bidirectional model, forward first)."""
+        if self.direction is Direction.BIDIRECTIONAL:
+            return [Direction.FORWARD, Direction.BACKWARD]
+        return [self.direction]
+
+    def way(self, generate: Direction | str | None = None) -> Direction:
+        """The generation direction asked for (None: the model's own; forward for a bidirectional model)."""
+        if generate is None:
+            return self.ways[0]
+        try:
+            way = Direction.parse(generate)
+        except ValueError as err:
+            raise ChatError(str(err)) from None
+        if way not in self.ways:
+            known = " and ".join(w.value for w in self.ways)
+            raise ChatError(f"this {self.direction.value} model generates {known} only, not {way.value}")
+        return way
+
+    def task(self, way: Direction) -> str:
+        """``reverse`` when the model writes the user turn before the given messages, else ``answer``."""
+        reverse = way is Direction.BACKWARD and self.mode is ConversationMode.SEQUENCE
+        return REVERSE if reverse else ANSWER
+
+    def _generate_arg(self, way: Direction) -> Direction | None:
+        return way if self.direction is Direction.BIDIRECTIONAL else None
+
+    def prompt(self, messages: Sequence[Sequence[int]], way: Direction) -> list[int]:
+        """Model-order prompt for reading-order message ids (``[user, …, user]``, or ``[assistant, …, assistant]``
+        for the reverse task)."""
+        return chat_prompt(messages, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+
+    def stop_id(self, way: Direction) -> int:
+        return chat_stop_token(self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+
+    def content(self, generated: Sequence[int], way: Direction) -> list[int]:
+        """Reading-order message ids of a generated turn (model order, as the engine returns it)."""
+        return chat_reply(generated, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+
+    def text_stream(self, way: Direction) -> TextStream:
+        skip = self.specials.user_end if self.task(way) == REVERSE else None
+        return TextStream(self.tokenizer, backward=way is Direction.BACKWARD, skip_first=skip)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int = 8) -> ChatModel:
+    """The chat model of a revjax run folder (the newest intact step, or ``step``); imported onanchat exports too."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from revjax.checkpoint import read_params
+    from revjax.model import GPT
+    from revjax.tokenizer import Tokenizer
+
+    run_dir = Path(run_dir).expanduser()
+    params, meta, config = read_params(run_dir, step)
+    tokenizer_dir = meta.get("tokenizer_path") or str(config.tokenizer_path())
+    if not Path(tokenizer_dir).is_dir():
+        raise ChatError(f"the tokenizer of {run_dir} is not at {tokenizer_dir}; move it back or point the run at it")
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    if meta.get("tokenizer_identity", tokenizer.identity()) != tokenizer.identity():
+        raise ChatError(f"the tokenizer at {tokenizer_dir} is not the one {run_dir} was trained with")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    direction = meta.get("direction") or config.direction.direction
+    return ChatModel(graphdef, state, tokenizer, direction, config.direction.conversation, config.model.sequence_len,
+                     name=run_dir.resolve().name, step=int(meta.get("step", 0)), chunk_size=chunk_size)
+
+
+# ---- text in reading order ------------------------------------------------------------------------------------
+
+class TextStream:
+    """Turns generated ids (model order, arriving chunk by chunk) into reading-order text pieces.
+
+    ``feed`` returns the new piece: after the text so far when forward, before it when ``backward``. Bytes of a
+    character that is not complete yet are held back until it is.
+    """
+
+    def __init__(self, tokenizer, *, backward: bool, skip_first: int | None = None):
+        import codecs
+
+        self._bytes = tokenizer.encoding.decode_single_token_bytes
+        self.backward, self._skip, self._held = backward, skip_first, b""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, ids: Sequence[int]) -> str:
+        ids = [int(t) for t in ids]
+        if self._skip is not None and ids:
+            ids = ids[1:] if ids[0] == self._skip else ids
+            self._skip = None
+        if not self.backward:
+            return self._decoder.decode(b"".join(self._bytes(t) for t in ids))
+        data = b"".join(self._bytes(t) for t in reversed(ids)) + self._held
+        start = next((i for i, b in enumerate(data) if b & 0xC0 != 0x80), len(data))
+        self._held = data[:start]
+        return data[start:].decode("utf-8", errors="replace")
+
+    def finish(self) -> str:
+        if not self.backward:
+            return self._decoder.decode(b"", final=True)
+        held, self._held = self._held, b""
+        return held.decode("utf-8", errors="replace")
+
+
+class Piece(NamedTuple):
+    """A streamed piece of reply text, in reading order; ``prepend``: it goes before the text so far (backward)."""
+
+    text: str
+    prepend: bool
+
+
+# ---- the session -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Message:
+    """A turn in reading order; ``ids`` are its content's token ids (a generated turn keeps the ids it was made of,
+    tool calls included, so a prompt never re-encodes generated text)."""
+
+    role: str  # "user" or "assistant"
+    content: str
+    ids: list[int]
+
+
+class Reply:
+    """One generation, run lazily: iterate it for the :class:`Piece` stream; once exhausted ``text`` holds the
+    reply in reading order and the session's history has the new turn. Abandoned early, history is unchanged."""
+
+    def __init__(self, session: ChatSession, typed: str, way: Direction, settings: dict):
+        self.session, self.typed, self.way, self.settings = session, typed, way, settings
+        self.task = session.model.task(way)
+        self.label = TASK_LABELS[self.task]
+        self.prompt = session.prompt_for(typed, way)
+        self.text: str | None = None
+        self.tokens: list[int] = []  # reading-order content ids
+        self.finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[Piece]:
+        if self.text is not None:
+            raise ChatError("this reply has been generated already; ask the session for a new one")
+        model = self.session.model
+        max_new = min(self.settings["max_tokens"], model.max_len - len(self.prompt))
+        stream = model.text_stream(self.way)
+        generated: list[int] = []
+        chunks = model.engine.stream(
+            [self.prompt], max_new, temperature=self.settings["temperature"], top_k=self.settings["top_k"],
+            seed=self.settings["seed"], stop_ids=[model.stop_id(self.way)], max_len=model.max_len,
+            tool_order=self.way.value)
+        try:
+            for chunk in chunks:
+                generated += chunk.tokens[0]
+                piece = stream.feed(chunk.tokens[0])
+                if piece:
+                    yield Piece(piece, stream.backward)
+        finally:
+            chunks.close()
+        piece = stream.finish()
+        if piece:
+            yield Piece(piece, stream.backward)
+        self.finish_reason = "length" if len(generated) >= max_new else "stop"
+        self.tokens = model.content(generated, self.way)
+        self.text = model.decode(self.tokens)
+        self.session._commit(self)
+
+    def run(self) -> str:
+        """Generate the whole reply; returns its reading-order text."""
+        for _ in self:
+            pass
+        return self.text
+
+
+class ChatSession:
+    """A multi-turn conversation with one :class:`ChatModel`; ``history`` is in reading order (user first)."""
+
+    def __init__(self, model: ChatModel, *, generate: Direction | str | None = None):
+        self.model = model
+        self.generate = model.way(generate)
+        self.history: list[Message] = []
+
+    def set_direction(self, generate: Direction | str) -> Direction:
+        self.generate = self.model.way(generate)
+        return self.generate
+
+    def clear(self) -> None:
+        self.history = []
+
+    @property
+    def task(self) -> str:
+        return self.model.task(self.generate)
+
+    def prompt_for(self, typed: str, way: Direction) -> list[int]:
+        """The model-order prompt for a new turn; the turns farthest from the new one are dropped to fit."""
+        model, encoded = self.model, [m.ids for m in self.history]
+        typed_ids = model.encode(typed)
+        reverse = model.task(way) == REVERSE
+        for dropped in range(0, len(encoded) + 1, 2):
+            kept = encoded[: len(encoded) - dropped] if reverse else encoded[dropped:]
+            prompt = model.prompt([typed_ids, *kept] if reverse else [*kept, typed_ids], way)
+            if len(prompt) < model.max_len:
+                return prompt
+        raise ChatError(f"the message is {len(typed_ids)} tokens long, too long for this model's "
+                        f"{model.max_len}-token context; shorten it")
+
+    def reply(self, user_text: str, *, generate: Direction | str | None = None, temperature: float = 0.6,
+              top_k: int | None = 50, max_tokens: int = 512, seed: int | None = None) -> Reply:
+        """Generate the next turn for ``user_text`` (a message; for the reverse task, an answer). ``generate`` picks
+        the direction for a bidirectional model (default: the session's). Nothing runs until the reply is iterated."""
+        if max_tokens < 1:
+            raise ChatError(f"max_tokens must be at least 1, got {max_tokens}")
+        if temperature < 0:
+            raise ChatError(f"temperature must be non-negative, got {temperature}")
+        way = self.generate if generate is None else self.model.way(generate)
+        seed = secrets.randbits(31) if seed is None else seed
+        return Reply(self, user_text, way, {"temperature": temperature, "top_k": top_k or None,
+                                            "max_tokens": max_tokens, "seed": seed})
+
+    def _commit(self, reply: Reply) -> None:
+        typed = Message("assistant" if reply.task == REVERSE else "user", reply.typed, self.model.encode(reply.typed))
+        written = Message("user" if reply.task == REVERSE else "assistant", reply.text, reply.tokens)
+        if reply.task == REVERSE:
+            self.history[:0] = [written, typed]
+        else:
+            self.history += [typed, written]

@@ -1,0 +1,133 @@
+"""Direction-neutral few-shot candidate scoring for the three in-context task kinds.
+
+A candidate (continuation) ``c`` of a context ``x`` is scored by ``log P(x ⊕ c) − log P(x)``, each term the
+log-likelihood of the text's tokens in the model's own reading order (:func:`model_order`, built by
+:func:`revjax.direction.orient_document`: BOS first, reversed for backward, a direction token after BOS for a
+bidirectional model). The context ``x`` is the span before nanochat's scored span (the choices' common token
+prefix for multiple choice, everything before the shared continuation for schema), so both texts are token-exact.
+
+* Forward: ``log P(x)`` is the prefix of ``log P(x ⊕ c)``, so the score is the sum over the candidate's tokens in
+  one sequence — nanochat's continuation log-likelihood, computed the same way.
+* Backward: the model reads ``c`` before ``x``; the score is the same quantity by Bayes' rule
+  (``P(c | x) = P(x ⊕ c) / P(x)``), from two sequences: ``[BOS, rev(x ⊕ c)]`` and ``[BOS, rev(x)]``.
+
+Normalisation follows nanochat per kind: multiple choice and schema pick the option with the highest mean
+log-probability per scored token (nanochat's lowest mean loss); language modeling is correct when every
+continuation token is the greedy prediction. Greedy prediction of a continuation has no direction-neutral meaning
+for a model that reads the continuation before its context, so it is *not applicable* when reading backward.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from revjax.direction import Direction, Specials, choose_direction, orient_document
+from revjax.eval.icl import Example
+from revjax.eval.scorer import Request, Scorer
+
+NOT_APPLICABLE_LM = ("language modeling scores greedy prediction of the continuation after its context; a model "
+                     "reading backward sees the continuation first, so there is no direction-neutral equivalent")
+
+
+class NotApplicable(Exception):
+    """A task kind has no direction-neutral meaning for a reading direction; ``str(err)`` is the reason."""
+
+
+@dataclass
+class ExampleResult:
+    """One example: the chosen option (None for language modeling), correctness, and per-option scores.
+
+    ``scores[i]`` is ``log P(x ⊕ c_i) − log P(x)`` and ``tokens[i]`` the number of tokens of ``c_i``.
+    """
+
+    pred: int | None
+    correct: bool
+    scores: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=None)
+def bidirectional_index(way: Direction) -> int:
+    """The document index whose seeded direction (seed 0) is ``way``, to orient a bidirectional item that way."""
+    return next(i for i in range(1 << 10) if choose_direction(0, i) is way)
+
+
+def model_order(body: Sequence[int], direction: Direction | str, way: Direction | str,
+                specials: Specials) -> tuple[np.ndarray, int]:
+    """``(ids, first)``: the reading-order text ``body`` (no BOS) as a model of ``direction`` reads it ``way``,
+    and the position of its first text token (after BOS and any direction token)."""
+    direction, way = Direction.parse(direction), Direction.parse(way)
+    if direction is Direction.BIDIRECTIONAL:
+        ids, _ = orient_document(body, direction, specials, index=bidirectional_index(way))
+    else:
+        if way is not direction:
+            raise ValueError(f"a {direction.value} model reads {direction.value} only, not {way.value}")
+        ids, _ = orient_document(body, direction, specials)
+    return ids, len(ids) - len(body)
+
+
+def _requests(example: Example, direction, way, specials, max_len: int | None) -> list[tuple[list[Request], int]]:
+    """Per option: ``(requests, tokens)``; the option's score is ``+requests[0] − sum(requests[1:])``.
+
+    With ``max_len``, every option of the example loses the same leading tokens (as many as its longest option
+    must), so the options keep sharing their context text.
+    """
+    out = []
+    marker = 1 if Direction.parse(direction) is Direction.BIDIRECTIONAL else 0
+    bodies = [list(seq[1:end]) for seq, end in zip(example.sequences, example.ends)]  # nanochat's spans end there
+    cut = 0 if max_len is None else max(0, max(map(len, bodies)) - (max_len - 1 - marker))
+    for body, start in zip(bodies, example.starts):
+        body, start = body[cut:], max(0, start - 1 - cut)  # start in the body (BOS dropped)
+        ids, first = model_order(body, direction, way, specials)
+        n = len(body) - start
+        if Direction.parse(way) is Direction.FORWARD:
+            out.append(([Request(tuple(ids.tolist()), first + start, len(ids))], n))
+            continue
+        full = Request(tuple(ids.tolist()), first, len(ids))
+        if start == 0:
+            out.append(([full], n))
+            continue
+        ctx, ctx_first = model_order(body[:start], direction, way, specials)
+        out.append(([full, Request(tuple(ctx.tolist()), ctx_first, len(ctx))], n))
+    return out
+
+
+def score_examples(examples: Sequence[Example], kind: str, scorer: Scorer, direction: Direction | str,
+                   way: Direction | str, specials: Specials, *, max_len: int | None = None) -> list[ExampleResult]:
+    """Score every example of one task read ``way`` by a model of ``direction``, all in one batched pass.
+
+    ``max_len`` crops the texts of an example from the front, by the same number of tokens for every option, so
+    the longest model-order sequence fits (None: no cropping, as nanochat does for its own models). The options
+    of one example go to the scorer as a group, so a shared context is computed once. Raises
+    :class:`NotApplicable` for language modeling read backward.
+    """
+    way = Direction.parse(way)
+    if kind == "language_modeling" and way is Direction.BACKWARD:
+        raise NotApplicable(NOT_APPLICABLE_LM)
+    plans = [_requests(ex, direction, way, specials, max_len) for ex in examples]
+    unique: dict[Request, int] = {}
+    for plan in plans:
+        for requests, _ in plan:
+            for r in requests:
+                unique.setdefault(r, len(unique))
+    options = [[unique[requests[0]] for requests, _ in plan] for plan in plans]  # one question's options
+    sums, greedy = scorer.score(list(unique), groups=options)
+    results = []
+    for ex, plan in zip(examples, plans):
+        scores, counts, matched = [], [], True
+        for requests, n in plan:
+            value = sums[unique[requests[0]]] - sum(sums[unique[r]] for r in requests[1:])
+            scores.append(float(value))
+            counts.append(n)
+            matched = matched and bool(greedy[unique[requests[0]]])
+        if kind == "language_modeling":
+            results.append(ExampleResult(None, matched, scores, counts))
+            continue
+        means = [s / n if n > 0 else -np.inf for s, n in zip(scores, counts)]
+        pred = int(np.argmax(means))
+        results.append(ExampleResult(pred, pred == ex.gold, scores, counts))
+    return results

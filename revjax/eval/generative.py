@@ -1,0 +1,80 @@
+"""Generative chat evaluation: the model answers each question and the task grades the reply.
+
+Prompts are built by :func:`revjax.direction.chat_prompt` from the reading-order messages (the final assistant
+message is the one to produce), generation stops at :func:`revjax.direction.chat_stop_token`, and
+:func:`revjax.direction.chat_reply` restores the reply to reading order before ``task.evaluate`` grades it. Only
+directions that generate the assistant's reply can be graded this way (forward, and backward in ``turn`` mode);
+in ``sequence`` mode a backward model writes the *user* turn, so generative grading does not apply there.
+
+Forward generation uses the engine's calculator tool when the engine offers one (``Engine.generate(...,
+tool_order=...)``); backward text cannot call a tool (the output would precede the call), so it generates plainly.
+Prompts are generated in batches of similar length, greedily by default (nanochat's ``temperature=0``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+from revjax import engine as engine_module
+from revjax.direction import ConversationMode, Direction, Specials, chat_prompt, chat_reply, chat_stop_token
+
+NOT_APPLICABLE_SEQUENCE = ("in sequence mode a backward model generates the user turn that precedes an answer, "
+                           "so it cannot be asked to answer a question; see the joint-likelihood score instead")
+
+
+def asks_assistant(direction: Direction | str, way: Direction | str, mode: ConversationMode | str) -> bool:
+    """Whether a model of ``direction`` reading ``way`` in conversation ``mode`` generates the assistant's reply."""
+    backward = Direction.parse(way) is Direction.BACKWARD
+    return not (backward and ConversationMode.parse(mode) is ConversationMode.SEQUENCE)
+
+
+def question_messages(conversation: dict, tokenizer: Any) -> list[list[int]]:
+    """Token ids of every message before the final assistant reply (a system message joins the first user turn)."""
+    messages = list(conversation["messages"][:-1])
+    if messages and messages[0]["role"] == "system":
+        messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"},
+                    *messages[2:]]
+    return [tokenizer.encode(m["content"]) for m in messages]
+
+
+def _tool_engine() -> bool:
+    engine_cls = getattr(engine_module, "Engine", None)
+    return engine_cls is not None and "tool_order" in inspect.signature(engine_cls.stream).parameters
+
+
+def generate_batch(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   stop: int, *, tools: bool, temperature: float = 0.0, seed: int = 0) -> list[list[int]]:
+    """Continuations (model order, stop token removed) of ``prompts``, with the calculator when ``tools``."""
+    max_len = max(map(len, prompts)) + max_new_tokens
+    if tools and _tool_engine():
+        engine = engine_module.Engine(graphdef, params, tokenizer=tokenizer)
+        return engine.generate(prompts, max_new_tokens, temperature=temperature, seed=seed, stop_ids=[stop],
+                               max_len=max_len, tool_order="forward").tokens
+    return engine_module.generate(graphdef, params, prompts, max_new_tokens, temperature=temperature, seed=seed,
+                                  stop_ids=[stop], max_len=max_len)
+
+
+def generative_replies(graphdef: Any, params: Any, tokenizer: Any, conversations: Sequence[dict],
+                       direction: Direction | str, way: Direction | str, mode: ConversationMode | str, *,
+                       max_new_tokens: int = 512, batch_size: int = 16, temperature: float = 0.0,
+                       progress: Callable[[int], Any] | None = None) -> list[str]:
+    """The model's reply text (reading order) to each conversation's final assistant turn."""
+    specials = Specials.from_tokenizer(tokenizer)
+    way = Direction.parse(way)
+    generate_way = way if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
+    prompts = [chat_prompt(question_messages(c, tokenizer), direction, specials, mode=mode, generate=generate_way)
+               for c in conversations]
+    stop = chat_stop_token(direction, specials, mode=mode, generate=generate_way)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[str] = [""] * len(prompts)
+    for at in range(0, len(order), batch_size):
+        chunk = order[at: at + batch_size]
+        generated = generate_batch(graphdef, params, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stop,
+                                   tools=way is Direction.FORWARD, temperature=temperature)
+        for i, ids in zip(chunk, generated):
+            reply = chat_reply(ids, direction, specials, mode=mode, generate=generate_way)
+            replies[i] = tokenizer.decode(reply)
+        if progress is not None:
+            progress(len(chunk))
+    return replies

@@ -1,0 +1,257 @@
+"""``revjax eval RUN_DIR``: evaluate one checkpoint of a revjax run in every direction it knows.
+
+:func:`evaluate_run` loads the parameters (not the optimizer state) of a run's checkpoint, its config and
+tokenizer, runs the chosen suites — ``bpb`` (validation bits per byte and greedy samples), ``core`` (nanochat's
+CORE), ``offline`` (the OLMo-offline in-context suite), ``chat`` (ChatCORE and the joint-likelihood score) or
+``all`` — for each reading direction, writes the results as JSON into ``<run_dir>/eval/`` and returns them.
+:func:`format_markdown` renders them as tables; :func:`main` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from revjax.direction import Direction
+from revjax.errors import RevjaxError, run_command
+from revjax.eval.core import evaluate_core, known_ways
+from revjax.eval.icl import EvalError
+from revjax.eval.scorer import MIN_LEN, Scorer
+
+SUITES = ("bpb", "core", "offline", "chat")
+CHOICES = (*SUITES, "all")
+
+
+def _read_params(run_dir: str | os.PathLike[str], step: int | None):
+    try:
+        from revjax.checkpoint import read_params
+    except ImportError:  # older layout: the reader lived with the exporter
+        from revjax.interop.export import read_params
+    return read_params(run_dir, step)
+
+
+class LoadedRun:
+    """A run's model (graphdef, params), config, metadata, tokenizer and direction, ready to evaluate."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], step: int | None = None, *, tokens_per_call: int = 8192,
+                 min_len: int = MIN_LEN):
+        from flax import nnx
+
+        from revjax.interop.state_dict import build_model
+        from revjax.tokenizer import Tokenizer
+
+        self.run_dir = Path(run_dir).expanduser()
+        params, self.meta, self.config = _read_params(self.run_dir, step)
+        self.step = int(self.meta["step"])
+        tokenizer_dir = self.meta.get("tokenizer_path") or self.config.tokenizer_path()
+        self.tokenizer = Tokenizer.load(tokenizer_dir)
+        if self.meta.get("tokenizer_identity", self.tokenizer.identity()) != self.tokenizer.identity():
+            raise EvalError(f"the tokenizer at {tokenizer_dir} is not the one step {self.step} of {self.run_dir} was "
+                            "trained with (its identity differs); point tokenizer.dir at the right one")
+        self.graphdef, self.params = nnx.split(build_model(self.config.model, params))
+        self.direction = Direction.parse(self.meta.get("direction") or self.config.direction.direction)
+        self.mode = self.config.direction.conversation
+        self.scorer = Scorer(self.graphdef, self.params, vocab_size=self.config.model.vocab_size,
+                             pad_id=self.tokenizer.bos_id, tokens_per_call=tokens_per_call, min_len=min_len)
+
+
+def _ways(direction: Direction, directions: Sequence[str] | None) -> list[Direction]:
+    known = known_ways(direction)
+    if not directions:
+        return known
+    try:
+        ways = [Direction.parse(d) for d in directions]
+    except ValueError as err:
+        raise EvalError(str(err)) from None
+    foreign = [w.value for w in ways if w not in known]
+    if foreign:
+        raise EvalError(f"a {direction.value} model reads {', '.join(w.value for w in known)}, not "
+                        f"{', '.join(foreign)}")
+    return ways
+
+
+def _val_texts(config, max_chars: int) -> list[str]:
+    from revjax.data.shards import iter_texts
+
+    texts, total = [], 0
+    for batch in iter_texts(config.data_path(), "val"):
+        for text in batch:
+            texts.append(text)
+            total += len(text)
+            if total >= max_chars:
+                return texts
+    return texts
+
+
+def _run_suite(name: str, run: LoadedRun, ways: list[Direction], *, max_per_task: int | None, bpb_tokens: int,
+               bundle: str | None, chat_source: str, tick: Callable[[str], Any]) -> dict:
+    config, tok = run.config, run.tokenizer
+    max_len = config.model.sequence_len
+    if name == "bpb":
+        from revjax.eval.bpb import evaluate_bpb, greedy_samples
+
+        texts = _val_texts(config, max_chars=8 * bpb_tokens)
+        out = evaluate_bpb(run.graphdef, run.params, tok, run.direction, texts, ways=ways, seq_len=max_len,
+                           max_tokens=bpb_tokens, token_bytes_method=config.tokenizer.token_bytes)
+        tick("bpb")
+        samples = greedy_samples(run.graphdef, run.params, tok, run.direction, ways, max_len)
+        tick("samples")
+        return {"suite": "bpb", "ways": {w: {**out[w], "samples": samples[w]} for w in out}}
+    if name == "core":
+        return evaluate_core(run.scorer, tok, run.direction, config.base_path(), ways=ways, max_per_task=max_per_task,
+                             max_len=max_len, bundle=bundle, progress=tick)
+    if name == "offline":
+        from revjax.eval.suites import evaluate_offline
+
+        return evaluate_offline(run.scorer, tok, run.direction, ways=ways, max_per_task=max_per_task,
+                                max_len=max_len, cache_dir=config.tasks_path(), progress=tick)
+    from revjax.eval.chat import evaluate_chat, load_chat_tasks
+
+    tasks, errors = load_chat_tasks(source=chat_source, cache_dir=config.tasks_path())
+    return evaluate_chat(tasks, run.scorer, run.graphdef, run.params, tok, run.direction, run.mode, ways=ways,
+                         max_per_task=max_per_task, errors=errors, progress=tick)
+
+
+def _steps_per_suite(name: str, ways: int) -> int:
+    from revjax.eval.chat import CHAT_TASKS
+    from revjax.eval.suites import OFFLINE_TASKS
+
+    return {"bpb": 2, "core": 22 * ways, "offline": len(OFFLINE_TASKS) * ways, "chat": len(CHAT_TASKS) * ways}[name]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions: Sequence[str] | None = None,
+                 max_per_task: int | None = None, step: int | None = None, *, bpb_tokens: int = 1 << 18,
+                 bundle: str | None = None, chat_source: str = "offline", tokens_per_call: int = 8192,
+                 min_len: int = MIN_LEN, progress: bool = True) -> dict:
+    """Evaluate step ``step`` (default: newest intact) of the run in ``run_dir`` on ``suite`` for ``directions``
+    (default: every direction the model knows); writes ``<run_dir>/eval/<suite>-step<N>.json`` and returns it.
+
+    With ``suite="all"`` a suite that cannot run (no validation shards, the CORE bundle offline) is recorded with
+    its error and the others still run; a single suite that cannot run raises. ``tokens_per_call`` and ``min_len``
+    shape the scorer's batches (:class:`revjax.eval.scorer.Scorer`).
+    """
+    if suite not in CHOICES:
+        raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(CHOICES)}")
+    start = time.perf_counter()
+    run = LoadedRun(run_dir, step, tokens_per_call=tokens_per_call, min_len=min_len)
+    ways = _ways(run.direction, directions)
+    names = list(SUITES) if suite == "all" else [suite]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(_steps_per_suite(n, len(ways)) for n in names), desc="eval", unit="task",
+               disable=not progress)
+    results: dict[str, Any] = {
+        "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value, "mode": run.mode,
+        "phase": run.meta.get("phase"), "ways": [w.value for w in ways], "suites": {},
+    }
+    try:
+        for name in names:
+            def tick(label: str, name: str = name) -> None:
+                bar.set_postfix_str(f"{name}:{label}", refresh=False)
+                bar.update(1)
+
+            suite_start = time.perf_counter()
+            try:
+                out = _run_suite(name, run, ways, max_per_task=max_per_task, bpb_tokens=bpb_tokens, bundle=bundle,
+                                 chat_source=chat_source, tick=tick)
+            except RevjaxError as err:
+                if suite != "all":
+                    raise
+                out = {"suite": name, "error": str(err)}
+            out["seconds"] = time.perf_counter() - suite_start
+            results["suites"][name] = out
+    finally:
+        bar.close()
+    results["seconds"] = time.perf_counter() - start
+    _write_json(run.run_dir / "eval" / f"{suite}-step{run.step}.json", results)
+    return results
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _task_table(title: str, metric: str, per_way: dict[str, dict]) -> list[str]:
+    ways = list(per_way)
+    labels: list[str] = []
+    for part in per_way.values():
+        labels += [t for t in [*part["tasks"], *part.get("not_applicable", {})] if t not in labels]
+    lines = [f"### {title}", "", "| task | " + " | ".join(f"{w} acc | {w} centered" for w in ways) + " |",
+             "|---|" + "---:|---:|" * len(ways)]
+    notes: dict[str, str] = {}
+    for label in labels:
+        cells = []
+        for way in ways:
+            task = per_way[way]["tasks"].get(label)
+            if task is not None:
+                cells += [_fmt(task["accuracy"]), _fmt(task["centered"])]
+            else:
+                reason = per_way[way].get("not_applicable", {}).get(label, "not run")
+                notes[reason] = f"[{len(notes) + 1}]" if reason not in notes else notes[reason]
+                cells += [f"n/a {notes[reason]}", ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append(f"| **{metric}** | " + " | ".join(f" | **{_fmt(per_way[w]['score'])}**" for w in ways) + " |")
+    lines += [""] + [f"{mark} {reason}" for reason, mark in notes.items()] + ([""] if notes else [])
+    return lines
+
+
+def format_markdown(results: dict) -> str:
+    """Markdown tables of :func:`evaluate_run`'s results, one section per suite, one column pair per direction."""
+    lines = [f"## Evaluation of {results['run_dir']} (step {results['step']}, {results['direction']})", ""]
+    for name, out in results["suites"].items():
+        if "error" in out:
+            lines += [f"### {name}", "", f"not run: {out['error']}", ""]
+            continue
+        if name == "bpb":
+            lines += ["### validation bits per byte", "", "| direction | bpb | loss |", "|---|---:|---:|"]
+            lines += [f"| {w} | {_fmt(v['bpb'])} | {_fmt(v['loss'])} |" for w, v in out["ways"].items()]
+            for way, v in out["ways"].items():
+                lines += ["", f"samples ({way}):"] + [f"- {s!r}" for s in v["samples"]]
+        elif name == "chat":
+            lines += _task_table("ChatCORE (asked and answered)", "ChatCORE",
+                                 {w: v["answer"] for w, v in out["ways"].items()})
+            lines += _task_table("joint likelihood (every direction)", "ChatCORE-joint",
+                                 {w: v["joint"] for w, v in out["ways"].items()})
+            lines += [f"unavailable: {label}: {why}" for label, why in out.get("unavailable", {}).items()]
+        else:
+            lines += _task_table(out["suite"], out["suite"], out["ways"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax eval RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N]``."""
+    parser = argparse.ArgumentParser(prog="revjax eval", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
+    parser.add_argument("--suite", choices=CHOICES, default="all")
+    parser.add_argument("--directions", nargs="+", default=None, metavar="DIRECTION",
+                        help="forward and/or backward (default: every direction the model knows)")
+    parser.add_argument("--max-per-task", type=int, default=None, metavar="N", help="examples per task")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest intact)")
+    parser.add_argument("--bundle", default=None, help="an unpacked CORE eval bundle folder (default: download)")
+    parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline")
+    parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
+                        help="tokens per scoring call (rows × length; lower it if memory runs short)")
+    args = parser.parse_args(argv)
+    directions = [d for item in args.directions or [] for d in item.split(",") if d] or None
+
+    def body() -> int:
+        results = evaluate_run(args.run_dir, args.suite, directions, args.max_per_task, args.step,
+                               bundle=args.bundle, chat_source=args.chat_source, tokens_per_call=args.batch_tokens)
+        print(format_markdown(results))
+        return 0
+
+    return run_command("revjax eval", body)
