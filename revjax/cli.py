@@ -1,7 +1,11 @@
-"""The ``revjax`` command: corpora, tokenizers, configs, the quickstart job, and PyTorch export/import.
+"""revjax: forward, backward and bidirectional GPT models from corpus to chat.
 
-Every subcommand but export/import takes ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked up
-in ``configs/``) and ``key.sub=value`` overrides.
+Commands for corpora, tokenizers, configs, quickstart, training, chains, evaluation, chat, sweeps and PyTorch
+export/import.
+
+The config commands take ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked
+up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, chat, serve, sweep, export,
+import) parse their own arguments.
 """
 
 from __future__ import annotations

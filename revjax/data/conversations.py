@@ -16,8 +16,8 @@ Order
 Mid (``kind="mid"``)
     Every conversation is rendered whole and packed into one flat stream exactly like base documents
     (``revjax.data.pipeline``): a row is ``T+1`` stream tokens, consecutive rows overlap by one token, the next
-    batch starts ``G·T`` tokens later (``G = rows · process_count``, the global batch). As in nanochat's mid-training the rendered loss mask is ignored and
-    every token is scored, BOS included (the previous conversation ends by predicting it); the one exception
+    batch starts ``G·T`` tokens later (``G = rows · process_count``, the global batch). As in nanochat's
+    mid-training the rendered loss mask is ignored and every token is scored, BOS included (the previous conversation ends by predicting it); the one exception
     is the bidirectional direction token, which is never a target. Backward conversations use the configured
     conversation mode (``sequence``: all after BOS reversed; ``turn``: each turn's content reversed).
 
@@ -310,8 +310,8 @@ class _MidIterator(grain.DatasetIterator):
 class ConversationBatches:
     """A process's mid or SFT batches of ``source`` as ``config`` describes them, prefetched in a thread.
 
-    ``loss_mask`` (``"generated"`` / ``"assistant"``) defaults to ``config.direction.loss_mask``; ``shuffle`` defaults to True except in the compat layout, which
-    visits the source in its own order as onanchat does. ``get_state`` reflects the yielded batches only.
+    ``loss_mask`` (``"generated"`` / ``"assistant"``) defaults to ``config.direction.loss_mask``; ``shuffle``
+    defaults to True except in the compat layout, which visits the source in its own order as onanchat does. ``get_state`` reflects the yielded batches only.
     """
 
     def __init__(self, config: Config, tokenizer: Tokenizer, source: Sequence[Any], *, kind: Kind, rows: int,
