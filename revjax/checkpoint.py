@@ -322,6 +322,36 @@ class Checkpointer:
         self._verify(step, restored[STATE], data["data_state"], metadata)
         return restored[STATE], data["data_state"], metadata
 
+    def read_params(self, step: int | None = None) -> tuple[dict, dict, "Config"]:
+        """See the module-level :func:`read_params`."""
+        from flax import nnx
+        from jax.sharding import SingleDeviceSharding
+
+        from revjax.config import Config
+        from revjax.model import GPT
+
+        candidates = [self._resolve(step)] if step is not None else list(reversed(self.steps()))
+        if not candidates:
+            raise CheckpointError(f"{self.directory} holds no revjax checkpoint")
+        for candidate in candidates:
+            try:
+                meta = self._read_meta(candidate)
+                where = f"the metadata of {self.step_path(candidate)}"
+                if "config" not in meta:
+                    raise CheckpointError(f"{where} has no 'config'; it was not written by revjax's training loop")
+                config = Config.from_dict(meta["config"], source=where)
+                _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
+                cpu = SingleDeviceSharding(jax.devices("cpu")[0])
+                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
+                                      nnx.to_pure_dict(abstract))
+                params = self._restore_params(candidate, target, meta)
+                return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params), meta, config
+            except DamagedCheckpoint as err:
+                if step is not None:
+                    raise
+                warnings.warn(f"skipping damaged {err}", stacklevel=2)
+        raise NoIntactCheckpoint(f"none of the checkpoint steps {candidates} in {self.directory} is intact")
+
     def _restore_params(self, step: int, target: PyTree, metadata: dict) -> PyTree:
         """Only the ``params`` subtree of ``step``'s state (in ``target``'s layout), checksums verified."""
         args = ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
@@ -422,36 +452,10 @@ def read_params(run_dir: str | Path, step: int | None = None) -> tuple[dict, dic
     """``(params, metadata, config)`` of step ``step`` of a revjax run folder, or of its newest intact step (damaged
     ones are skipped with a warning); only the parameters are read, as numpy fp32 arrays, and their checksums are
     verified."""
-    from flax import nnx
-    from jax.sharding import SingleDeviceSharding
-
-    from revjax.config import Config
-    from revjax.model import GPT
-
     if not Path(run_dir).expanduser().is_dir():
         raise CheckpointError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
     with Checkpointer(run_dir) as checkpointer:
-        candidates = [checkpointer._resolve(step)] if step is not None else list(reversed(checkpointer.steps()))
-        if not candidates:
-            raise CheckpointError(f"{checkpointer.directory} holds no revjax checkpoint")
-        for candidate in candidates:
-            try:
-                meta = checkpointer._read_meta(candidate)
-                if "config" not in meta:
-                    raise CheckpointError(f"the metadata of {checkpointer.step_path(candidate)} has no 'config'; it "
-                                          "was not written by revjax's training loop")
-                config = Config.from_dict(meta["config"], source=f"the metadata of {checkpointer.step_path(candidate)}")
-                _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
-                cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
-                                      nnx.to_pure_dict(abstract))
-                params = checkpointer._restore_params(candidate, target, meta)
-                return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params), meta, config
-            except DamagedCheckpoint as err:
-                if step is not None:
-                    raise
-                warnings.warn(f"skipping damaged {err}", stacklevel=2)
-        raise NoIntactCheckpoint(f"none of the checkpoint steps {candidates} in {checkpointer.directory} is intact")
+        return checkpointer.read_params(step)
 
 
 def check_compatible(

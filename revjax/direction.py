@@ -262,6 +262,12 @@ def _resolve_generate(direction: Direction | str, generate: Direction | str | No
 # Documents
 
 
+def known_directions(direction: Direction | str) -> list[Direction]:
+    """The reading directions a model of ``direction`` can generate and be scored in (bidirectional: both)."""
+    direction = Direction.parse(direction)
+    return [Direction.FORWARD, Direction.BACKWARD] if direction is Direction.BIDIRECTIONAL else [direction]
+
+
 def document_direction(direction: Direction | str, seed: int, index: int) -> Direction:
     """Return the direction document ``index`` runs in (seeded choice when bidirectional)."""
     return _resolve(direction, seed, index)[0]

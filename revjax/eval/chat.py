@@ -23,9 +23,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from revjax.direction import ConversationMode, Direction, Specials, chat_prompt, orient_conversation
+from revjax.direction import (
+    ConversationMode,
+    Direction,
+    Specials,
+    chat_prompt,
+    known_directions,
+    orient_conversation,
+)
 from revjax.eval.choice import bidirectional_index
-from revjax.eval.core import known_ways
 from revjax.eval.generative import NOT_APPLICABLE_SEQUENCE, asks_assistant, generative_replies, question_messages
 from revjax.eval.icl import EvalError, centered
 from revjax.eval.scorer import Request, Scorer
@@ -141,7 +147,7 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
     ``tasks`` maps a :data:`CHAT_TASKS` label to its task; ``errors`` lists tasks that could not be loaded (they
     are reported and ChatCORE is then left out, as nanochat reports it only over all six tasks).
     """
-    ways = [Direction.parse(w) for w in (ways or known_ways(direction))]
+    ways = [Direction.parse(w) for w in (ways or known_directions(direction))]
     data = {label: _conversations(task, max_per_task) for label, task in tasks.items()}
     out: dict[str, Any] = {"suite": CHATCORE_NAME, "mode": ConversationMode.parse(mode).value,
                            "max_per_task": max_per_task, "unavailable": dict(errors or {}), "ways": {}}

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from revjax.direction import Direction, Specials
+from revjax.direction import Direction, Specials, known_directions
 from revjax.eval.choice import NotApplicable, score_examples
 from revjax.eval.icl import EvalError, TaskSpec, build_examples, centered
 from revjax.eval.scorer import Scorer
@@ -106,12 +106,6 @@ def load_core_tasks(bundle: str | os.PathLike[str]) -> list[TaskSpec]:
     return specs
 
 
-def known_ways(direction: Direction | str) -> list[Direction]:
-    """The reading directions a model of ``direction`` knows (a bidirectional model: both)."""
-    direction = Direction.parse(direction)
-    return [Direction.FORWARD, Direction.BACKWARD] if direction is Direction.BIDIRECTIONAL else [direction]
-
-
 def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokenizer: Any, direction: Direction | str,
                    ways: Sequence[Direction | str] | None = None, *, max_per_task: int | None = None,
                    max_len: int | None = None, progress: Callable[[str], Any] | None = None) -> dict:
@@ -122,7 +116,7 @@ def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokeniz
     there are none). ``progress(label)`` is called after each task.
     """
     specials = Specials.from_tokenizer(tokenizer)
-    ways = [Direction.parse(w) for w in (ways or known_ways(direction))]
+    ways = [Direction.parse(w) for w in (ways or known_directions(direction))]
     examples = {spec.label: build_examples(spec, tokenizer, max_per_task) for spec in specs}
     out: dict[str, Any] = {"suite": name, "max_per_task": max_per_task, "max_len": max_len, "ways": {}}
     for way in ways:

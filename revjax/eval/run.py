@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from revjax.direction import Direction
+from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
-from revjax.eval.core import evaluate_core, known_ways
+from revjax.eval.core import evaluate_core
 from revjax.eval.icl import EvalError
 from revjax.eval.scorer import MIN_LEN, Scorer
 
@@ -61,7 +61,7 @@ class LoadedRun:
 
 
 def _ways(direction: Direction, directions: Sequence[str] | None) -> list[Direction]:
-    known = known_ways(direction)
+    known = known_directions(direction)
     if not directions:
         return known
     try:

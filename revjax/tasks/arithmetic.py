@@ -11,11 +11,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from revjax.tasks.base import Conversation, Task, TaskError
+from revjax.tasks.base import Conversation, GeneratedTask
 from revjax.tasks.graders import calculate, grade_numeric, last_text
 from revjax.tasks.registry import register
 
-TEST_SEED_OFFSET = 10_000_000
 NAMES = ("Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kemi", "Liam", "Maya",
          "Noor", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Victor", "Wen", "Yara", "Zoe")
 ITEMS = ("apple", "pencil", "notebook", "sticker", "marble", "cookie", "balloon", "candle", "card", "shell",
@@ -103,24 +102,16 @@ KINDS: tuple[Callable[[random.Random], Problem], ...] = (_change, _share, _dista
 
 
 @register("arithmetic")
-class Arithmetic(Task):
+class Arithmetic(GeneratedTask):
     """Generated word problems (change, sharing, distance, savings, stock) with ``#### N`` answers."""
 
     eval_type = "generative"
 
     def __init__(self, size: int = 1000, split: str = "train", seed: int = 0) -> None:
-        if split not in ("train", "test") or size < 0:
-            raise TaskError(f"arithmetic needs split train/test and size >= 0, got {split!r} and {size}")
-        self.size, self.split, self.seed = size, split, seed
-        self.name = f"arithmetic/{split}"
-        self.eval_only = split == "test"
-
-    def _size(self) -> int:
-        return self.size
+        super().__init__("arithmetic", size, split, seed)
 
     def _get(self, index: int) -> Conversation:
-        base = index if self.split == "train" else TEST_SEED_OFFSET + index
-        rng = random.Random(base if self.seed == 0 else f"{self.seed}:{base}")
+        rng = self._rng(index)
         question, parts, answer = rng.choice(KINDS)(rng)
         return {
             "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],

@@ -126,6 +126,28 @@ class ListTask(Task):
         return copy.deepcopy(self._rows[index])
 
 
+TEST_SEED_OFFSET = 10_000_000  # generated test items are drawn from seeds past every train item's
+
+
+class GeneratedTask(Task):
+    """A task that draws item ``i`` from its own seeded generator: ``size`` items of split train or test (test items
+    come from seeds ``TEST_SEED_OFFSET + i``; a nonzero ``seed`` mixes in as ``"seed:base"``); test is evaluation-only."""
+
+    def __init__(self, kind: str, size: int, split: str, seed: int) -> None:
+        if split not in ("train", "test") or size < 0:
+            raise TaskError(f"{kind} needs split train/test and size >= 0, got {split!r} and {size}")
+        self.size, self.split, self.seed = size, split, seed
+        self.name = f"{kind}/{split}"
+        self.eval_only = split == "test"
+
+    def _size(self) -> int:
+        return self.size
+
+    def _rng(self, index: int) -> random.Random:
+        base = index if self.split == "train" else TEST_SEED_OFFSET + index
+        return random.Random(base if self.seed == 0 else f"{self.seed}:{base}")
+
+
 class TaskSlice(Task):
     """A logical ``start:stop:step`` view of another task; grading is delegated to it."""
 

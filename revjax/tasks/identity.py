@@ -8,12 +8,10 @@ says that this depends on how it was trained. Conversation ``i`` comes from ``ra
 
 from __future__ import annotations
 
-import random
 
-from revjax.tasks.base import Conversation, Task, TaskError
+from revjax.tasks.base import Conversation, GeneratedTask, TaskError
 from revjax.tasks.registry import register
 
-TEST_SEED_OFFSET = 10_000_000
 DIRECTIONS = ("forward", "backward", "bidirectional")
 
 GREETINGS = (
@@ -95,24 +93,17 @@ DIRECTION_ANSWERS = {
 
 
 @register("identity")
-class Identity(Task):
+class Identity(GeneratedTask):
     """Generated conversations in which the model describes itself truthfully as a revjax model."""
 
     def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, direction: str | None = None) -> None:
-        if split not in ("train", "test") or size < 0:
-            raise TaskError(f"identity needs split train/test and size >= 0, got {split!r} and {size}")
+        super().__init__("identity", size, split, seed)
         if direction is not None and direction not in DIRECTIONS:
             raise TaskError(f"identity direction must be one of {', '.join(DIRECTIONS)} or none, got {direction!r}")
-        self.size, self.split, self.seed, self.direction = size, split, seed, direction
-        self.name = f"identity/{split}"
-        self.eval_only = split == "test"
-
-    def _size(self) -> int:
-        return self.size
+        self.direction = direction
 
     def _get(self, index: int) -> Conversation:
-        base = index if self.split == "train" else TEST_SEED_OFFSET + index
-        rng = random.Random(base if self.seed == 0 else f"{self.seed}:{base}")
+        rng = self._rng(index)
         pool = [*TOPICS, "direction"]
         topics = rng.sample(pool, rng.randint(1, 3))
         messages = []

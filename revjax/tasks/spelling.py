@@ -19,14 +19,13 @@ import string
 from pathlib import Path
 
 from revjax.tasks.archives import archive_path, load_word_set, read_member
-from revjax.tasks.base import Conversation, Task, TaskError
+from revjax.tasks.base import Conversation, GeneratedTask, TaskError
 from revjax.tasks.graders import grade_exact, grade_numeric, last_text
 from revjax.tasks.registry import register
 
 PathLike = str | os.PathLike[str]
 log = logging.getLogger(__name__)
 
-TEST_SEED_OFFSET = 10_000_000
 WORDS_MEMBER = "english_words/data/web2_alpha_lower.pickle"
 BUILTIN_WORDS = tuple(
     """
@@ -97,24 +96,13 @@ def load_words(words: str | PathLike = "auto", cache_dir: PathLike | None = None
     return found, path.name
 
 
-class _Spelling(Task):
+class _Spelling(GeneratedTask):
     eval_type = "generative"
 
     def __init__(self, size: int, split: str, seed: int, words: str | PathLike, cache_dir: PathLike | None,
                  archive: PathLike | None, verify: bool, kind: str) -> None:
-        if split not in ("train", "test") or size < 0:
-            raise TaskError(f"{kind} needs split train/test and size >= 0, got {split!r} and {size}")
-        self.size, self.split, self.seed = size, split, seed
+        super().__init__(kind, size, split, seed)
         self.words, self.word_source = load_words(words, cache_dir, archive, verify)
-        self.name = f"{kind}/{split}"
-        self.eval_only = split == "test"
-
-    def _size(self) -> int:
-        return self.size
-
-    def _rng(self, index: int) -> random.Random:
-        base = index if self.split == "train" else TEST_SEED_OFFSET + index
-        return random.Random(base if self.seed == 0 else f"{self.seed}:{base}")
 
 
 @register("spelling-bee")

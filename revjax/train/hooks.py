@@ -23,6 +23,7 @@ from revjax.direction import (
     chat_reply,
     chat_stop_token,
     join_generation,
+    known_directions,
     orient_prompt,
 )
 from revjax.engine import generate
@@ -61,16 +62,11 @@ class Hook:
         return self.every > 0 and step % self.every == 0 and (step > 0 or not self.skip_start)
 
 
-def directions_known(direction: str) -> list[Direction]:
-    way = Direction.parse(direction)
-    return [Direction.FORWARD, Direction.BACKWARD] if way is Direction.BIDIRECTIONAL else [way]
-
-
 def sample_texts(graphdef, params, tokenizer, direction: str, max_len: int, max_new_tokens: int = 32):
     """Greedy continuations of fixed prompts for every direction the model knows, in reading order."""
     specials = Specials.from_tokenizer(tokenizer)
     out: dict[str, list[str]] = {}
-    for way in directions_known(direction):
+    for way in known_directions(direction):
         prompts = [tokenizer.encode(text, prepend=tokenizer.bos_id) for text in SAMPLE_PROMPTS[way]]
         oriented = [orient_prompt(p, direction, specials, generate=way) for p in prompts]
         generated = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id],
@@ -84,7 +80,7 @@ def chat_samples(graphdef, params, tokenizer, direction: str, mode: str, max_len
     assistant's reply to a question, or (sequence-mode backward) the question that an answer replies to."""
     specials = Specials.from_tokenizer(tokenizer)
     out: dict[str, list[str]] = {}
-    for way in directions_known(direction):
+    for way in known_directions(direction):
         asks_user = way is Direction.BACKWARD and mode == "sequence"
         given = [answer for _, answer in CHAT_SAMPLES] if asks_user else [question for question, _ in CHAT_SAMPLES]
         prompts = [chat_prompt([tokenizer.encode(text)], direction, specials, mode=mode, generate=way)
