@@ -52,6 +52,7 @@ class ModelConfig:
     compute_dtype: Dtype = "bfloat16"
     attention: Literal["auto", "xla", "cudnn"] = "auto"
     remat: bool = False
+    loss_chunk: int = 4096  # tokens of logits at a time in the fused cross-entropy; 0: the plain full-logits path
 
     @property
     def head_dim(self) -> int:
@@ -456,6 +457,8 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
              f"model.n_head={m.n_head} is not divisible by model.n_kv_head={m.n_kv_head}")
     if m.head_dim % 2:
         fail(["model.n_embd", "model.n_head"], f"the head size n_embd/n_head={m.head_dim} must be even for rotary")
+    if m.loss_chunk < 0:
+        fail(["model.loss_chunk"], f"model.loss_chunk={m.loss_chunk} must be a number of tokens, or 0 (plain path)")
     if m.vocab_size != config.tokenizer.vocab_size:
         fail(["model.vocab_size", "tokenizer.vocab_size"],
              f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size={config.tokenizer.vocab_size}")
