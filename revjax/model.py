@@ -189,25 +189,47 @@ class GPT(nnx.Module):
             return "cudnn" if on_gpu and self.config.compute_dtype == "bfloat16" else "xla"
         return choice
 
-    def __call__(self, idx_BT: jax.Array, cache: KVCache | None = None):
-        """Logits for ``idx_BT``; with a cache, also the updated cache (positions continue from ``cache.pos``)."""
+    def _trunk(self, idx_BT: jax.Array, cache: KVCache | None = None, stats: bool = False):
+        """Final RMS-normed hidden state (B, T, d) in the compute dtype, the updated cache (or None), and with
+        ``stats`` the fp32 RMS of the residual stream after each block (L,) (else None)."""
         B, T = idx_BT.shape
         pos0 = jnp.zeros((), jnp.int32) if cache is None else cache.pos
         cos, sin = rope_tables(pos0 + jnp.arange(T), self.config.head_dim)
         x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
         implementation = self.attention_implementation()
+        rms = []
         for i, block in enumerate(self.blocks):
             if cache is None:
                 call = nnx.remat(Block.__call__, static_argnums=(4,)) if self.config.remat else Block.__call__
                 x, _ = call(block, x, cos, sin, implementation)
             else:
                 x, cache = block(x, cos, sin, implementation, cache, i)
-        x = rms_norm(x)
-        logits = self.lm_head(x).astype(jnp.float32)
-        logits = SOFTCAP * jnp.tanh(logits / SOFTCAP)
-        if cache is None:
-            return logits
-        return logits, cache._replace(pos=cache.pos + T)
+            if stats:
+                rms.append(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+        if cache is not None:
+            cache = cache._replace(pos=cache.pos + T)
+        return rms_norm(x), cache, (jnp.stack(rms) if stats else None)
+
+    def features(self, idx_BT: jax.Array) -> jax.Array:
+        """The final RMS-normed hidden state (B, T, d) that ``lm_head`` reads: ``head(features(idx))`` is
+        ``model(idx)``."""
+        return self._trunk(idx_BT)[0]
+
+    def features_with_stats(self, idx_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``features(idx)`` and the fp32 RMS of the residual stream after each block, shape (n_layer,)."""
+        h, _, rms = self._trunk(idx_BT, stats=True)
+        return h, rms
+
+    def head(self, h_BTD: jax.Array) -> jax.Array:
+        """Softcapped fp32 logits from final hidden states."""
+        logits = self.lm_head(h_BTD).astype(jnp.float32)
+        return SOFTCAP * jnp.tanh(logits / SOFTCAP)
+
+    def __call__(self, idx_BT: jax.Array, cache: KVCache | None = None):
+        """Logits for ``idx_BT``; with a cache, also the updated cache (positions continue from ``cache.pos``)."""
+        h, new_cache, _ = self._trunk(idx_BT, cache)
+        logits = self.head(h)
+        return logits if cache is None else (logits, new_cache)
 
 
 def cross_entropy(logits_BTV: jax.Array, targets_BT: jax.Array, reduction: str = "mean") -> jax.Array:

@@ -192,3 +192,21 @@ def test_bf16_compute_close_to_fp32_and_remat_exact():
     grad = nnx.jit(nnx.grad(lambda m: loss_fn(m, ids, ids)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  model_params(grad(variants["remat"])), model_params(grad(model)))
+
+
+def test_features_feed_the_head_and_stats_are_residual_rms(case):
+    _, config, model, ids = case
+    h, rms = nnx.jit(lambda m, i: m.features_with_stats(i))(model, ids)
+    assert h.shape == (*ids.shape, config.n_embd) and rms.shape == (config.n_layer,) and rms.dtype == jnp.float32
+    np.testing.assert_array_equal(nnx.jit(lambda m, i: m.features(i))(model, ids), h)
+    np.testing.assert_array_equal(nnx.jit(lambda m, h: m.head(h))(model, h), forward(model, ids))
+    # The same RMS by hand: run the blocks one by one and measure the residual stream after each.
+    from revjax.model import rms_norm, rope_tables
+    cos, sin = rope_tables(jnp.arange(ids.shape[1]), config.head_dim)
+    x = rms_norm(model.wte[...][ids])
+    want = []
+    for block in model.blocks:
+        x, _ = block(x, cos, sin, "xla")
+        want.append(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
+    np.testing.assert_allclose(rms, want, rtol=1e-5)
+    np.testing.assert_allclose(h, rms_norm(x), rtol=1e-5, atol=1e-5)
