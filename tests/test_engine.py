@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from scipy import stats
 
 from revjax.config import ModelConfig
-from revjax.engine import Context, Engine, _decode, _prefill, calculate, generate
+from revjax.engine import Context, Engine, _decode, _prefill, calculate, generate, sample_logits
 from revjax.model import GPT
 from revjax.tokenizer import SPECIAL_TOKENS
 
@@ -79,8 +80,12 @@ def test_prefill_and_decode_logprobs_equal_full_forward(peaked):
         np.testing.assert_allclose(logprobs, expected, atol=1e-5, rtol=0)
 
 
-def test_prefill_and_cached_decode_logits_equal_full_forward(peaked):
-    """The engine's own programs, teacher-forced: every position is given, so each step feeds a known token."""
+@pytest.mark.parametrize("steps", [1, CHUNK])
+def test_prefill_and_cached_decode_logits_equal_full_forward(peaked, steps):
+    """The engine's own programs, teacher-forced: every position is given, so each step feeds a known token.
+
+    With one step per chunk the logits are compared at every position, so also at each row's last prompt position
+    (3, 5 and 18 here): what predicts that row's first generated token."""
     seqs = [p + list(range(10, 10 + NEW)) for p in PROMPTS]
     m, rows = min(map(len, PROMPTS)), len(seqs)
     tokens = np.zeros((rows, 64 + CHUNK + 32), np.int32)
@@ -99,7 +104,7 @@ def test_prefill_and_cached_decode_logits_equal_full_forward(peaked):
         if pos >= len(seqs[0]):
             break
         state, (_, _, n) = _decode(*peaked, state, np.zeros((rows, 32), np.int32), np.zeros(rows, np.int32), ctx,
-                                   steps=CHUNK)
+                                   steps=steps)
         pos += int(n)
 
 
@@ -113,6 +118,89 @@ def test_filters_sample_inside_top_k_and_top_p(peaked):
                 rank = (p > p[token]).sum()
                 assert rank < kwargs.get("top_k", 256)
                 assert p[p > p[token]].sum() < kwargs.get("top_p", 1.0)
+
+
+# ---- sampling against its exact distributions ---------------------------------------------------------------
+
+PROBS = np.array([0.1, 0.4, 0.05, 0.3, 0.15])  # hand-set; in sorted order: ids 1, 3, 4, 0, 2
+DRAWS = 20_000
+
+
+def nucleus(probs, top_k=0, top_p=1.0):
+    """Reference filter: the top_k most likely ids (0: all), renormalised; then the shortest prefix of those whose
+    renormalised mass reaches top_p, renormalised again."""
+    order = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
+    mass = probs[order] / probs[order].sum()
+    kept = order[np.cumsum(mass) - mass < top_p]
+    out = np.zeros_like(probs)
+    out[kept] = probs[kept]
+    return out / out.sum()
+
+
+def assert_follows(samples, expected, vocab):
+    """Ids outside the support never drawn; inside it, a chi-square test of the counts at the 0.1% level."""
+    counts = np.bincount(np.asarray(samples).ravel(), minlength=vocab)
+    support = expected > 0
+    assert counts[~support].sum() == 0, f"drawn outside the support: {np.flatnonzero(counts * ~support)}"
+    if support.sum() > 1:
+        test = stats.chisquare(counts[support], counts.sum() * expected[support])
+        assert test.pvalue > 1e-3, (counts[support] / counts.sum(), expected[support], test)
+
+
+# settings → the distribution worked out by hand from PROBS (temperature T raises each probability to 1/T)
+HAND = [
+    (dict(temperature=1.0), PROBS),
+    (dict(temperature=0.5), np.array([0.01, 0.16, 0.0025, 0.09, 0.0225]) / 0.285),
+    (dict(temperature=2.0), np.sqrt(PROBS) / np.sqrt(PROBS).sum()),
+    (dict(temperature=1.0, top_k=2), np.array([0, 4, 0, 3, 0]) / 7),
+    (dict(temperature=1.0, top_k=4), np.array([0.1, 0.4, 0, 0.3, 0.15]) / 0.95),
+    (dict(temperature=1.0, top_p=0.6), np.array([0, 4, 0, 3, 0]) / 7),  # mass before id 3 is 0.4 < 0.6
+    (dict(temperature=1.0, top_p=0.75), np.array([0, 0.4, 0, 0.3, 0.15]) / 0.85),  # before id 0: 0.85
+    (dict(temperature=1.0, top_p=0.3), np.array([0, 1, 0, 0, 0])),
+    # top_p reads the top_k-renormalised mass: before id 0 it is 0.85/0.95 = 0.895 ≥ 0.87 (0.85 alone is not)
+    (dict(temperature=1.0, top_k=4, top_p=0.87), np.array([0, 0.4, 0, 0.3, 0.15]) / 0.85),
+    (dict(temperature=0.5, top_p=0.6), np.array([0, 0.16, 0, 0.09, 0]) / 0.25),  # 0.16/0.285 = 0.56 < 0.6
+]
+
+
+@pytest.mark.parametrize("settings,expected", HAND, ids=[str(h[0]) for h in HAND])
+def test_sampling_follows_temperature_top_k_and_top_p(settings, expected):
+    np.testing.assert_allclose(expected, nucleus(PROBS ** (1 / settings["temperature"]) /
+                                                 (PROBS ** (1 / settings["temperature"])).sum(),
+                                                 settings.get("top_k", 0), settings.get("top_p", 1.0)), rtol=1e-12)
+    logits = np.tile(np.log(PROBS).astype(np.float32) + 3.0, (DRAWS, 1))  # shifted: only differences matter
+    draw = jax.jit(sample_logits)  # settings traced: one program for every case
+    samples = draw(logits, jax.random.key(11), np.float32(settings["temperature"]),
+                   np.int32(settings.get("top_k", 0)), np.float32(settings.get("top_p", 1.0)))
+    assert samples.dtype == jnp.int32
+    assert_follows(samples, expected, len(PROBS))
+
+
+def test_sampling_at_temperature_zero_is_argmax():
+    logits = np.log(np.array([[0.1, 0.4, 0.05, 0.3, 0.15], [0.5, 0.1, 0.1, 0.2, 0.1]], np.float32))
+    for top_k, top_p in ((0, 1.0), (3, 0.5)):
+        assert sample_logits(logits, jax.random.key(0), np.float32(0), top_k, top_p).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.25, top_k=4), dict(temperature=1.0, top_p=0.1)],
+                         ids=["T0.25-top_k4", "top_p0.1"])
+def test_first_token_follows_the_last_prompt_position(peaked, settings):
+    """Through the engine, prompts of three lengths in one batch, many samples each: every first token follows
+    the (filtered) full-forward distribution at its own prompt's last position, and reports that position's
+    log-probability. A pad (id 0, outside every support here) fed or emitted at the boundary would fail this."""
+    samples = 1024
+    out = Engine(*peaked, chunk_size=CHUNK).generate(PROMPTS, 1, num_samples=samples, seed=7, **settings)
+    for i, prompt in enumerate(PROMPTS):
+        logits = full_logits(*peaked, prompt)[-1].astype(np.float64)
+        probs = np.exp((logits - logits.max()) / settings["temperature"])
+        expected = nucleus(probs / probs.sum(), settings.get("top_k", 0), settings.get("top_p", 1.0))
+        assert expected[0] == 0 and 2 <= (expected > 0).sum() <= 12
+        rows = range(i * samples, (i + 1) * samples)
+        first = [out.tokens[r][0] for r in rows]
+        assert all(len(out.tokens[r]) == 1 for r in rows)
+        assert_follows(first, expected, CONFIG.vocab_size)
+        logprobs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)))
+        np.testing.assert_allclose([out.logprobs[r][0] for r in rows], logprobs[first], atol=1e-5, rtol=0)
 
 
 def test_max_len_bounds_prompt_and_continuation(peaked):
