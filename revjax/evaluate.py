@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from revjax import sharding as shd
-from revjax.model import cross_entropy
+from revjax.losses import model_token_nll
 
 
 def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, token_bytes: np.ndarray) -> Callable:
@@ -29,7 +29,7 @@ def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, to
     replicated = NamedSharding(mesh, P())
 
     def step(params, inputs, targets):
-        nll = cross_entropy(nnx.merge(graphdef, params)(inputs), targets, reduction="none")
+        nll = model_token_nll(nnx.merge(graphdef, params), inputs, targets)  # fused unless model.loss_chunk=0
         nbytes = jnp.where(targets >= 0, table[jnp.maximum(targets, 0)], 0)
         return jnp.sum(jnp.where(nbytes > 0, nll, 0.0)), jnp.sum(nbytes), jnp.sum(nll), jnp.sum(targets >= 0)
 

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from revjax.errors import RevjaxError
-
-SOFTCAP = 15.0
+from revjax.model import GPT, SOFTCAP, cross_entropy
 
 
 class LossInputError(RevjaxError, ValueError):
@@ -142,3 +141,12 @@ def token_losses(h_BTD: jax.Array, kernel_DV: jax.Array, targets_BT: jax.Array, 
     c = _positions_per_chunk(B, T, chunk)
     nll, _, correct = _forward(h_BTD, kernel_DV, targets_BT.astype(jnp.int32), float(softcap), c, True)
     return TokenLosses(_unchunked(nll, T), _unchunked(correct, T))
+
+
+def model_token_nll(model: GPT, inputs_BT: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """Per-token cross-entropy (B, T) of ``model`` on ``inputs`` → ``targets``: fused in chunks of
+    ``model.config.loss_chunk`` tokens, or through the full logits when that is 0."""
+    chunk = model.config.loss_chunk
+    if not chunk:
+        return cross_entropy(model(inputs_BT), targets_BT, reduction="none")
+    return softcap_cross_entropy(model.features(inputs_BT), model.lm_head.kernel[...], targets_BT, chunk=chunk)

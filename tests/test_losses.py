@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from revjax.config import ModelConfig
 from revjax.losses import LossInputError, softcap_cross_entropy, token_losses
-from revjax.model import SOFTCAP, cross_entropy
+from revjax.model import GPT, SOFTCAP, cross_entropy
+from revjax.train.step import next_token_loss, policy_gradient_loss
 
 B, T, D, V = 3, 10, 16, 50
 
@@ -115,3 +118,30 @@ def test_bad_shapes_and_options_are_refused_in_one_sentence():
         softcap_cross_entropy(h, w, targets, chunk=0)
     with pytest.raises(LossInputError, match="reduction"):
         softcap_cross_entropy(h, w, targets, reduction="mean")
+
+
+@pytest.mark.parametrize("loss", [next_token_loss, policy_gradient_loss])
+def test_the_train_losses_match_the_full_logits_path_with_every_parameter_gradient(loss):
+    """A tiny GPT whose head is not zero: the fused step losses (chunk of 5 tokens) equal the plain ones."""
+    def model_with(chunk):
+        config = ModelConfig(sequence_len=8, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32,
+                             compute_dtype="float32", loss_chunk=chunk)
+        model = GPT(config, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(model)
+        rng = np.random.default_rng(0)
+        params = jax.tree.map(lambda p: p + rng.normal(0, 0.1, p.shape).astype(np.float32), params)
+        return graphdef, params
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 64, (2, 9))
+    targets = np.where(rng.random((2, 8)) < 0.25, -1, data[:, 1:])
+    batch = {"inputs": jnp.asarray(data[:, :-1]), "targets": jnp.asarray(targets),
+             "advantages": jnp.asarray(rng.normal(size=(2, 8)), jnp.float32)}
+    results = []
+    for chunk in (5, 0):
+        graphdef, params = model_with(chunk)
+        results.append(jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p), batch))(params))
+    (fused, fgrads), (plain, pgrads) = results
+    np.testing.assert_allclose(fused, plain, rtol=1e-5)
+    for f, p in zip(jax.tree.leaves(fgrads), jax.tree.leaves(pgrads)):
+        np.testing.assert_allclose(f, p, atol=1e-5)
