@@ -192,6 +192,12 @@ class TrainingConfig:
     eval_every: int = 250
     eval_tokens: int = 20 * 524_288
     sample_every: int = 2000
+    # per-direction val bpb and the in-context suite every N steps (nanochat's core_metric_every; -1: never):
+    # core_suite offline (the OLMo-offline suite) or core (CORE, its bundle under the base dir), capped at
+    # core_max_per_task examples per task (-1: all)
+    core_every: int = -1
+    core_suite: Literal["offline", "core"] = "offline"
+    core_max_per_task: int = 500
     seed: int = 42
     init_from: str | None = None  # checkpoint to start from (mid/SFT/RL)
 

@@ -273,7 +273,8 @@ def write_outputs(results: dict, out: Path) -> None:
     differences = {}
     for m in results["models"]:
         if set(m["ways"]) == {"forward", "backward"}:
-            differences[f"{m['name']}: its backward − forward mode"] = _curve_difference(m["ways"]["backward"], m["ways"]["forward"])
+            differences[f"{m['name']}: its backward − forward mode"] = _curve_difference(m["ways"]["backward"],
+                                                                                          m["ways"]["forward"])
     for row in results["gap"]:
         if row["metric"] == "bpb":
             f, b = (next(m for m in results["models"] if m["name"] == row[k]) for k in ("forward_model",
@@ -282,8 +283,10 @@ def write_outputs(results: dict, out: Path) -> None:
     results["plots"] = {"position_loss": "position_loss.png", "scores": "scores.png"}
     plot_position_losses(curves, out / "position_loss.png", differences=differences or None)
     titles = {"bpb": "bits per byte (lower is better)"}
-    bars = {titles.get(metric, f"{metric} (higher is better)"): {(m["name"], way): v["metrics"].get(metric) for m in results["models"]
-                     for way, v in m["ways"].items()} for metric in results["metrics"]}
+    bars = {titles.get(metric, f"{metric} (higher is better)"): {(m["name"], way): v["metrics"].get(metric)
+                                                                  for m in results["models"]
+                                                                  for way, v in m["ways"].items()}
+            for metric in results["metrics"]}
     plot_bars(bars, out / "scores.png")
     _write_json(out / "compare.json", results)
     (out / "compare.md").write_text(format_markdown(results), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""Work the loop does every N steps, as hooks: validation bits per byte and loss, greedy samples, checkpoints.
+"""Work the loop does every N steps, as hooks: validation bits per byte and loss, the in-context suite per
+direction, greedy samples, checkpoints.
 
 A :class:`Hook` is due at step ``s`` when ``every > 0`` and ``s`` is a multiple of ``every`` (and, for hooks with
 ``skip_start``, ``s`` is past the step the run started from), and always at the final step. Hooks run in the order
@@ -51,6 +52,7 @@ class Hook:
     skip_start: bool = False  # not at the step the run (re)started from, unless it is the final step
     main_only: bool = False  # only on process 0
     at_end: bool = True  # also at the final step
+    at_zero: bool = True  # also at step 0 (a resumed run still repeats the step it restarted from)
 
     def due(self, step: int, start: int, last: bool, is_main: bool) -> bool:
         if self.main_only and not is_main:
@@ -59,7 +61,7 @@ class Hook:
             return self.at_end
         if self.skip_start and step == start:
             return False
-        return self.every > 0 and step % self.every == 0 and (step > 0 or not self.skip_start)
+        return self.every > 0 and step % self.every == 0 and (step > 0 or (self.at_zero and not self.skip_start))
 
 
 def sample_texts(graphdef, params, tokenizer, direction: str, max_len: int, max_new_tokens: int = 32):
@@ -115,6 +117,66 @@ def eval_hook(trainer: "Trainer") -> Hook:
         trainer.say(f"step {step}: val bpb {measured['bpb']:.4f}, val loss {measured['loss']:.4f}")
 
     return Hook("eval", config.training.eval_every, evaluate)
+
+
+def suite_hook(trainer: "Trainer") -> Hook:
+    """Every ``training.core_every`` steps (nanochat's ``core_metric_every``; not at step 0) and at the final
+    step: validation bits per byte of the corpus in each direction the model knows, and the in-context suite
+    ``training.core_suite`` (the OLMo-offline suite, or CORE from ``<base dir>/eval_bundle``) capped at
+    ``training.core_max_per_task`` examples per task. Logged as ``val_bpb/<way>``, ``<suite>/<way>`` (the mean
+    centered accuracy) and ``<suite>/<way>/<task>``."""
+    from revjax.eval.bpb import document_rows
+    from revjax.eval.core import CORE_NAME, evaluate_tasks, fetch_bundle, load_core_tasks
+    from revjax.eval.scorer import Scorer
+    from revjax.eval.suites import OFFLINE_NAME, load_offline_tasks
+
+    run, config = trainer.run, trainer.run.config
+    tc, T = config.training, config.model.sequence_len
+    row_sharding = shd.batch_sharding(run.mesh)
+    eval_batches = max(1, tc.eval_tokens // (run.local_rows * jax.process_count() * T))
+    direction = config.direction.direction
+    ways = known_directions(direction)
+    loaded: dict = {}
+
+    def val_texts() -> list[str]:
+        from revjax.data.shards import iter_texts
+
+        texts, chars = [], 0
+        for batch in iter_texts(config.data_path(), "val"):
+            texts += batch
+            chars += sum(map(len, batch))
+            if chars >= 8 * tc.eval_tokens:
+                break
+        return texts
+
+    def evaluate(trainer: "Trainer", step: int) -> None:
+        if not loaded:  # once per run: the eval step, the validation documents and the suite's tasks
+            loaded["step"] = build_eval_step(run.graphdef, run.mesh, run.shardings.params,
+                                             run.tokenizer.token_bytes(config.tokenizer.token_bytes))
+            loaded["texts"] = val_texts()
+            if tc.core_suite == "core":
+                loaded["name"], loaded["specs"] = CORE_NAME, load_core_tasks(fetch_bundle(config.base_path()))
+            else:
+                loaded["name"], loaded["specs"] = OFFLINE_NAME, load_offline_tasks(cache_dir=config.tasks_path())
+        row: dict = {"step": step}
+        for way in ways:
+            rows = document_rows(loaded["texts"], run.tokenizer, direction, way, run.local_rows, T)
+            batches = (global_batch(b, row_sharding) for b in rows)
+            measured = evaluate_loss(loaded["step"], trainer.state.params, batches, eval_batches)
+            row[f"val_bpb/{way.value}"] = measured["bpb"]
+        scorer = Scorer(run.graphdef, trainer.state.params, vocab_size=config.model.vocab_size,
+                        pad_id=run.tokenizer.bos_id)
+        name = loaded["name"]
+        out = evaluate_tasks(loaded["specs"], name, scorer, run.tokenizer, direction, ways,
+                             max_per_task=tc.core_max_per_task if tc.core_max_per_task > 0 else None, max_len=T)
+        for way, part in out["ways"].items():
+            row[f"{name}/{way}"] = part["score"]
+            row.update({f"{name}/{way}/{label}": task["centered"] for label, task in part["tasks"].items()})
+        trainer.log(row)
+        trainer.say(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
+                                                  if key != "step" and key.count("/") == 1 and value is not None))
+
+    return Hook("suite", tc.core_every, evaluate, at_zero=False, at_end=tc.core_every > 0)
 
 
 def rl_eval_hook(trainer: "Trainer") -> Hook:

@@ -28,7 +28,8 @@ from revjax.optim import lr_multiplier, muon_momentum
 from revjax.runlock import RunLock
 from revjax.tracking import JsonlTracker, Trackers, WandbTracker
 from revjax.train.data import build_batches
-from revjax.train.hooks import Hook, checkpoint_hook, eval_hook, rl_eval_hook, sample_hook, save_checkpoint
+from revjax.train.hooks import (Hook, checkpoint_hook, eval_hook, rl_eval_hook, sample_hook, save_checkpoint,
+                                 suite_hook)
 from revjax.train.setup import RunSetup, TrainingError, maybe_initialize_distributed, prepare_run
 from revjax.train.step import LOSSES, build_train_step
 
@@ -220,7 +221,8 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
         stack.callback(trainer.close)
         if run.phase.data == "rollouts":
             batches.bind(lambda: trainer.state.params)
-        for make in (rl_eval_hook if run.phase.data == "rollouts" else eval_hook, sample_hook, checkpoint_hook):
+        for make in (rl_eval_hook if run.phase.data == "rollouts" else eval_hook, suite_hook, sample_hook,
+                     checkpoint_hook):
             trainer.add_hook(make(trainer))
         result = trainer.fit()
     result.seconds = time.time() - start_time

@@ -1,0 +1,325 @@
+"""``revjax report RUN_DIR_OR_CHAIN_DIR…``: one report card for the phases of one or more chains.
+
+Each argument is a run folder (its ancestors, through the ``parent`` recorded in its checkpoints, come along) or a
+folder of run folders (every run in it). Runs are grouped into chains (a base run and the phases started from it)
+and, per chain, the report gathers the tokenizer (vocabulary size; compression measured on validation text when
+the corpus is there), each phase's training log (``metrics.jsonl``: steps, final training loss, val bpb and loss,
+RL's pass@k and reward, scores logged by the in-training suite hook, an estimate of the training time) and the
+``revjax eval`` results saved in the run at its newest step. The summary table has one row per direction and
+metric and one column per phase, like nanochat's report card with a direction column. Output: ``report.md`` and
+``report.html`` (markdown-it-py's rendering in a plain page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import html
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from revjax.errors import RevjaxError, run_command
+
+PHASES = ("base", "mid", "sft", "rl")
+
+
+class ReportError(RevjaxError):
+    """A report cannot be made (no runs found, unreadable run folders)."""
+
+
+@dataclass
+class PhaseRun:
+    """What one run folder recorded: newest checkpoint metadata, metrics rows and evaluation results."""
+
+    run_dir: Path
+    meta: dict
+    rows: list[dict]
+    evals: dict = field(default_factory=dict)  # suite name → the suite's result at the newest step
+
+    @property
+    def phase(self) -> str:
+        return self.meta.get("phase") or "base"
+
+    @property
+    def direction(self) -> str:
+        return self.meta.get("direction") or "forward"
+
+    @property
+    def parent(self) -> Path | None:
+        run = (self.meta.get("parent") or {}).get("run")
+        return Path(run).resolve() if run else None
+
+
+def is_run(path: Path) -> bool:
+    """A run folder: a metrics log or a numbered checkpoint step inside."""
+    return path.is_dir() and ((path / "metrics.jsonl").is_file() or any(
+        p.is_dir() and p.name.isdigit() for p in path.iterdir()))
+
+
+def read_run(run_dir: Path) -> PhaseRun:
+    from revjax.checkpoint import Checkpointer
+    from revjax.tracking import read_metrics
+
+    with Checkpointer(run_dir) as checkpointer:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise ReportError(f"{run_dir} holds no intact checkpoint; train it first or leave it out")
+        meta = checkpointer.metadata(step)
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    evals: dict[str, tuple[float, dict]] = {}
+    for path in (run_dir / "eval").glob(f"*-step{step}.json"):
+        try:
+            suites = json.loads(path.read_text())["suites"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for name, out in suites.items():
+            if "error" not in out and path.stat().st_mtime >= evals.get(name, (-1.0, {}))[0]:
+                evals[name] = (path.stat().st_mtime, out)
+    return PhaseRun(run_dir.resolve(), meta, rows, {name: out for name, (_, out) in evals.items()})
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[PhaseRun]:
+    """The runs named by ``paths`` (run folders and their ancestors, or every run in a folder of runs)."""
+    found: dict[Path, PhaseRun] = {}
+    for raw in paths:
+        path = Path(raw).expanduser().resolve()
+        if not path.is_dir():
+            raise ReportError(f"{raw} is not a folder; pass run folders or a folder that holds them")
+        todo = [path] if is_run(path) else sorted(p for p in path.iterdir() if is_run(p))
+        if not todo:
+            raise ReportError(f"{raw} is neither a run folder nor a folder of run folders")
+        while todo:
+            run_dir = todo.pop()
+            if run_dir in found:
+                continue
+            found[run_dir] = run = read_run(run_dir)
+            if run.parent is not None and is_run(run.parent):
+                todo.append(run.parent)
+    return list(found.values())
+
+
+def chains(runs: Sequence[PhaseRun]) -> list[list[PhaseRun]]:
+    """Runs grouped by the root of their parent links, each chain in phase order."""
+    by_dir = {r.run_dir: r for r in runs}
+
+    def root(run: PhaseRun) -> Path:
+        seen = {run.run_dir}
+        while run.parent in by_dir and run.parent not in seen:
+            run = by_dir[run.parent]
+            seen.add(run.run_dir)
+        return run.run_dir
+
+    groups: dict[Path, list[PhaseRun]] = {}
+    for run in runs:
+        groups.setdefault(root(run), []).append(run)
+    order = {p: i for i, p in enumerate(PHASES)}
+    return [sorted(g, key=lambda r: order.get(r.phase, len(PHASES))) for _, g in sorted(groups.items())]
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def last(rows: Sequence[dict], key: str) -> tuple[int, Any] | None:
+    """``(step, value)`` of the last row holding ``key``."""
+    for row in reversed(rows):
+        if key in row:
+            return row["step"], row[key]
+    return None
+
+
+def training_seconds(rows: Sequence[dict], steps: int) -> float | None:
+    """Estimated training time: the first step (compilation included) plus the median logged step time for each
+    other step (the log keeps every ``logging.log_every``-th step)."""
+    times = [(r["step"], r["step_seconds"]) for r in rows if "step_seconds" in r]
+    if not times:
+        return None
+    first = times[0][1]
+    rest = [t for _, t in times[1:]]
+    return first + (statistics.median(rest) * max(0, steps - 1) if rest else 0.0)
+
+
+def phase_summary(run: PhaseRun) -> dict:
+    """The numbers of one phase's training log and checkpoint."""
+    step = int(run.meta["step"])
+    out: dict[str, Any] = {"run_dir": str(run.run_dir), "phase": run.phase, "direction": run.direction,
+                           "step": step, "finished": bool(run.meta.get("finished")), "time": run.meta.get("time")}
+    for key in ("loss", "val_bpb", "val_loss", "val_reward"):
+        found = last(run.rows, key)
+        out[key] = None if found is None else found[1]
+        out[f"{key}_step"] = None if found is None else found[0]
+    passes = sorted({k for r in run.rows for k in r if k.startswith("val_pass@")})
+    out["pass_at_k"] = {k[len("val_"):]: last(run.rows, k)[1] for k in passes}
+    hooked = sorted({k for r in run.rows for k in r if k.count("/") == 1 and not k.startswith("val_bpb/")})
+    out["hook_scores"] = {k: last(run.rows, k)[1] for k in hooked}  # "<suite>/<way>" from the suite hook
+    out["hook_bpb"] = {k.split("/", 1)[1]: last(run.rows, k)[1] for r in run.rows for k in r if
+                       k.startswith("val_bpb/")}
+    out["seconds"] = training_seconds(run.rows, step)
+    return out
+
+
+def tokenizer_summary(run: PhaseRun, max_chars: int = 200_000) -> dict:
+    """Vocabulary size, identity and (when the run's corpus is there) compression on validation text."""
+    from revjax.tokenizer import Tokenizer
+
+    path = run.meta.get("tokenizer_path")
+    out: dict[str, Any] = {"path": path, "identity": run.meta.get("tokenizer_identity")}
+    try:
+        tok = Tokenizer.load(path)
+    except (RevjaxError, OSError, TypeError):
+        return {**out, "vocab_size": run.meta.get("model_config", {}).get("vocab_size"), "note": "not found"}
+    out["vocab_size"] = tok.vocab_size
+    data = (run.meta.get("config") or {}).get("data", {}).get("dir")
+    if data:
+        from revjax.eval.compare import validation_documents
+
+        try:
+            out["compression"] = tok.compression_stats(validation_documents(data, max_chars))
+        except (RevjaxError, OSError):
+            pass
+    return out
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_rows(chain: Sequence[PhaseRun]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(direction, metric, {phase: value})`` rows of one chain's summary table."""
+    from revjax.direction import known_directions
+
+    phases = {run.phase: (run, phase_summary(run)) for run in chain}
+    direction = chain[0].direction
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add(label: str, metric: str, pick) -> None:
+        values = {p: pick(run, s) for p, (run, s) in phases.items()}
+        if any(v is not None for v in values.values()):
+            rows.append((label, metric, values))
+
+    add(direction, "steps", lambda r, s: s["step"])
+    add(direction, "train loss (last logged)", lambda r, s: s["loss"])
+    add(direction, "val bpb (training)", lambda r, s: s["val_bpb"])
+    add(direction, "val loss (training)", lambda r, s: s["val_loss"])
+    ks = sorted({k for _, s in phases.values() for k in s["pass_at_k"]})
+    for k in ks:
+        add(direction, f"RL val {k}", lambda r, s, k=k: s["pass_at_k"].get(k))
+    add(direction, "RL val reward", lambda r, s: s["val_reward"])
+    add(direction, "training time (s, estimated)", lambda r, s: None if s["seconds"] is None else f"{s['seconds']:.1f}")
+    for way in (w.value for w in known_directions(direction)):
+        label = way if way == direction else f"{direction} → {way}"
+        add(label, "val bpb (training hook)", lambda r, s, w=way: s["hook_bpb"].get(w))
+        add(label, "bpb (revjax eval)", lambda r, s, w=way: r.evals.get("bpb", {}).get("ways", {}).get(w, {})
+            .get("bpb"))
+        for suite in ("core", "offline"):
+            name = "CORE" if suite == "core" else "OLMo-offline"
+            add(label, name, lambda r, s, w=way, q=suite: r.evals.get(q, {}).get("ways", {}).get(w, {}).get("score"))
+            add(label, f"{name} (training hook)", lambda r, s, w=way, n=name: s["hook_scores"].get(f"{n}/{w}"))
+        chat = lambda r, w: r.evals.get("chat", {}).get("ways", {}).get(w, {})  # noqa: E731
+        tasks = sorted({t for r, _ in phases.values() for t in chat(r, way).get("answer", {}).get("tasks", {})})
+        for task in tasks:
+            add(label, f"{task} (accuracy)", lambda r, s, w=way, t=task: chat(r, w).get("answer", {})
+                .get("tasks", {}).get(t, {}).get("accuracy"))
+        add(label, "ChatCORE", lambda r, s, w=way: chat(r, w).get("answer", {}).get("score"))
+        add(label, "ChatCORE-joint", lambda r, s, w=way: chat(r, w).get("joint", {}).get("score"))
+    return rows
+
+
+def format_report(groups: Sequence[Sequence[PhaseRun]]) -> str:
+    """The report card as markdown."""
+    import revjax
+
+    from revjax.eval.run import format_markdown
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    commits = sorted({r.meta.get("git_commit") or "unknown" for g in groups for r in g})
+    lines = ["# revjax report card", "", f"Generated {stamp} by revjax {revjax.__version__}; runs trained at "
+             f"commit {', '.join(commits)}.", ""]
+    lines += ["## Summary", "", "| direction | metric | " + " | ".join(PHASES) + " |",
+              "|---|---|" + "---:|" * len(PHASES)]
+    for chain in groups:
+        for label, metric, values in summary_rows(chain):
+            lines.append(f"| {label} | {metric} | " + " | ".join(_cell(values.get(p)) for p in PHASES) + " |")
+    lines.append("")
+    for chain in groups:
+        head = chain[0]
+        mode = (head.meta.get("config") or {}).get("direction", {}).get("conversation")
+        lines += [f"## Chain: {head.direction}" + (f" ({mode} mode)" if mode else "") + f", from {head.run_dir}", ""]
+        tok = tokenizer_summary(head)
+        text = f"Tokenizer: {_cell(tok.get('vocab_size'))} tokens at {tok['path']}"
+        if "compression" in tok:
+            c = tok["compression"]
+            text += (f"; on {c['chars']:,} characters of validation text {c['bytes_per_token']:.3f} bytes/token, "
+                     f"{c['chars_per_token']:.3f} characters/token")
+        lines += [text + ".", "", "| phase | step | finished | final loss | val bpb | val loss | time (s, est.) |"
+                  " saved | run |", "|---|---:|---|---:|---:|---:|---:|---|---|"]
+        for run in chain:
+            s = phase_summary(run)
+            lines.append(f"| {s['phase']} | {s['step']} | {'yes' if s['finished'] else 'no'} | {_cell(s['loss'])} | "
+                         f"{_cell(s['val_bpb'])} | {_cell(s['val_loss'])} | "
+                         f"{'—' if s['seconds'] is None else format(s['seconds'], '.1f')} | {_cell(s['time'])} | "
+                         f"{run.run_dir.name} |")
+        lines.append("")
+        for run in chain:
+            if run.evals:
+                text = format_markdown({"run_dir": str(run.run_dir), "step": run.meta["step"],
+                                        "direction": run.direction, "suites": run.evals})
+                lines += [text.replace("## Evaluation of", f"### {run.phase}: evaluation of", 1)
+                          .replace("\n### ", "\n#### "), ""]
+    return "\n".join(lines) + "\n"
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.6rem; }}
+th {{ background: #f3f3f3; }} td {{ font-variant-numeric: tabular-nums; }}
+code {{ background: #f3f3f3; padding: 0 0.2rem; }}
+</style></head><body>
+{body}
+</body></html>
+"""
+
+
+def to_html(markdown: str, title: str = "revjax report card") -> str:
+    """``markdown`` rendered by markdown-it-py (CommonMark with tables) in a plain HTML page."""
+    from markdown_it import MarkdownIt
+
+    return HTML_PAGE.format(title=html.escape(title), body=MarkdownIt("commonmark").enable("table").render(markdown))
+
+
+def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
+    """Write ``report.md`` and ``report.html`` for the runs of ``paths`` into ``out`` (default: ``report/``
+    inside the first path); returns ``out``."""
+    groups = chains(find_runs(paths))
+    markdown = format_report(groups)
+    target = Path(out).expanduser() if out else Path(paths[0]).expanduser() / "report"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "report.md").write_text(markdown, encoding="utf-8")
+    (target / "report.html").write_text(to_html(markdown), encoding="utf-8")
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax report RUN_DIR_OR_CHAIN_DIR… [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="revjax report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CHAIN_DIR",
+                        help="run folders (their parent phases come along) or folders holding run folders")
+    parser.add_argument("--out", default=None, help="output folder (default: report/ inside the first path)")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        target = make_report(args.paths, args.out)
+        print((target / "report.md").read_text(encoding="utf-8"))
+        print(f"wrote report.md and report.html to {target}")
+        return 0
+
+    return run_command("revjax report", body)
