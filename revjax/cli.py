@@ -1,11 +1,11 @@
 """revjax: forward, backward and bidirectional GPT models from corpus to chat.
 
-Commands for corpora, tokenizers, configs, quickstart, training, chains, evaluation, chat, sweeps and PyTorch
-export/import.
+Commands for corpora, tokenizers, configs, quickstart, training, chains, evaluation, comparison, report cards, chat,
+sweeps and PyTorch export/import.
 
 The config commands take ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked
-up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, chat, serve, sweep, export,
-import) parse their own arguments.
+up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, compare, report, chat, serve,
+sweep, export, import) parse their own arguments.
 """
 
 from __future__ import annotations
@@ -178,6 +178,18 @@ def _run_eval(argv: list[str]) -> int:
     return eval_main(argv)
 
 
+def _run_compare(argv: list[str]) -> int:
+    from revjax.eval.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+def _run_report(argv: list[str]) -> int:
+    from revjax.analysis.report import main as report_main
+
+    return report_main(argv)
+
+
 def _run_chat(argv: list[str]) -> int:
     from revjax.chat.cli import main as chat_main
 
@@ -212,6 +224,8 @@ def _run_import(argv: list[str]) -> int:
 DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_run_train, "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
     "eval": (_run_eval, "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
+    "compare": (_run_compare, "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)"),
+    "report": (_run_report, "a report card (markdown and HTML) of one or more chains, per direction (--help)"),
     "chat": (_run_chat, "chat with a trained model in the terminal (--help for options)"),
     "serve": (_run_serve, "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
     "sweep": (_run_sweep, "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
