@@ -1,6 +1,8 @@
 """Chat: session prompts and replies in every direction, ``revjax chat``, and ``revjax serve`` through an HTTP client,
 the official ``openai`` client against a real uvicorn server, and a real headless Chromium."""
 
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -311,12 +313,11 @@ def test_missing_fastapi_names_the_serve_extra(run_dir, monkeypatch, capsys):
 
 # ---- a real server on loopback ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def served(model):
-    """A uvicorn server on 127.0.0.1 in a thread: (base url, app)."""
+@contextlib.contextmanager
+def uvicorn_thread(app):
+    """``app`` served by uvicorn on 127.0.0.1 in a thread; yields its base url."""
     import uvicorn
 
-    app = chat_server.create_app(model, Limits(max_queue=2, max_batch=2, batch_window_s=0.05))
     port = portpicker.pick_unused_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -325,9 +326,19 @@ def served(model):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def served(model):
+    """A uvicorn server on 127.0.0.1 in a thread: (base url, app)."""
+    app = chat_server.create_app(model, Limits(max_queue=2, max_batch=2, batch_window_s=0.05))
+    with uvicorn_thread(app) as url:
+        yield url, app
 
 
 def paced(monkeypatch, model, *, gate=None, delay=0.0):
@@ -407,6 +418,35 @@ def test_client_disconnect_stops_generation(served, model, monkeypatch):
     assert batcher.stats["cancelled"] - before["cancelled"] == 1
     assert batcher.stats["tokens"] - before["tokens"] < 100  # well short of the 200 asked for
     assert batcher.stats["stopped_early"] - before["stopped_early"] == 1
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("load_serve", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "load_serve.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_serve"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_load_script_gets_every_request_streamed_to_done(model):
+    """scripts/load_serve.py's core for ~2 s, 4 clients, both directions: every request sent ends in [DONE], and the
+    tokens the clients count are the ones the server generated."""
+    load_serve = load_script()
+    app = chat_server.create_app(model, Limits(max_queue=8, max_batch=4, batch_window_s=0.02, max_tokens=8))
+    batcher = app.state.batcher
+    with uvicorn_thread(app) as url:
+        report = load_serve.run_load(url, clients=4, seconds=2.0, direction="mixed", max_tokens=8)
+        assert wait_idle(batcher, 10)
+        refused = load_serve.run_load(url, clients=2, seconds=0.2, max_tokens=9)  # over the server's max_tokens
+    assert report.errors == {} and report.lost == 0 and report.sent == report.complete >= 4
+    assert batcher.stats["requests"] == report.sent and batcher.stats["cancelled"] == 0
+    assert report.tokens == batcher.stats["tokens"] and 0 < report.tokens <= 8 * report.complete
+    assert len(report.first_s) == len(report.total_s) == report.complete
+    assert all(0 < a <= b for a, b in zip(report.first_s, report.total_s))
+    figures = report.figures()
+    assert figures["first_p50_s"] <= figures["first_p99_s"] and figures["tokens_per_s"] > 0
+    assert refused.complete == 0 and refused.errors == {"HTTP 400": refused.sent} and refused.sent >= 2
 
 
 # ---- a real browser ---------------------------------------------------------------------------------------------
