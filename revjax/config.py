@@ -50,8 +50,12 @@ class ModelConfig:
     n_kv_head: int | None = None
     n_embd: int | None = None
     compute_dtype: Dtype = "bfloat16"
-    attention: Literal["auto", "xla", "cudnn"] = "auto"
-    remat: bool = False
+    # auto: cuDNN flash attention on GPU in bf16, Pallas splash attention on TPU, XLA elsewhere
+    attention: Literal["auto", "xla", "cudnn", "splash"] = "auto"
+    # recompute in the backward pass: none, all but the matmuls ("dots"), everything ("full"); true/false (older
+    # configs) mean full/none
+    remat: Literal["none", "dots", "full"] | bool = "none"
+    scan_layers: bool = False  # one compiled block run L times by lax.scan (compile time flat in depth)
     loss_chunk: int = 4096  # tokens of logits at a time in the fused cross-entropy; 0: the plain full-logits path
 
     @property
@@ -96,6 +100,12 @@ class DataConfig:
     tokenizer_batch_size: int = 128
     slices: int = 0  # disjoint document slices of the corpus (0: one per process); fixing it keeps the batches
     # identical whatever the process count, as long as the count divides it
+    # where base rows start (revjax.data.packing): stream (cut anywhere), marked (a row inside a document repeats
+    # its BOS and direction token), bos_aligned (whole documents best-fit, each row starts with BOS); val: the same
+    # choices for the validation split, kept apart so that runs trained with any packing are measured alike
+    packing: Literal["stream", "marked", "bos_aligned"] = "stream"
+    val_packing: Literal["stream", "marked", "bos_aligned"] = "stream"
+    packing_buffer: int = 1000  # documents that bos_aligned packing chooses from
 
 
 @dataclass
@@ -224,7 +234,9 @@ class LoggingConfig:
     wandb: Literal["disabled", "offline", "online"] = "disabled"
     project: str = "revjax"
     log_every: int = 10
-    hdf5: bool = False
+    hdf5: bool = False  # the research log <run>/research.h5 (revjax/tracking/hdf5.py): every step's scalars
+    hdf5_every: int = 50  # per-token loss statistics and loss/accuracy by position every N steps (0: never)
+    hdf5_layers_every: int = 50  # gradient norms per group and layer, activation RMS per layer every M steps (0: never)
     progress: bool = True
 
 
@@ -510,6 +522,16 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
         value = getattr(config.mesh, key)
         if value == 0 or value < -1:
             fail([f"mesh.{key}"], f"mesh.{key}={value} must be a positive size or -1 (fill the remaining devices)")
+    if config.data.packing_buffer < 1:
+        fail(["data.packing_buffer"], f"data.packing_buffer={config.data.packing_buffer} must be a positive number")
+    if config.direction.layout == "compat" and "stream" != config.data.packing:
+        fail(["data.packing"], f"data.packing={config.data.packing} needs direction.layout=document (compat packs "
+             "onanchat's stream)")
+    if config.logging.log_every < 1:
+        fail(["logging.log_every"], f"logging.log_every={config.logging.log_every} must be a positive number of steps")
+    for key in ("hdf5_every", "hdf5_layers_every"):
+        if getattr(config.logging, key) < 0:
+            fail([f"logging.{key}"], f"logging.{key}={getattr(config.logging, key)} must be a number of steps, or 0")
     if config.checkpoint.keep < 1:
         fail(["checkpoint.keep"], f"checkpoint.keep={config.checkpoint.keep} must be at least 1")
     if not 2 <= config.data.fineweb_shards <= FINEWEB_SHARDS:

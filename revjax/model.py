@@ -122,6 +122,48 @@ def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, po
     return y.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
 
 
+SPLASH_BLOCKS = (512, 256, 128)  # splash tiles tried in order; a tile must divide T and be a multiple of 128
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(n_head: int, seq_len: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block = next(b for b in SPLASH_BLOCKS if seq_len % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len)) for _ in range(n_head)])
+    with jax.ensure_compile_time_eval():  # the mask tables are constants, never tracers of the calling trace
+        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
+    """Causal attention by the Pallas splash kernel (TPU; Pallas interpret mode elsewhere), GQA by kv heads.
+
+    The kernel takes one sequence head-major and unscaled; it is vmapped over the batch. Under a mesh set with
+    ``jax.set_mesh`` it runs per shard (``shard_map``: batch over every mesh axis but ``tensor``, heads over
+    ``tensor``), since a Pallas kernel cannot be partitioned automatically. Sequence lengths that no tile divides
+    (not a multiple of 128) take the XLA path.
+    """
+    B, T, H, D = q_BTHD.shape
+    if T % SPLASH_BLOCKS[-1]:
+        return jax.nn.dot_product_attention(q_BTHD, k_BTKD, v_BTKD, is_causal=True, implementation="xla")
+    interpret = jax.default_backend() != "tpu"
+
+    def local(q, k, v):  # (b, h, T, D) on one shard
+        return jax.vmap(_splash_kernel(q.shape[1], T, interpret))(q, k, v)
+
+    q = (q_BTHD * jnp.asarray(1.0 / math.sqrt(D), q_BTHD.dtype)).transpose(0, 2, 1, 3)
+    k, v = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        batch = tuple(a for a in mesh.axis_names if a != "tensor" and mesh.shape[a] > 1) or None
+        heads = "tensor" if mesh.shape.get("tensor", 1) > 1 else None
+        spec = jax.sharding.PartitionSpec(batch, heads, None, None)
+        local = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    return local(q, k, v).transpose(0, 2, 1, 3)
+
+
 class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, hd = config.n_embd, config.head_dim
@@ -139,7 +181,10 @@ class Attention(nnx.Module):
         v = self.c_v(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
         if cache is None:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+            if implementation == "splash":
+                y = splash_attention(q, k, v)
+            else:
+                y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
             return self.c_proj(y.reshape(B, T, -1)), None
         at = (layer, 0, 0, cache.pos, 0)
         k_all = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3)[None].astype(cache.k.dtype), at)
@@ -169,6 +214,21 @@ class Block(nnx.Module):
         return x, cache
 
 
+# model.remat → what the backward pass keeps of each block's forward (None: no rematerialisation)
+REMAT_POLICIES = {
+    "none": None,
+    False: None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    True: jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def residual_rms(x: jax.Array) -> jax.Array:
+    """The fp32 root mean square of a whole activation tensor (a scalar)."""
+    return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
 class GPT(nnx.Module):
     """onanchat's GPT. ``model(idx)`` → softcapped fp32 logits (B, T, V)."""
 
@@ -185,8 +245,10 @@ class GPT(nnx.Module):
     def attention_implementation(self) -> str | None:
         choice = self.config.attention
         if choice == "auto":
-            on_gpu = jax.default_backend() == "gpu"
-            return "cudnn" if on_gpu and self.config.compute_dtype == "bfloat16" else "xla"
+            backend = jax.default_backend()
+            if backend == "tpu":
+                return "splash"
+            return "cudnn" if backend == "gpu" and self.config.compute_dtype == "bfloat16" else "xla"
         return choice
 
     def _trunk(self, idx_BT: jax.Array, cache: KVCache | None = None, stats: bool = False):
@@ -196,19 +258,56 @@ class GPT(nnx.Module):
         pos0 = jnp.zeros((), jnp.int32) if cache is None else cache.pos
         cos, sin = rope_tables(pos0 + jnp.arange(T), self.config.head_dim)
         x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
-        implementation = self.attention_implementation()
-        rms = []
-        for i, block in enumerate(self.blocks):
-            if cache is None:
-                call = nnx.remat(Block.__call__, static_argnums=(4,)) if self.config.remat else Block.__call__
-                x, _ = call(block, x, cos, sin, implementation)
-            else:
-                x, cache = block(x, cos, sin, implementation, cache, i)
-            if stats:
-                rms.append(jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))))
+        run = self._scanned_blocks if self.config.scan_layers else self._unrolled_blocks
+        x, cache, rms = run(x, cos, sin, cache, stats)
         if cache is not None:
             cache = cache._replace(pos=cache.pos + T)
-        return rms_norm(x), cache, (jnp.stack(rms) if stats else None)
+        return rms_norm(x), cache, rms
+
+    def _unrolled_blocks(self, x, cos, sin, cache, stats):
+        implementation = self.attention_implementation()
+        policy = REMAT_POLICIES[self.config.remat]
+        rms = []
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x, cache = block(x, cos, sin, implementation, cache, i)
+            elif policy is None:
+                x, _ = block(x, cos, sin, implementation)
+            else:
+                x, _ = nnx.remat(Block.__call__, static_argnums=(4,), policy=policy)(block, x, cos, sin, implementation)
+            if stats:
+                rms.append(residual_rms(x))
+        return x, cache, (jnp.stack(rms) if stats else None)
+
+    def _scanned_blocks(self, x, cos, sin, cache, stats):
+        """The blocks as one ``lax.scan`` over their parameters stacked on a leading layer axis (in the compute
+        dtype). Parameters stay stored per layer, so both modes share checkpoints and exports."""
+        implementation = self.attention_implementation()
+        graphdef, _ = nnx.split(self.blocks[0])
+        dtype = self.compute_dtype
+        stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]),
+                               *[nnx.state(block) for block in self.blocks])
+
+        def body(carry, layer_params):
+            h, k_all, v_all = carry
+            params, layer = layer_params
+            block = nnx.merge(graphdef, params)
+            if cache is None:
+                h, _ = block(h, cos, sin, implementation)
+            else:
+                h, new = block(h, cos, sin, implementation, cache._replace(k=k_all, v=v_all), layer)
+                k_all, v_all = new.k, new.v
+            return (h, k_all, v_all), (residual_rms(h) if stats else None)
+
+        policy = REMAT_POLICIES[self.config.remat]
+        if policy is not None and cache is None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        kv = (None, None) if cache is None else (cache.k, cache.v)
+        layers = jnp.arange(self.config.n_layer, dtype=jnp.int32)
+        (x, k_all, v_all), rms = jax.lax.scan(body, (x, *kv), (stacked, layers))
+        if cache is not None:
+            cache = cache._replace(k=k_all, v=v_all)
+        return x, cache, rms
 
     def features(self, idx_BT: jax.Array) -> jax.Array:
         """The final RMS-normed hidden state (B, T, d) that ``lm_head`` reads: ``head(features(idx))`` is
