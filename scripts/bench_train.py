@@ -1,10 +1,16 @@
 """Train-step benchmark: tokens/s, MFU, step time, compile time and peak memory for a config on this device.
 
-    python scripts/bench_train.py --config default [key=value ...] [--steps 10] [--torch]
+    python scripts/bench_train.py --config default [key=value ...] [--steps 10] [--torch] [--breakdown]
+    python scripts/bench_train.py --config d20 --aot training.device_batch_size=32   # memory only, nothing allocated
+    python scripts/bench_train.py --config d20 --fit-batch 32 16 8                    # the largest batch that fits
 
-Batches are random tokens (the data pipeline has its own benchmark, scripts/bench_pipeline.py). With ``--torch``
-(CPU), the same model shapes also run through the tests' PyTorch reference (forward, backward, AdamW) and the
-revjax/PyTorch throughput ratio is printed.
+Batches are random tokens (the data pipeline has its own benchmark, scripts/bench_pipeline.py). The step is compiled
+from abstract shapes first, so XLA's memory analysis (``--aot`` stops there) is known before anything is allocated;
+``--fit-batch`` tries device batch sizes in turn (one micro-batch per step) and keeps the first whose analysis fits
+the device memory and that runs. ``--torch`` runs the same shapes through the tests' PyTorch reference with the
+same optimizer (Muon with bf16 Newton–Schulz for the block matrices, AdamW for embedding and head, clipping as
+configured; bf16 autocast when the compute dtype is bf16) and prints the revjax/PyTorch throughput ratio.
+``--breakdown`` splits each side's step into forward+backward and the optimizer update.
 """
 
 from __future__ import annotations
@@ -17,107 +23,278 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from revjax.config_args import find_config
+from revjax import sharding as shd
 from revjax.config import load_config
+from revjax.config_args import find_config
 from revjax.model import flops_per_token, num_params
-from revjax.optim import build_optimizer
+from revjax.optim import build_optimizer, set_schedule
 from revjax.sharding import data_parallel_size, make_mesh
+from revjax.state import init_train_state, train_state_shardings
 from revjax.train.loop import device_peak_flops
-from revjax.state import init_train_state
-from revjax.train.step import accumulation_steps, build_train_step
+from revjax.train.step import LOSSES, accumulation_steps, build_train_step
+
+GIB = 2**30
 
 
 def peak_memory_gib() -> tuple[float, str]:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**30, "device peak"
+        return stats["peak_bytes_in_use"] / GIB, "device peak"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host peak RSS"
 
 
-def bench_revjax(config, steps: int) -> dict:
-    mesh = make_mesh(config.mesh)
-    T, B = config.model.sequence_len, config.training.device_batch_size
-    dp = data_parallel_size(mesh)
-    accum = accumulation_steps(config.training.total_batch_tokens, B, T, dp)
-    tx = build_optimizer(config.optimizer, config.model)
-    graphdef, state, shardings = init_train_state(config.model, tx, mesh, seed=0)
-    step = build_train_step(graphdef, tx, mesh, shardings)
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, config.model.vocab_size, (accum, B * dp, T + 1), dtype=np.int32)
-    batch = {"inputs": data[..., :-1], "targets": data[..., 1:]}
-    lrm, mom = np.float32(1.0), np.float32(0.95)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch, lrm, mom).compile()
-    compile_s = time.perf_counter() - t0
-    state, metrics = compiled(state, batch, lrm, mom)  # warm-up
-    jax.block_until_ready(metrics)
+def timed(fn, steps: int) -> float:
+    """Median seconds of ``fn()`` (which blocks until its work is done) over ``steps`` calls after one warm-up."""
+    fn()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, lrm, mom)
-        jax.block_until_ready(metrics)
+        fn()
         times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
+    return statistics.median(times)
+
+
+class Setup:
+    """A config's mesh, optimizer, jitted step and abstract inputs, lowered and compiled without allocating."""
+
+    def __init__(self, config):
+        self.config = config
+        self.mesh = make_mesh(config.mesh)
+        T, B = config.model.sequence_len, config.training.device_batch_size
+        self.dp = data_parallel_size(self.mesh)
+        self.accum = accumulation_steps(config.training.total_batch_tokens, B, T, self.dp)
+        self.tx = build_optimizer(config.optimizer, config.model)
+        self.graphdef, self.abstract, self.shardings = train_state_shardings(config.model, self.tx, self.mesh)
+        self.step = build_train_step(self.graphdef, self.tx, self.mesh, self.shardings)
+        self.batch_shape = (self.accum, B * self.dp, T)
+        sharding = shd.step_batch_sharding(self.mesh)
+        batch = jax.ShapeDtypeStruct(self.batch_shape, jnp.int32, sharding=sharding)
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        t0 = time.perf_counter()
+        self.compiled = self.step.lower(self.abstract, {"inputs": batch, "targets": batch}, scalar, scalar).compile()
+        self.compile_s = time.perf_counter() - t0
+
+    def memory(self) -> dict[str, int]:
+        m = self.compiled.memory_analysis()
+        out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("temp", "argument", "output", "alias")}
+        out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+        return out
+
+    def batch(self, seed: int = 0) -> dict:
+        rng = np.random.default_rng(seed)
+        a, rows, T = self.batch_shape
+        data = rng.integers(0, self.config.model.vocab_size, (a, rows, T + 1), dtype=np.int32)
+        return {"inputs": data[..., :-1], "targets": data[..., 1:]}
+
+
+def bench_revjax(setup: Setup, steps: int, breakdown: bool = False) -> dict:
+    config = setup.config
+    _, state, _ = init_train_state(config.model, setup.tx, setup.mesh, seed=0)
+    batch = setup.batch()
+    lrm, mom = np.float32(1.0), np.float32(0.95)
+    box = [state]
+
+    def one_step():
+        box[0], metrics = setup.compiled(box[0], batch, lrm, mom)
+        jax.block_until_ready(metrics)
+
+    step_s = timed(one_step, steps)
     tokens = config.training.total_batch_tokens
     peak = device_peak_flops(jax.devices()[0])
     mfu = flops_per_token(config.model) * tokens / step_s / (peak * jax.device_count()) if peak else None
-    return {"compile_s": compile_s, "step_s": step_s, "tokens_per_s": tokens / step_s, "mfu": mfu}
+    out = {"compile_s": setup.compile_s, "step_s": step_s, "tokens_per_s": tokens / step_s, "mfu": mfu}
+    if breakdown:
+        out.update(revjax_parts(setup, box[0], batch, steps))
+    return out
 
 
-def bench_torch(config, steps: int) -> dict:
+def revjax_parts(setup: Setup, state, batch, steps: int) -> dict:
+    """Seconds of the gradient pass alone (all micro-batches) and of the optimizer update alone."""
+    loss, graphdef, tx = LOSSES["next_token"], setup.graphdef, setup.tx
+
+    @jax.jit
+    def grads_only(params, batch):
+        def micro(acc, mb):
+            g = jax.grad(lambda p: loss(nnx.merge(graphdef, p), mb))(params)
+            return jax.tree.map(jnp.add, acc, g), None
+        return jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), batch)[0]
+
+    @jax.jit
+    def update_only(grads, opt_state, params):
+        opt_state = set_schedule(opt_state, 1.0, 0.95)
+        return tx.update(grads, opt_state, params)
+
+    grads = grads_only(state.params, batch)
+    return {"grad_s": timed(lambda: jax.block_until_ready(grads_only(state.params, batch)), steps),
+            "update_s": timed(lambda: jax.block_until_ready(update_only(grads, state.opt_state, state.params)),
+                              steps)}
+
+
+def bench_torch(config, steps: int, breakdown: bool = False, compile_model: bool = False) -> dict:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.torch_reference import RefConfig, RefGPT
+    from tests.torch_reference import RefConfig, RefGPT, nanochat_optimizers
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = RefGPT(RefConfig(**config.model.gpt_config()))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95), eps=1e-10)
+    model = RefGPT(RefConfig(**config.model.gpt_config())).to(device)
+    o = config.optimizer
+    opts = nanochat_optimizers(model, o.matrix_lr, o.embedding_lr, o.unembedding_lr, (o.adam_beta1, o.adam_beta2),
+                               o.adam_eps, o.muon_momentum)
+    forward = torch.compile(model) if compile_model else model
     T, B = config.model.sequence_len, config.training.device_batch_size
     accum = config.training.total_batch_tokens // (B * T)
-    data = torch.randint(0, config.model.vocab_size, (accum, B, T + 1))
+    data = torch.randint(0, config.model.vocab_size, (accum, B, T + 1), device=device)
+    bf16 = config.model.compute_dtype == "bfloat16"
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def grads():
+        for micro in data:
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = forward(micro[:, :-1], micro[:, 1:]) / accum
+            loss.backward()
+
+    def update():
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        for opt in opts:
+            opt.step()
 
     def one_step():
-        for micro in data:
-            loss = model(micro[:, :-1], micro[:, 1:]) / accum
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        grads()
+        update()
+        model.zero_grad(set_to_none=True)
+        sync()
 
-    one_step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t0)
-    step_s = statistics.median(times)
-    return {"step_s": step_s, "tokens_per_s": config.training.total_batch_tokens / step_s}
+    t0 = time.perf_counter()
+    one_step()  # warm-up (and compilation)
+    first_s = time.perf_counter() - t0
+    out = {"step_s": timed(one_step, steps), "first_s": first_s, "device": device}
+    out["tokens_per_s"] = config.training.total_batch_tokens / out["step_s"]
+    if device == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+    if breakdown:
+        def grads_then_zero():
+            grads()
+            sync()
+            model.zero_grad(set_to_none=True)
+
+        grads()
+        out["grad_s"] = timed(grads_then_zero, steps)
+        grads()
+        out["update_s"] = timed(lambda: (update(), sync()), steps)
+        model.zero_grad(set_to_none=True)
+    return out
+
+
+def fitting_setup(files, overrides, batches):
+    """The first device batch size in ``batches`` whose compiled step fits the device memory (one micro-batch)."""
+    limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    for B in batches:
+        probe = load_config(files, overrides)
+        T, dp = probe.model.sequence_len, data_parallel_size(make_mesh(probe.mesh))
+        config = load_config(files, overrides + [f"training.device_batch_size={B}",
+                                                 f"training.total_batch_tokens={B * T * dp}"])
+        try:
+            setup = Setup(config)
+        except Exception as exc:  # XLA reports an allocation that cannot fit at compile time on some backends
+            print(f"device batch {B}: does not compile ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            continue
+        need = setup.memory()["total"]
+        if limit and need > limit:
+            print(f"device batch {B}: needs {need / GIB:.1f} GiB > {limit / GIB:.1f} GiB of device memory, skipped")
+            continue
+        yield setup
+
+
+def print_memory(setup: Setup) -> None:
+    m = setup.memory()
+    c = setup.config
+    print(f"memory analysis (B={c.training.device_batch_size}, T={c.model.sequence_len}, accum {setup.accum}, "
+          f"loss_chunk {c.model.loss_chunk or 'plain'}): temp {m['temp'] / GIB:.2f} GiB, arguments "
+          f"{m['argument'] / GIB:.2f} GiB, outputs {m['output'] / GIB:.2f} GiB, aliased {m['alias'] / GIB:.2f} GiB, "
+          f"total {m['total'] / GIB:.2f} GiB; compile {setup.compile_s:.1f}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", metavar="FILE")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference (CPU)")
+    parser.add_argument("--aot", action="store_true", help="XLA's memory analysis only; allocates nothing")
+    parser.add_argument("--fit-batch", type=int, nargs="+", metavar="B", help="device batch sizes to try in turn")
+    parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference (same optimizer)")
+    parser.add_argument("--torch-only", action="store_true",
+                        help="time only the PyTorch reference (on a GPU: apart from jax, which holds its memory)")
+    parser.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model")
+    parser.add_argument("--breakdown", action="store_true", help="time forward+backward and the update apart")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    config = load_config([find_config(c) for c in (args.config or ["default"])], args.overrides)
+    args = parser.parse_intermixed_args()
+    files = [find_config(c) for c in (args.config or ["default"])]
+    config = load_config(files, args.overrides)
     device = jax.devices()[0]
     print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}")
     print(f"model: {num_params(config.model):,} params, {flops_per_token(config.model):.3e} FLOPs/token, "
-          f"compute {config.model.compute_dtype}, batch {config.training.total_batch_tokens:,} tokens/step")
-    r = bench_revjax(config, args.steps)
+          f"compute {config.model.compute_dtype}, T {config.model.sequence_len}")
+    if args.torch_only:
+        print_torch(config, args)
+        return
+    if args.fit_batch:
+        setup = None
+        for candidate in fitting_setup(files, args.overrides, args.fit_batch):
+            try:
+                print_memory(candidate)
+                r = bench_revjax(candidate, args.steps, args.breakdown)
+                setup = candidate
+                break
+            except Exception as exc:  # an out-of-memory at run time: try the next size
+                print(f"device batch {candidate.config.training.device_batch_size}: failed to run "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+        if setup is None:
+            sys.exit(f"no device batch size in {args.fit_batch} fits this device")
+        config = setup.config
+    else:
+        setup = Setup(config)
+        print_memory(setup)
+        if args.aot:
+            return
+        r = bench_revjax(setup, args.steps, args.breakdown)
+    print(f"batch: device batch {config.training.device_batch_size}, {config.training.total_batch_tokens:,} "
+          f"tokens/step ({setup.accum} micro-batch(es))")
     mem, what = peak_memory_gib()
     mfu = "n/a (no peak known for this device)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     print(f"revjax:  compile {r['compile_s']:.1f}s  step {1000 * r['step_s']:.1f} ms  "
           f"{r['tokens_per_s']:,.0f} tok/s  MFU {mfu}  {what} {mem:.2f} GiB")
+    if args.breakdown:
+        print(f"  revjax parts: forward+backward {1000 * r['grad_s']:.1f} ms, optimizer update "
+              f"{1000 * r['update_s']:.1f} ms")
     if args.torch:
-        t = bench_torch(config, args.steps)
-        print(f"pytorch: step {1000 * t['step_s']:.1f} ms  {t['tokens_per_s']:,.0f} tok/s  "
-              f"(torch {__import__('torch').__version__}, AdamW on every parameter)")
+        t = print_torch(config, args)
         print(f"revjax/pytorch throughput ratio: {r['tokens_per_s'] / t['tokens_per_s']:.2f}")
+
+
+def print_torch(config, args) -> dict:
+    import torch
+
+    t = bench_torch(config, args.steps, args.breakdown, args.torch_compile)
+    extra = f"  peak {t['peak_gib']:.2f} GiB" if "peak_gib" in t else ""
+    print(f"pytorch: step {1000 * t['step_s']:.1f} ms  {t['tokens_per_s']:,.0f} tok/s  first step "
+          f"{t['first_s']:.1f}s{extra} (torch {torch.__version__} on {t['device']}, "
+          f"{'compiled' if args.torch_compile else 'eager'}, Muon bf16 NS + AdamW, device batch "
+          f"{config.training.device_batch_size})")
+    if args.breakdown:
+        print(f"  pytorch parts: forward+backward {1000 * t['grad_s']:.1f} ms, optimizer update "
+              f"{1000 * t['update_s']:.1f} ms")
+    return t
 
 
 if __name__ == "__main__":

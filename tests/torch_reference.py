@@ -112,3 +112,46 @@ class RefGPT(nn.Module):
         if targets is not None:
             return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, new_past
+
+
+def newton_schulz5(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """nanochat's quintic Newton–Schulz in bf16 on an (out, in) matrix (transposed when tall), bf16 result."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+class RefMuon(torch.optim.Optimizer):
+    """nanochat's Muon: fp32 lerp momentum, Nesterov, bf16 NS5, step lr·√max(1, rows/cols); no weight decay."""
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            m = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p, dtype=torch.float32))
+                buf.lerp_(p.grad.float(), 1 - m)
+                update = newton_schulz5(p.grad.float().lerp(buf, m), group["ns_steps"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
+
+
+def nanochat_optimizers(model: RefGPT, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, betas=(0.8, 0.95),
+                        eps=1e-10, momentum=0.95) -> list[torch.optim.Optimizer]:
+    """nanochat's ``setup_optimizers``: AdamW for wte and lm_head (lrs ×(n_embd/768)^−0.5), Muon for the blocks."""
+    s = (model.config.n_embd / 768) ** -0.5
+    adam = torch.optim.AdamW([{"params": [model.transformer.wte.weight], "lr": embedding_lr * s},
+                              {"params": [model.lm_head.weight], "lr": unembedding_lr * s}],
+                             betas=betas, eps=eps, weight_decay=0.0)
+    return [adam, RefMuon(list(model.transformer.h.parameters()), lr=matrix_lr, momentum=momentum)]
