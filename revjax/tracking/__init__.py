@@ -1,4 +1,5 @@
-"""Trackers: where a run's metrics go. The loop calls one :meth:`Tracker.log`; backends are JSONL and wandb.
+"""Trackers: where a run's metrics go. The loop calls one :meth:`Tracker.log`; backends are JSONL, wandb and the
+HDF5 research log (:mod:`revjax.tracking.hdf5`).
 
 ``metrics.jsonl`` (process 0 only) holds one JSON object per line with a ``step`` key. A resumed run first cuts the
 rows of steps at or after the checkpoint it continues from (they are logged again), and a torn last line (power
@@ -90,14 +91,23 @@ class WandbTracker:
 
 
 class Trackers:
-    """Fans one ``log`` out to several trackers."""
+    """Fans one ``log`` out to several trackers.
+
+    A row is ``scheduled`` when ``logging.log_every`` asks for it; trackers with ``every_step = True`` (the HDF5
+    research log) receive every row, with its ``diagnostics`` arrays, and the others only the scheduled rows,
+    without them.
+    """
 
     def __init__(self, trackers: list[Tracker]):
         self.trackers = trackers
 
-    def log(self, row: dict[str, Any]) -> None:
+    def log(self, row: dict[str, Any], *, scheduled: bool = True) -> None:
+        plain = {k: v for k, v in row.items() if k != "diagnostics"}
         for tracker in self.trackers:
-            tracker.log(row)
+            if getattr(tracker, "every_step", False):
+                tracker.log(row)
+            elif scheduled:
+                tracker.log(plain)
 
     def close(self) -> None:
         for tracker in self.trackers:

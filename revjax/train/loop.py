@@ -110,6 +110,7 @@ class Trainer:
         self.result = RunResult(run_dir=run.run_dir, step=run.start)
         self.hooks: list[Hook] = []
         self.step_fn = build_train_step(run.graphdef, run.tx, run.mesh, run.shardings, LOSSES[run.phase.loss])
+        self._diagnostic_steps: dict[tuple[bool, bool], Callable] = {}  # (tokens, layers) → step, built when due
         peak = device_peak_flops(jax.devices()[0])
         self._peak_total = peak * jax.device_count() if peak else None
         self._bar = tqdm(total=run.num_iterations, initial=run.start, disable=not (progress and run.is_main),
@@ -117,12 +118,29 @@ class Trainer:
         self._pending: tuple[int, dict, dict] | None = None
         self._last_time = time.perf_counter()
 
+    def diagnostics_due(self, step: int) -> tuple[bool, bool]:
+        """Whether step ``step`` computes per-token statistics and per-layer statistics for the research log."""
+        logging, final = self.run.config.logging, step == self.run.num_iterations - 1
+        due = lambda every: logging.hdf5 and every > 0 and (step % every == 0 or final)  # noqa: E731
+        return due(logging.hdf5_every), due(logging.hdf5_layers_every)
+
+    def step_for(self, step: int) -> Callable:
+        """The compiled step to run at ``step``: the plain one, or the same update with the diagnostics due."""
+        due = self.diagnostics_due(step)
+        if not any(due):
+            return self.step_fn
+        if due not in self._diagnostic_steps:
+            run = self.run
+            self._diagnostic_steps[due] = build_train_step(run.graphdef, run.tx, run.mesh, run.shardings,
+                                                           LOSSES[run.phase.loss], tokens=due[0], layers=due[1])
+        return self._diagnostic_steps[due]
+
     def add_hook(self, hook: Hook) -> None:
         self.hooks.append(hook)
 
-    def log(self, row: dict) -> None:
+    def log(self, row: dict, *, scheduled: bool = True) -> None:
         if self.tracker is not None:
-            self.tracker.log(row)
+            self.tracker.log(row, scheduled=scheduled)
 
     def say(self, text: str) -> None:
         if self.run.is_main and not self._bar.disable:
@@ -151,8 +169,9 @@ class Trainer:
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
         row.update(stats)
-        if step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1:
-            self.log(row)
+        if "diagnostics" in metrics:
+            row["diagnostics"] = jax.device_get(metrics["diagnostics"])
+        self.log(row, scheduled=step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1)
         postfix = {"loss": f"{loss:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
         if "mfu" in row:
             postfix["mfu"] = f"{100 * row['mfu']:.1f}%"
@@ -178,8 +197,8 @@ class Trainer:
                 if last:
                     break
                 lrm, momentum = schedule(run, step)
-                self.state, metrics = self.step_fn(self.state, next(self.batches), np.float32(lrm),
-                                                   np.float32(momentum))
+                self.state, metrics = self.step_for(step)(self.state, next(self.batches), np.float32(lrm),
+                                                          np.float32(momentum))
                 self._flush()  # the previous step's metrics, while this one runs
                 self._pending = (step, metrics, dict(getattr(self.batches, "last", {})))
             self._flush()
@@ -194,6 +213,10 @@ def _trackers(run: RunSetup) -> Trackers | None:
         return None
     config = run.config
     trackers: list = [JsonlTracker(run.run_dir / "metrics.jsonl", run.start)]
+    if config.logging.hdf5:
+        from revjax.tracking.hdf5 import FILENAME, Hdf5Tracker, run_attrs
+
+        trackers.append(Hdf5Tracker(run.run_dir / FILENAME, run.start, run_attrs(config)))
     if config.logging.wandb != "disabled":
         trackers.append(WandbTracker(project=config.logging.project, name=config.run_name, mode=config.logging.wandb,
                                      directory=run.run_dir, config=config.to_dict()))

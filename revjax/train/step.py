@@ -23,6 +23,7 @@ from revjax.losses import model_token_nll
 from revjax.model import GPT
 from revjax.optim import LR_MULTIPLIER, MUON_MOMENTUM, set_schedule
 from revjax.state import TrainState
+from revjax.train.diagnostics import step_diagnostics
 
 
 Batch = dict[str, jax.Array]
@@ -61,8 +62,15 @@ def build_train_step(
     mesh: Mesh,
     state_shardings: TrainState,
     loss: LossFn = next_token_loss,
+    *,
+    tokens: bool = False,
+    layers: bool = False,
 ) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state."""
+    """``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state.
+
+    With ``tokens`` and/or ``layers`` the same update also returns ``metrics["diagnostics"]["tokens"|"layers"]``
+    (:mod:`revjax.train.diagnostics`): a second program, used only on the steps that log them.
+    """
     batch_sharding = shd.step_batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
 
@@ -84,6 +92,10 @@ def build_train_step(
                    # what the optimizer itself read this step
                    "lr_multiplier": opt_state.hyperparams[LR_MULTIPLIER],
                    "muon_momentum": opt_state.hyperparams[MUON_MOMENTUM]}
+        if tokens or layers:
+            # read through a barrier, so the update above compiles as in the plain step whatever is added here
+            seen = jax.lax.optimization_barrier((state.params, batch, grads))
+            metrics["diagnostics"] = step_diagnostics(graphdef, *seen, tokens=tokens, layers=layers)
         return TrainState(params, opt_state), metrics
 
     return jax.jit(
