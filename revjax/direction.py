@@ -98,6 +98,8 @@ __all__ = [
     "orient_conversation",
     "orient_document",
     "orient_documents",
+    "document_head_length",
+    "continued_row",
     "orient_prompt",
     "restore_conversation",
     "restore_document",
@@ -289,6 +291,26 @@ def orient_document(
     if marked:
         is_target[1] = False
     return ids, is_target
+
+
+def document_head_length(direction: Direction | str) -> int:
+    """Tokens before a model-order document's text: BOS, plus the direction token when bidirectional."""
+    return 2 if Direction.parse(direction) is Direction.BIDIRECTIONAL else 1
+
+
+def continued_row(head: Tokens, ids: Tokens, is_target: Tokens) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(ids, is_target)`` of a packed row that continues a document after its ``head`` (BOS[, marker]).
+
+    ``ids`` go on from where the previous row stopped: its first token was the previous row's last target, so
+    here it is context only, as are the repeated head tokens; every document token stays a target once.
+    """
+    head_ids = _as_ids(head, "document head")
+    body = _as_ids(ids, "continued ids")
+    mask = np.asarray(is_target, dtype=bool).copy()
+    if mask.shape != body.shape or body.size == 0:
+        raise ValueError(f"a continued row needs ids and is_target of one non-empty shape, got {body.shape}")
+    mask[0] = False
+    return np.concatenate([head_ids, body]), np.concatenate([np.zeros(len(head_ids), bool), mask])
 
 
 def orient_documents(

@@ -13,9 +13,10 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from revjax.config import Config
+from revjax.data.packing import best_fit_rows
 from revjax.data.pipeline import TokenBatchDataset, build_pipeline, global_batch
 from revjax.data.shards import ShardError, write_shards
-from revjax.direction import Specials, inputs_and_targets, orient_documents, restore_document
+from revjax.direction import Specials, inputs_and_targets, orient_document, orient_documents, restore_document
 from revjax.tokenizer import Tokenizer
 
 DIRECTIONS = ["forward", "backward", "bidirectional"]
@@ -148,25 +149,114 @@ def test_val_is_finite_unless_cycled(data_dir, tok, specials):
 
 
 # ---------------------------------------------------------------------------------------------
+# Packing: marked and bos_aligned rows
+
+
+def _doc(specials, body, direction, index):
+    return orient_document(np.array(body, dtype=np.int32), direction, specials, seed=SEED, index=index)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_best_fit_rows_by_hand(specials, direction):
+    """Rows of 6 from a buffer of 3: the largest document that fits, else the shortest cropped (rest dropped)."""
+    bodies = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [11]]
+    docs = [_doc(specials, b, direction, i) for i, b in enumerate(bodies)]
+    heads = [list(ids[: len(ids) - len(b)]) for (ids, _), b in zip(docs, bodies)]
+    text = [list(ids[len(h):]) for (ids, _), h in zip(docs, heads)]
+    if direction == "bidirectional":  # lengths 5, 3, 8, 3: d0 (5), then nothing fits 1: d1 cropped to its BOS
+        want = [heads[0] + text[0] + [specials.bos], heads[3] + text[3] + heads[2][:2] + text[2][:1]]
+    else:  # lengths 4, 2, 7, 2: d0 then d1 (d3 joins the buffer after d0 leaves); d3, then d2 cropped to 4
+        want = [heads[0] + text[0] + heads[1] + text[1], heads[3] + text[3] + heads[2] + text[2][:3]]
+    if direction == "backward":
+        assert text[0] == [3, 2, 1] and text[2] == [10, 9, 8, 7, 6, 5]
+    got = list(best_fit_rows(docs, 6, 3))
+    assert [list(ids) for ids, _ in got] == want
+    for ids, is_target in got:
+        np.testing.assert_array_equal(is_target, ~np.isin(ids, [specials.forward, specials.backward]))
+        assert ids[0] == specials.bos
+        assert (ids[1] in (specials.forward, specials.backward)) == (direction == "bidirectional")
+
+
+def test_best_fit_rows_stop_when_a_row_cannot_be_filled(specials):
+    docs = [_doc(specials, [1, 2], "forward", i) for i in range(3)]  # 9 tokens: one row of 6, 3 left over
+    assert [list(ids) for ids, _ in best_fit_rows(docs, 6, 2)] == [[specials.bos, 1, 2, specials.bos, 1, 2]]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_marked_rows_repeat_the_document_head_and_score_every_token_once(data_dir, tok, specials, direction):
+    ids, is_target = _expected_stream(tok, specials, direction, epochs=1)
+    it = iter(_dataset(data_dir, tok, direction=direction, packing="marked", cycle=False))
+    inputs, targets = (np.concatenate(x) for x in zip(*it))
+    h = 2 if direction == "bidirectional" else 1
+    # each row starts with BOS, then the direction token when bidirectional: a document's or a repeated head
+    assert np.all(inputs[:, 0] == specials.bos)
+    assert np.all(np.isin(inputs[:, 1], [specials.forward, specials.backward]) == (direction == "bidirectional"))
+    # the scored tokens are the stream's targets, in order, each once (the last partial batch is dropped)
+    scored, want = targets[targets >= 0], ids[1:][is_target[1:]]
+    assert len(want) - 2 * B * T < len(scored) <= len(want)
+    np.testing.assert_array_equal(scored, want[: len(scored)])
+    # a continued row is the head, then (context only) the token the previous row scored last, then new tokens
+    continued = [r for r in range(1, len(inputs)) if targets[r, h - 1] == -1]
+    assert len(continued) > len(inputs) // 2
+    for r in continued:
+        assert inputs[r, h] == ids[1:][is_target[1:]][np.count_nonzero(targets[:r] >= 0) - 1]
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_bos_aligned_rows_are_best_fit_packed_documents(data_dir, tok, specials, direction):
+    docs = [_doc(specials, body, direction, i) for i, body in enumerate(tok.encode(TRAIN_DOCS))]
+    want = list(best_fit_rows(docs, T + 1, 4))
+    it = iter(_dataset(data_dir, tok, direction=direction, packing="bos_aligned", packing_buffer=4, cycle=False,
+                       tokenizer_batch_size=1))
+    got = [(x, y) for batch in it for x, y in zip(*batch)]
+    assert len(got) == len(want) // B * B > 4
+    for (inputs, targets), row in zip(got, want):
+        want_inputs, want_targets = inputs_and_targets(*row)
+        np.testing.assert_array_equal(inputs, want_inputs)
+        np.testing.assert_array_equal(targets, want_targets)
+        assert inputs[0] == specials.bos
+        assert (inputs[1] in (specials.forward, specials.backward)) == (direction == "bidirectional")
+        assert not np.isin(targets, [specials.forward, specials.backward]).any()
+
+
+def test_packing_is_deterministic_and_refused_with_compat(data_dir, tok):
+    for packing in ("marked", "bos_aligned"):
+        a, b = (iter(_dataset(data_dir, tok, direction="bidirectional", packing=packing)) for _ in range(2))
+        for _ in range(10):
+            np.testing.assert_equal(next(a), next(b))
+    with pytest.raises(ValueError, match="needs layout=document"):
+        _dataset(data_dir, tok, layout="compat", packing="marked")
+    with pytest.raises(ValueError, match="unknown packing"):
+        _dataset(data_dir, tok, packing="tight")
+    with pytest.raises(ValueError, match="above the 2-token document head"):
+        _dataset(data_dir, tok, packing="marked", direction="bidirectional", seq_len=2)
+
+
+# ---------------------------------------------------------------------------------------------
 # Checkpointing
 
 
 @pytest.mark.parametrize(
-    ("layout", "direction"), [("document", "bidirectional"), ("compat", "bidirectional"), ("document", "backward")]
+    ("layout", "direction", "packing"),
+    [("document", "bidirectional", "stream"), ("compat", "bidirectional", "stream"),
+     ("document", "backward", "stream"), ("document", "bidirectional", "marked"),
+     ("document", "bidirectional", "bos_aligned")],
 )
-def test_grain_checkpoint_checker(data_dir, tok, layout, direction):
-    ds = _dataset(data_dir, tok, layout=layout, direction=direction)
+def test_grain_checkpoint_checker(data_dir, tok, layout, direction, packing):
+    ds = _dataset(data_dir, tok, layout=layout, direction=direction, packing=packing, packing_buffer=3)
     limited = grain.experimental.LimitIterDataset(ds, count=24)
     grain.experimental.assert_equal_output_after_checkpoint(limited)
     prefetched = grain.experimental.ThreadPrefetchIterDataset(limited, prefetch_buffer_size=3)
     grain.experimental.assert_equal_output_after_checkpoint(prefetched)
 
 
-@pytest.mark.parametrize("layout", ["document", "compat"])
-def test_state_round_trip_mid_shard_across_shards_and_epochs(data_dir, tok, layout):
+@pytest.mark.parametrize(("layout", "packing"), [("document", "stream"), ("compat", "stream"),
+                                                  ("document", "marked"), ("document", "bos_aligned")])
+def test_state_round_trip_mid_shard_across_shards_and_epochs(data_dir, tok, layout, packing):
     config = Config.from_dict(
         {
-            "data": {"corpus": "parquet", "dir": str(data_dir), "tokenizer_batch_size": 4},
+            "data": {"corpus": "parquet", "dir": str(data_dir), "tokenizer_batch_size": 4, "packing": packing,
+                     "packing_buffer": 3},
             "direction": {"direction": "bidirectional", "layout": layout, "seed": SEED},
         }
     )
@@ -178,7 +268,7 @@ def test_state_round_trip_mid_shard_across_shards_and_epochs(data_dir, tok, layo
     assert {s["epoch"] for s in states} >= {0, 1, 2}
     crossings = [i for i in range(1, 60) if states[i]["shard"] != states[i - 1]["shard"]]
     wraps = [i for i in range(1, 60) if states[i]["epoch"] != states[i - 1]["epoch"]]
-    mid = [i for i in range(60) if states[i]["offset"] > 0][:2]
+    mid = [i for i in range(60) if states[i]["offset"] > 0 or states[i].get("buffer", "").count("+") > 1][:2]
     assert crossings and wraps and mid
     for i in sorted({1, *mid, *crossings[:3], *wraps[:2]}):
         resumed = build_pipeline(config, tok, "train", batch_size=B, seq_len=T, prefetch=2)

@@ -16,6 +16,11 @@ Layouts
     split's ``N`` documents, so it does not depend on the process layout and a document seen again in
     a later epoch gets a fresh draw.
 
+    ``data.packing`` (:mod:`revjax.data.packing`) decides where rows start in the document layout:
+    ``stream`` as just described; ``marked`` repeats the document's head (BOS[, marker]) at the start of
+    a row that starts inside a document, so each row advances ``T − head`` tokens there; ``bos_aligned``
+    packs whole documents best-fit into rows of ``T+1`` that do not overlap, each starting with BOS.
+
     ``compat``: onanchat's base loader exactly (``reference/onanchat.md`` §3.2): the stream is the
     BOS-prefixed documents, every yield pops ``B·T+1`` tokens (the last target is not reused) and
     transforms them with :func:`revjax.direction.compat_orient_chunk` at the yield index.
@@ -23,8 +28,9 @@ Layouts
 State
     ``get_state()`` is a small JSON dict naming the stream position after the last yielded batch: the
     epoch, the shard (index in the split), its row group, the document in that row group and the token
-    offset into that document's model-order sequence, plus the number of batches yielded. No tokens are
-    stored: restoring re-reads and re-tokenizes from that document, which gives the same stream.
+    offset into that document's model-order sequence, plus the number of batches yielded; with
+    ``bos_aligned`` packing the next document to read and the stream indices of the buffered documents.
+    No tokens are stored: restoring re-reads and re-tokenizes those documents, which gives the same stream.
     The train split cycles forever; val stops at its end unless ``cycle=True``.
 
 Multi-host
@@ -48,12 +54,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from revjax.config import Config
+from revjax.data.packing import PACKINGS, BestFitBuffer, Packing, expand_runs
 from revjax.data.shards import Split, open_shard, read_texts, split_shards
 from revjax.direction import (
     Direction,
     Specials,
     compat_chunk_to_batch,
     compat_orient_chunk,
+    continued_row,
+    document_head_length,
     inputs_and_targets,
     orient_document,
 )
@@ -63,7 +72,7 @@ Layout = Literal["document", "compat"]
 Batch = tuple[np.ndarray, np.ndarray]
 
 _LAYOUTS = ("document", "compat")
-_FINGERPRINT = ("split", "layout", "direction", "seed", "process_index", "process_count")
+_FINGERPRINT = ("split", "layout", "packing", "direction", "seed", "process_index", "process_count")
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,8 @@ class TokenBatchDataset(grain.IterDataset):
         seq_len: int,
         direction: Direction | str = "forward",
         layout: Layout = "document",
+        packing: Packing = "stream",
+        packing_buffer: int = 1000,
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
@@ -136,6 +147,15 @@ class TokenBatchDataset(grain.IterDataset):
             raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}")
         if layout not in _LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(_LAYOUTS)}")
+        if packing not in PACKINGS:
+            raise ValueError(f"unknown packing {packing!r}; expected one of {', '.join(PACKINGS)}")
+        if layout == "compat" and packing != "stream":
+            raise ValueError(f"the compat layout packs onanchat's stream; packing={packing!r} needs layout=document")
+        if packing_buffer < 1:
+            raise ValueError(f"packing_buffer must be a positive number of documents, got {packing_buffer}")
+        if packing == "marked" and seq_len <= document_head_length(direction):
+            raise ValueError(f"marked packing needs seq_len above the {document_head_length(direction)}-token "
+                             f"document head, got {seq_len}")
         if not 0 <= process_index < process_count:
             raise ValueError(
                 f"process_index must be in [0, process_count={process_count}), got {process_index}"
@@ -161,6 +181,9 @@ class TokenBatchDataset(grain.IterDataset):
         self.seq_len = seq_len
         self.direction = Direction.parse(direction)
         self.layout = layout
+        self.packing = packing
+        self.packing_buffer = packing_buffer
+        self.head_length = document_head_length(self.direction)
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
@@ -174,7 +197,7 @@ class TokenBatchDataset(grain.IterDataset):
     def __str__(self) -> str:
         return (
             f"TokenBatchDataset(split={self.split}, B={self.batch_size}, T={self.seq_len}, "
-            f"direction={self.direction.value}, layout={self.layout}, "
+            f"direction={self.direction.value}, layout={self.layout}, packing={self.packing}, "
             f"process={self.process_index}/{self.process_count})"
         )
 
@@ -186,6 +209,7 @@ class TokenBatchIterator(grain.DatasetIterator):
         super().__init__()
         self._ds = dataset
         self._unit_index = {(u.shard, u.row_group): i for i, u in enumerate(dataset.units)}
+        self._first_docs = np.array([u.first_doc for u in dataset.units], dtype=np.int64)
         self._file: tuple[int, pq.ParquetFile] | None = None
         self._texts: tuple[int, list[str]] | None = None
         self._reset(self._normalise(0, 0, 0), offset=0, yields=0)
@@ -199,6 +223,7 @@ class TokenBatchIterator(grain.DatasetIterator):
         self._head = offset  # offset of the stream head into the first piece
         self._available = -offset  # buffered tokens after the head
         self._yields = yields
+        self._buffer = BestFitBuffer()  # bos_aligned packing only
 
     def _normalise(self, epoch: int, unit: int, row: int) -> tuple[int, int, int]:
         """Return the first document at or after (epoch, unit, row), wrapping to the next epoch."""
@@ -241,16 +266,22 @@ class TokenBatchIterator(grain.DatasetIterator):
             self._cursor = self._normalise(epoch, unit, row + len(taken))
         if not texts:
             return None
+        return self._orient(texts, where)
+
+    def _stream_index(self, epoch: int, unit: int, row: int) -> int:
+        """The document's index in the split's endless stream (it seeds the bidirectional choice)."""
+        return epoch * self._ds.split_docs + self._ds.units[unit].first_doc + row
+
+    def _orient(self, texts: list[str], where: list[tuple[int, int, int]]) -> _Piece:
+        ds = self._ds
         rows = ds.tokenizer.encode(texts, num_threads=ds.tokenizer_threads)
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
         bounds = np.cumsum(lengths)[:-1]
         direction = Direction.FORWARD if ds.layout == "compat" else ds.direction
         oriented = [
-            orient_document(
-                doc, direction, ds.specials, seed=ds.seed, index=epoch * ds.split_docs + ds.units[unit].first_doc + row
-            )
-            for doc, (epoch, unit, row) in zip(np.split(flat, bounds), where)
+            orient_document(doc, direction, ds.specials, seed=ds.seed, index=self._stream_index(*place))
+            for doc, place in zip(np.split(flat, bounds), where)
         ]
         sizes = np.fromiter((len(ids) for ids, _ in oriented), dtype=np.int64, count=len(oriented))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -294,26 +325,86 @@ class TokenBatchIterator(grain.DatasetIterator):
     def __next__(self) -> Batch:
         ds = self._ds
         b, t = ds.batch_size, ds.seq_len
-        chunk = self._take(b * t + 1)
+        chunk = self._take(b * t + 1) if ds.packing == "stream" else (None, None)
         if chunk is None:
-            if self._yields == 0:
-                raise ValueError(
-                    f"the {ds.split} split holds fewer than the {b * t + 1} tokens one batch of "
-                    f"B={b}, T={t} needs for process {ds.process_index} of {ds.process_count}; "
-                    "use a smaller batch or sequence length, or more data"
-                )
-            raise StopIteration
+            return self._end()
         ids, is_target = chunk
         if ds.layout == "compat":
             oriented = compat_orient_chunk(ids, ds.direction, ds.specials, self._yields)
             inputs, targets = compat_chunk_to_batch(oriented, b, t)
             self._advance(b * t + 1)
+        elif ds.packing != "stream":
+            rows = []
+            for _ in range(b):
+                row = self._marked_row() if ds.packing == "marked" else self._bos_aligned_row()
+                if row is None:
+                    return self._end()
+                rows.append(row)
+            inputs, targets = inputs_and_targets(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
         else:
             window = np.lib.stride_tricks.sliding_window_view
             inputs, targets = inputs_and_targets(window(ids, t + 1)[::t], window(is_target, t + 1)[::t])
             self._advance(b * t)
         self._yields += 1
         return inputs, targets.astype(np.int32)
+
+    def _end(self) -> Batch:
+        ds = self._ds
+        if self._yields == 0:
+            need = f"the {ds.batch_size * ds.seq_len + 1} tokens" if ds.packing == "stream" else "the tokens"
+            raise ValueError(
+                f"the {ds.split} split holds fewer than {need} one batch of B={ds.batch_size}, T={ds.seq_len} "
+                f"needs ({ds.packing} packing) for process {ds.process_index} of {ds.process_count}; "
+                "use a smaller batch or sequence length, or more data"
+            )
+        raise StopIteration
+
+    def _marked_row(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The next row of ``marked`` packing: from a document's BOS, or its head then where the last row ended."""
+        t, h = self._ds.seq_len, self._ds.head_length
+        offset = self._position()[3]
+        if offset < h:  # at the head already: start the row at the document's BOS
+            self._head, self._available = self._head - offset, self._available + offset
+            row = self._take(t + 1)
+            if row is not None:
+                self._advance(t)
+            return row
+        tail = self._take(t + 1 - h)
+        if tail is None:
+            return None
+        start = self._head - offset  # the document starts in the first buffered piece
+        row = continued_row(self._pieces[0].ids[start : start + h], *tail)
+        self._advance(t - h)
+        return row
+
+    def _refill(self) -> bool:
+        piece = self._read_piece()
+        if piece is None:
+            return False
+        ends = [*piece.starts[1:], len(piece.ids)]
+        for a, b, place in zip(piece.starts, ends, piece.where):
+            self._buffer.add(self._stream_index(*place), piece.ids[a:b], piece.is_target[a:b])
+        return True
+
+    def _bos_aligned_row(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return self._buffer.take_row(self._ds.seq_len + 1, self._refill, self._ds.packing_buffer)
+
+    def _restore_buffer(self, runs: str) -> None:
+        """Re-read the documents of a saved best-fit buffer from their stream indices."""
+        ds, where = self._ds, []
+        for index in expand_runs(runs):
+            epoch, local = divmod(index, ds.split_docs)
+            unit = int(np.searchsorted(self._first_docs, local, side="right")) - 1
+            if unit < 0 or not 0 <= local - ds.units[unit].first_doc < ds.units[unit].rows:
+                raise ValueError(f"the iterator state buffers document {index}, which this process does not read; "
+                                 "the shards or the process layout changed since it was saved")
+            where.append((epoch, unit, local - ds.units[unit].first_doc))
+        for start in range(0, len(where), ds.tokenizer_batch_size):
+            part = where[start : start + ds.tokenizer_batch_size]
+            piece = self._orient([self._unit_texts(unit)[row] for _, unit, row in part], part)
+            ends = [*piece.starts[1:], len(piece.ids)]
+            for a, b, place in zip(piece.starts, ends, part):
+                self._buffer.add(self._stream_index(*place), piece.ids[a:b], piece.is_target[a:b])
 
     def get_state(self) -> dict[str, Any]:
         """Return the JSON-serialisable position after the last yielded batch."""
@@ -328,20 +419,23 @@ class TokenBatchIterator(grain.DatasetIterator):
             "yields": self._yields,
             "split": ds.split,
             "layout": ds.layout,
+            "packing": ds.packing,
             "direction": ds.direction.value,
             "seed": ds.seed,
             "process_index": ds.process_index,
             "process_count": ds.process_count,
-        }
+        } | ({"packing_buffer": ds.packing_buffer, "buffer": self._buffer.index_runs()}
+             if ds.packing == "bos_aligned" else {})
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continue from a state returned by :meth:`get_state` of an iterator over the same data."""
         ds = self._ds
         mine = self.get_state()
-        for key in _FINGERPRINT:
-            if state.get(key) != mine[key]:
+        for key in (*_FINGERPRINT, *(["packing_buffer"] if ds.packing == "bos_aligned" else [])):
+            saved = state.get(key, "stream" if key == "packing" else None)  # states before packing: stream
+            if saved != mine[key]:
                 raise ValueError(
-                    f"the iterator state was saved with {key}={state.get(key)!r} but this pipeline has "
+                    f"the iterator state was saved with {key}={saved!r} but this pipeline has "
                     f"{key}={mine[key]!r}; build the pipeline with the settings of the saved run"
                 )
         unit = self._unit_index.get((state["shard"], state["row_group"]))
@@ -351,6 +445,8 @@ class TokenBatchIterator(grain.DatasetIterator):
                 f"{state['row_group']}, which this split does not hold; the shards changed since it was saved"
             )
         self._reset((state["epoch"], unit, state["doc"]), offset=state["offset"], yields=state["yields"])
+        if ds.packing == "bos_aligned":
+            self._restore_buffer(state.get("buffer", ""))
 
     def __str__(self) -> str:
         return f"TokenBatchIterator({self._ds})"
@@ -380,6 +476,8 @@ def build_pipeline(
         seq_len=seq_len,
         direction=config.direction.direction,
         layout=config.direction.layout,
+        packing=config.data.packing if split == "train" else config.data.val_packing,
+        packing_buffer=config.data.packing_buffer,
         seed=config.direction.seed,
         process_index=process_index,
         process_count=process_count,
