@@ -123,6 +123,6 @@ def test_suite_hook_runs_every_n_steps_and_report_reads_it(tmp_path, tokenizer_d
     text = capsys.readouterr().out
     last = hooked[-1]
     assert f"| forward | CORE (training hook) | {last['CORE/forward']:.4f} |" in text
-    assert f"| forward | steps | 7 |" in text
+    assert "| forward | steps | 7 |" in text and "bytes/token" in text  # compression on the run's val split
     final_loss = [r for r in rows if "loss" in r][-1]["loss"]
     assert f"| forward | train loss (last logged) | {final_loss:.4f} |" in text

@@ -171,14 +171,14 @@ def tokenizer_summary(run: PhaseRun, max_chars: int = 200_000) -> dict:
     except (RevjaxError, OSError, TypeError):
         return {**out, "vocab_size": run.meta.get("model_config", {}).get("vocab_size"), "note": "not found"}
     out["vocab_size"] = tok.vocab_size
-    data = (run.meta.get("config") or {}).get("data", {}).get("dir")
-    if data:
-        from revjax.eval.compare import validation_documents
+    from revjax.config import Config
+    from revjax.eval.compare import validation_documents
 
-        try:
-            out["compression"] = tok.compression_stats(validation_documents(data, max_chars))
-        except (RevjaxError, OSError):
-            pass
+    try:  # the corpus folder the run's config names (an older or foreign config may not load: then no compression)
+        data = Config.from_dict(run.meta["config"], source=f"{run.run_dir}'s checkpoint").data_path()
+        out["compression"] = tok.compression_stats(validation_documents(data, max_chars))
+    except (RevjaxError, OSError, KeyError, TypeError, ValueError):
+        pass
     return out
 
 
