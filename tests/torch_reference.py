@@ -114,10 +114,10 @@ class RefGPT(nn.Module):
         return logits, new_past
 
 
-def newton_schulz5(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
-    """nanochat's quintic Newton–Schulz in bf16 on an (out, in) matrix (transposed when tall), bf16 result."""
+def newton_schulz5(g: torch.Tensor, steps: int = 5, dtype=torch.bfloat16) -> torch.Tensor:
+    """nanochat's quintic Newton–Schulz in ``dtype`` (its bf16) on an (out, in) matrix (transposed when tall)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.bfloat16()
+    x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT
@@ -131,8 +131,8 @@ def newton_schulz5(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 class RefMuon(torch.optim.Optimizer):
     """nanochat's Muon: fp32 lerp momentum, Nesterov, bf16 NS5, step lr·√max(1, rows/cols); no weight decay."""
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
-        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps))
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5, ns_dtype=torch.bfloat16):
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, ns_dtype=ns_dtype))
 
     @torch.no_grad()
     def step(self):
@@ -143,7 +143,7 @@ class RefMuon(torch.optim.Optimizer):
                     continue
                 buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p, dtype=torch.float32))
                 buf.lerp_(p.grad.float(), 1 - m)
-                update = newton_schulz5(p.grad.float().lerp(buf, m), group["ns_steps"])
+                update = newton_schulz5(p.grad.float().lerp(buf, m), group["ns_steps"], group["ns_dtype"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
 
 
