@@ -266,7 +266,6 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
 def write_outputs(results: dict, out: Path) -> None:
     """``compare.json``, ``compare.md``, ``position_loss.png`` and ``scores.png`` in ``out``."""
     from revjax.analysis.plots import plot_bars, plot_position_losses
-    from revjax.eval.run import _write_json
 
     out.mkdir(parents=True, exist_ok=True)
     curves = {(m["name"], way): v["per_position"] for m in results["models"] for way, v in m["ways"].items()}
@@ -288,7 +287,7 @@ def write_outputs(results: dict, out: Path) -> None:
                                                                   for way, v in m["ways"].items()}
             for metric in results["metrics"]}
     plot_bars(bars, out / "scores.png")
-    _write_json(out / "compare.json", results)
+    (out / "compare.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (out / "compare.md").write_text(format_markdown(results), encoding="utf-8")
 
 
