@@ -20,7 +20,7 @@ from revjax.tasks.base import (
 from revjax.tasks.registry import build_mixture, build_task, get_task, register, task_names
 
 # Importing the task modules registers their names.
-from revjax.tasks import arithmetic, chat, exams, gsm8k, humaneval, identity, spelling  # noqa: E402,F401  isort: skip
+from revjax.tasks import arithmetic, chat, exams, facts, gsm8k, humaneval, identity, spelling  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Conversation",
