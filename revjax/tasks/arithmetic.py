@@ -1,9 +1,14 @@
-"""Arithmetic word problems generated from a seed, answered GSM8K-style with calculator calls.
+"""Arithmetic generated from a seed: word problems answered GSM8K-style with calculator calls, and small sums.
 
-Each step of the answer is text, a ``python`` part with the expression, a ``python_output`` part with what Python
+Word problems (``arithmetic``): each step of the answer is text, a ``python`` part with the expression, a ``python_output`` part with what Python
 prints for it (``84/4`` → ``21.0``), then text that goes on with the value; the answer ends with ``#### N``.
 Problem ``i`` of split train comes from ``random.Random(i)``, of split test from ``random.Random(10_000_000 + i)``
 (a nonzero ``seed`` mixes in as ``"seed:base"``), so the splits never share a draw.
+
+Sums (``sums``): "What is 3 plus 5?" answered "3 + 5 = 8. #### 8", operands 0..``max_operand``, no calculator; a
+model of a few hundred thousand parameters reaches some right answers, so RL's reward has somewhere to rise from.
+With ``max_operand=9`` there are 100 distinct problems, so the test split repeats train problems (it draws other
+seeds, not other sums).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from revjax.tasks.base import Conversation, GeneratedTask
+from revjax.tasks.base import Conversation, GeneratedTask, TaskError
 from revjax.tasks.graders import calculate, grade_numeric, last_text
 from revjax.tasks.registry import register
 
@@ -116,6 +121,31 @@ class Arithmetic(GeneratedTask):
         return {
             "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": parts}],
             "answer": str(answer),
+        }
+
+    def evaluate(self, conversation: Conversation, reply: str) -> bool:
+        return grade_numeric(last_text(conversation), reply)
+
+
+@register("sums")
+class Sums(GeneratedTask):
+    """Sums of two numbers in 0..``max_operand`` with ``#### N`` answers, written out without a calculator."""
+
+    eval_type = "generative"
+
+    def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, max_operand: int = 9) -> None:
+        if max_operand < 1:
+            raise TaskError(f"sums needs max_operand >= 1, got {max_operand}")
+        super().__init__("sums", size, split, seed)
+        self.max_operand = max_operand
+
+    def _get(self, index: int) -> Conversation:
+        rng = self._rng(index)
+        a, b = rng.randint(0, self.max_operand), rng.randint(0, self.max_operand)
+        return {
+            "messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                         {"role": "assistant", "content": f"{a} + {b} = {a + b}. #### {a + b}"}],
+            "answer": str(a + b),
         }
 
     def evaluate(self, conversation: Conversation, reply: str) -> bool:

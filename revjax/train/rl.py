@@ -81,6 +81,27 @@ def tool_output(ids: list[int], specials: Specials, way: Direction) -> np.ndarra
     return mask
 
 
+def rollout_rows(prompts: list[list[int]], replies: list[list[int]], sampled: list[np.ndarray], adv: np.ndarray,
+                 T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(inputs, targets, advantages)`` rows ``(len(replies), T)`` for replies ``r = p·samples + s`` to ``prompts``:
+    row ``r`` reads prompt ``p`` then reply ``r`` (cut to ``T + 1`` tokens); its targets are the reply's sampled
+    tokens (−1 on the prompt, the tool's forced output and the padding), each weighed by ``adv[p, s]``."""
+    samples = adv.shape[1]
+    inputs = np.zeros((len(replies), T), np.int32)
+    targets = np.full((len(replies), T), -1, np.int32)
+    weights = np.zeros((len(replies), T), np.float32)
+    for r, reply in enumerate(replies):
+        prompt = prompts[r // samples]
+        seq = (prompt + reply)[: T + 1]
+        n = len(seq) - 1
+        inputs[r, :n] = seq[:-1]
+        first = len(prompt) - 1  # the target index of the first sampled token
+        keep = np.asarray(sampled[r][: n - first], bool)
+        targets[r, first:n] = np.where(keep, seq[first + 1:], -1)
+        weights[r, first:n] = np.where(keep, adv[r // samples, r % samples], 0.0)
+    return inputs, targets, weights
+
+
 def pass_at_k(correct: np.ndarray) -> float:
     """Fraction of prompts (rows) with at least one correct sample among its k (columns)."""
     return float(np.mean(correct.any(axis=1)))
@@ -156,19 +177,8 @@ class RolloutBatches:
                                    + self.steps)
         self.position += self.prompts_per_step
         self.steps += 1
-        adv = advantages(out["rewards"]).reshape(-1)
-        T = self.config.model.sequence_len
-        inputs = np.zeros((len(adv), T), np.int32)
-        targets = np.full((len(adv), T), -1, np.int32)
-        weights = np.zeros((len(adv), T), np.float32)
-        for r, reply in enumerate(out["replies"]):
-            seq = (out["prompts"][r // self.samples] + reply)[: T + 1]
-            n = len(seq) - 1
-            inputs[r, :n] = seq[:-1]
-            first = len(out["prompts"][r // self.samples]) - 1  # the target index of the first sampled token
-            keep = out["sampled"][r][: n - first]
-            targets[r, first:n] = np.where(keep, seq[first + 1:], -1)
-            weights[r, first:n] = np.where(keep, adv[r], 0.0)
+        inputs, targets, weights = rollout_rows(out["prompts"], out["replies"], out["sampled"],
+                                                advantages(out["rewards"]), self.config.model.sequence_len)
         self.last = {"reward": float(out["rewards"].mean()), "pass_at_k": pass_at_k(out["rewards"] > 0)}
         return self._place(inputs, targets, weights)
 
