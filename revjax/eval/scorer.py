@@ -179,7 +179,8 @@ class Scorer:
 
         ``groups`` lists indices of requests that may share a prefix (e.g. one question's options): the tokens
         all of them have in common before any of their spans starts. A group whose shared prefix has at least
-        ``share_min`` tokens and makes up at least half of the tokens it would save computes it once.
+        ``share_min`` tokens and whose padded shapes run fewer positions than its members alone computes it
+        once.
         Everything else is scored on its own.
         """
         for r in requests:
@@ -193,8 +194,11 @@ class Scorer:
                 continue
             seqs = [requests[i].ids for i in members]
             prefix = min(_common_prefix(seqs), min(requests[i].first for i in members))
-            # worth it when the prefix is long and computing it once saves at least half of the group's tokens
-            if prefix >= max(1, self.share_min) and 2 * prefix * (len(members) - 1) >= sum(map(len, seqs)):
+            # worth it when the prefix is long and the padded shapes run fewer positions than the members alone
+            alone = sum(_pow2(len(s), self.min_len) for s in seqs)
+            together = _pow2(prefix, self.min_len) + _pow2(len(members)) * _pow2(
+                max(len(s) for s in seqs) - prefix + 1, MIN_REMAINDER)
+            if prefix >= max(1, self.share_min) and together < alone:
                 shared.append((prefix, members))
                 taken.update(members)
         pending = self._dispatch_groups(requests, shared)
