@@ -37,9 +37,8 @@ def overrides(base: Path, run: str, **extra) -> list[str]:
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("phases")
+def make_corpus(base: Path) -> Path:
+    """A tiny parquet corpus and a 400-token tokenizer in ``base`` (the words of the conversations included)."""
     docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(20 + i % 13)) for i in range(100)]
     for name in ("arithmetic", "identity"):  # the conversations' own words, so the tokenizer reaches its size
         for conversation in get_task(name, size=100):
@@ -49,6 +48,11 @@ def base(tmp_path_factory):
     write_shards(docs, base / "corpus", docs_per_shard=100)
     train_tokenizer(docs, base / "tokenizer", 400, progress=False)
     return base
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("phases"))
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -142,6 +146,9 @@ def test_rl_logs_rewards_and_pass_at_k_and_resumes_its_prompt_position(base):
     result = train(load_config(overrides=overrides(base, "rl", **rl)))
     rows = step_rows(result.run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2] and all(0 <= r["reward"] <= 1 for r in rows)
+    # RL: linear to 0 over 3 steps, Muon momentum constant (no ramp)
+    assert [r["lr_multiplier"] for r in rows] == pytest.approx([1.0, 2 / 3, 1 / 3], abs=1e-7)
+    assert [r["muon_momentum"] for r in rows] == pytest.approx([0.95] * 3, abs=1e-7)
     assert set(result.evals) == {"val_pass@2", "val_reward", "step"} and result.evals["step"] == 3
     meta = Checkpointer(result.run_dir).metadata(2)
     assert meta["phase"] == "rl"
