@@ -61,14 +61,15 @@ if [ -n "${DEVICE_BENCH_SMALL:-}" ]; then
   common=(--config default model.sequence_len=128 model.compute_dtype=bfloat16 model.loss_chunk=256)
   batches=(8 4)
   steps=2
-  limit=300
+  declare -A limit=([small]=300 [torch]=300 [decode]=300)
   decode=(--config default --batch 1 --prompt 8 --new 16 --repeats 1 --no-torch)
 else
   models=(d12 d20)
   common=(model.sequence_len=2048 model.compute_dtype=bfloat16 tokenizer.vocab_size=65536)
   batches=(32 16 8)
   steps=5
-  limit=240
+  # seconds per stage (worst case 10 minutes in all; a typical run takes well under 8)
+  declare -A limit=([d12]=120 [d20]=180 [torch]=100 [decode]=100)
   decode=(--config model/d20 model.compute_dtype=bfloat16 tokenizer.vocab_size=65536 --batch 1 32 --prompt 128
           --new 256 --repeats 3 --no-torch)
 fi
@@ -77,14 +78,14 @@ for m in "${models[@]}"; do
   if [ "$m" = small ]; then cfg=(); else cfg=(--config "model/$m"); fi
   stamp "revjax train step, $m"
   log=$(mktemp)
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 timeout "$limit" "$PY" scripts/bench_train.py "${cfg[@]}" "${common[@]}" \
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 timeout "${limit[$m]}" "$PY" scripts/bench_train.py "${cfg[@]}" "${common[@]}" \
     --fit-batch "${batches[@]}" --steps "$steps" 2>&1 | grep -v "^WARNING" | tee "$log"
   batch=$(sed -n 's/^batch: device batch \([0-9]*\),.*/\1/p' "$log" | tail -1)
   ours=$(sed -n 's/^revjax: .* \([0-9,]*\) tok\/s .*/\1/p' "$log" | tail -1 | tr -d ,)
   if [ -z "$batch" ]; then echo "revjax $m: no result"; continue; fi
   T=$(sed -n 's/.*T=\([0-9]*\),.*/\1/p' "$log" | tail -1)
   stamp "pytorch reference, $m, device batch $batch"
-  timeout "$limit" "$PY" scripts/bench_train.py "${cfg[@]}" "${common[@]}" --torch-only --steps "$steps" \
+  timeout "${limit[torch]}" "$PY" scripts/bench_train.py "${cfg[@]}" "${common[@]}" --torch-only --steps "$steps" \
     training.device_batch_size="$batch" training.total_batch_tokens=$((batch * T)) 2>&1 | grep -v "^WARNING" \
     | tee "$log"
   theirs=$(sed -n 's/^pytorch: .* \([0-9,]*\) tok\/s .*/\1/p' "$log" | tail -1 | tr -d ,)
@@ -94,5 +95,5 @@ for m in "${models[@]}"; do
 done
 
 stamp "decode"
-timeout "$limit" "$PY" scripts/bench_decode.py "${decode[@]}" 2>&1 | grep -v "^WARNING"
+timeout "${limit[decode]}" "$PY" scripts/bench_decode.py "${decode[@]}" 2>&1 | grep -v "^WARNING"
 stamp "done"
