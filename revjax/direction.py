@@ -22,6 +22,9 @@ Documents (default, corrected mode)
     A packed row of ``T+1`` ids becomes ``inputs = row[:-1]`` and ``targets = row[1:]`` with −1
     where ``is_target[1:]`` is false (:func:`inputs_and_targets`). Forward, backward and
     bidirectional therefore score the same multiset of tokens per document: BOS plus its text.
+    Where rows start is the pipeline's packing choice (:mod:`revjax.data.packing`): a row that
+    continues a document may repeat its head (:func:`document_head_length` tokens) as context only
+    (:func:`continued_row`), so the scored tokens stay the same.
 
 Conversations (ids + mask from ``render_conversation``: ``B us q ue as a ae …``)
     The mask uses the same convention: ``mask[i] == 1`` means ``ids[i]`` is a target. Two modes:

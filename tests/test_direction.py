@@ -25,7 +25,9 @@ from revjax.direction import (
     compat_orient_chunk,
     compat_orient_conversation,
     compat_orient_sft_example,
+    continued_row,
     document_direction,
+    document_head_length,
     inputs_and_targets,
     join_generation,
     orient_conversation,
@@ -611,3 +613,23 @@ def test_property_compat_backward_is_an_involution(chunk, index):
     assert compat_orient_chunk(once, "backward", S, index).tolist() == chunk
     bidir = compat_orient_chunk(chunk, "bidirectional", S, index)
     assert len(bidir) == len(chunk) and bidir[1] == (F if index % 2 == 0 else K)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows that continue a document (marked packing)
+
+
+def test_document_head_and_continued_rows_by_hand():
+    assert [document_head_length(d) for d in ("forward", "backward", "bidirectional")] == [1, 1, 2]
+    # backward document [B, 5, 4, 3, 2, 1] cut after 3: the next row repeats B, and 3 (already scored) is context
+    ids, is_target = orient_document([1, 2, 3, 4, 5], "backward", S)
+    row, mask = continued_row(ids[:1], ids[3:], is_target[3:])
+    assert row.tolist() == [B, 3, 2, 1] and mask.tolist() == [False, False, True, True]
+    inputs, targets = inputs_and_targets(row, mask)
+    assert inputs.tolist() == [B, 3, 2] and targets.tolist() == [-1, 2, 1]
+    # bidirectional, item 1 runs backward: [B, K, 3, 2, 1]; continuing at 2 repeats B and K, neither scored
+    ids, is_target = orient_document([1, 2, 3], "bidirectional", S, seed=SEED, index=BWD_INDEX)
+    row, mask = continued_row(ids[:2], ids[3:], is_target[3:])
+    assert row.tolist() == [B, K, 2, 1] and inputs_and_targets(row, mask)[1].tolist() == [-1, -1, 1]
+    with pytest.raises(ValueError, match="non-empty"):
+        continued_row([B], [], [])
