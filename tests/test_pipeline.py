@@ -159,16 +159,16 @@ def _doc(specials, body, direction, index):
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_best_fit_rows_by_hand(specials, direction):
     """Rows of 6 from a buffer of 3: the largest document that fits, else the shortest cropped (rest dropped)."""
-    bodies = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [11]]
+    bodies = [[4], [1, 2, 3], [5, 6, 7, 8, 9, 10], [11]]
     docs = [_doc(specials, b, direction, i) for i, b in enumerate(bodies)]
     heads = [list(ids[: len(ids) - len(b)]) for (ids, _), b in zip(docs, bodies)]
     text = [list(ids[len(h):]) for (ids, _), h in zip(docs, heads)]
-    if direction == "bidirectional":  # lengths 5, 3, 8, 3: d0 (5), then nothing fits 1: d1 cropped to its BOS
-        want = [heads[0] + text[0] + [specials.bos], heads[3] + text[3] + heads[2][:2] + text[2][:1]]
-    else:  # lengths 4, 2, 7, 2: d0 then d1 (d3 joins the buffer after d0 leaves); d3, then d2 cropped to 4
-        want = [heads[0] + text[0] + heads[1] + text[1], heads[3] + text[3] + heads[2] + text[2][:3]]
+    if direction == "bidirectional":  # lengths 3, 5, 8, 3: d1 (5), then nothing fits 1: d0 cropped to its BOS
+        want = [heads[1] + text[1] + [specials.bos], heads[3] + text[3] + heads[2][:2] + text[2][:1]]
+    else:  # lengths 2, 4, 7, 2: d1 (the largest), then d0 (first of d0, d3); then d3, and d2 cropped to 4
+        want = [heads[1] + text[1] + heads[0] + text[0], heads[3] + text[3] + heads[2] + text[2][:3]]
     if direction == "backward":
-        assert text[0] == [3, 2, 1] and text[2] == [10, 9, 8, 7, 6, 5]
+        assert text[1] == [3, 2, 1] and text[2] == [10, 9, 8, 7, 6, 5]
     got = list(best_fit_rows(docs, 6, 3))
     assert [list(ids) for ids, _ in got] == want
     for ids, is_target in got:
