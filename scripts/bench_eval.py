@@ -130,6 +130,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     preds = revjax_pass()
     first_s, calls, positions = time.perf_counter() - start, scorer.calls, scorer.positions
+    print(f"revjax first pass (compiling included): {first_s:.2f} s", flush=True)
     revjax_s, torch_s = [], []
     for _ in range(args.repeats):  # alternate, so both sides see the same background load
         start = time.perf_counter()
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         torch_preds = [p for _, examples in tasks for p in torch_choices(torch_model, examples, tok.bos_id)]
         torch_s.append(time.perf_counter() - start)
+        print(f"pass {len(torch_s)}: revjax {revjax_s[-1]:.2f} s, torch {torch_s[-1]:.2f} s, "
+              f"ratio {torch_s[-1] / revjax_s[-1]:.1f}x, load average {os.getloadavg()[0]:.1f}", flush=True)
 
     agree = np.mean(np.asarray(preds) == np.asarray(torch_preds))
     best_r, best_t = min(revjax_s), min(torch_s)
