@@ -9,7 +9,7 @@ from flax import nnx
 
 from revjax.config import ModelConfig, load_config
 from revjax.data.shards import write_shards
-from revjax.tasks import get_task
+from revjax.tasks import TaskError, get_task
 from revjax.tokenizer import train_tokenizer
 from revjax.train.loop import train
 from revjax.model import GPT
@@ -86,6 +86,21 @@ def test_calculator_output_is_not_trained_on_in_either_direction():
     assert tool_output(forward, s, Direction.FORWARD).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0]
     backward = [9, s.output_end, 8, 7, s.output_start, s.python_end, 6, s.python_start, 5]
     assert tool_output(backward, s, Direction.BACKWARD).tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_sums_are_small_seeded_and_graded_on_the_answer_after_the_marker():
+    task = get_task("sums", size=200, max_operand=4)
+    assert [task[i] for i in range(5)] == [get_task("sums", size=200, max_operand=4)[i] for i in range(5)]
+    for conversation in task:
+        a, b = map(int, conversation["messages"][0]["content"].removeprefix("What is ").rstrip("?").split(" plus "))
+        assert 0 <= a <= 4 and 0 <= b <= 4 and conversation["answer"] == str(a + b)
+        assert conversation["messages"][1]["content"] == f"{a} + {b} = {a + b}. #### {a + b}"
+        assert task.evaluate(conversation, f"{a} + {b} = 99. #### {a + b}")
+        assert not task.evaluate(conversation, f"{a} + {b} = {a + b}. #### {a + b + 1}")
+        assert not task.evaluate(conversation, f"{a} + {b} = {a + b}.")  # no marker, no reward
+    assert get_task("sums", split="test", size=4).eval_only
+    with pytest.raises(TaskError, match="sums needs max_operand >= 1, got 0"):
+        get_task("sums", max_operand=0)
 
 
 def sums_overrides(base, run: str, **extra) -> list[str]:
