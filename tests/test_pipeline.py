@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from revjax.config import Config
+from revjax.config import Config, ConfigError
 from revjax.data.packing import best_fit_rows
 from revjax.data.pipeline import TokenBatchDataset, build_pipeline, global_batch
 from revjax.data.shards import ShardError, write_shards
@@ -228,6 +228,10 @@ def test_packing_is_deterministic_and_refused_with_compat(data_dir, tok):
         _dataset(data_dir, tok, layout="compat", packing="marked")
     with pytest.raises(ValueError, match="unknown packing"):
         _dataset(data_dir, tok, packing="tight")
+    with pytest.raises(ConfigError, match=r"data.packing=bos_aligned needs direction.layout=document"):
+        Config.from_dict({"data": {"packing": "bos_aligned"}, "direction": {"layout": "compat"}})
+    with pytest.raises(ConfigError, match=r"data.packing_buffer=0 must be a positive number"):
+        Config.from_dict({"data": {"packing_buffer": 0}})
     with pytest.raises(ValueError, match="above the 2-token document head"):
         _dataset(data_dir, tok, packing="marked", direction="bidirectional", seq_len=2)
 
