@@ -1,9 +1,10 @@
 """Arithmetic generated from a seed: word problems answered GSM8K-style with calculator calls, and small sums.
 
-Word problems (``arithmetic``): each step of the answer is text, a ``python`` part with the expression, a ``python_output`` part with what Python
-prints for it (``84/4`` → ``21.0``), then text that goes on with the value; the answer ends with ``#### N``.
-Problem ``i`` of split train comes from ``random.Random(i)``, of split test from ``random.Random(10_000_000 + i)``
-(a nonzero ``seed`` mixes in as ``"seed:base"``), so the splits never share a draw.
+Word problems (``arithmetic``): each step of the answer is text, a ``python`` part with the expression, a
+``python_output`` part with what Python prints for it (``84/4`` → ``21.0``), then text that goes on with the value;
+the answer ends with ``#### N``. Problem ``i`` of split train comes from ``random.Random(i)``, of split test from
+``random.Random(10_000_000 + i)`` (a nonzero ``seed`` mixes in as ``"seed:base"``), so the splits never share a draw
+(sums draw the same way).
 
 Sums (``sums``): "What is 3 plus 5?" answered "3 + 5 = 8. #### 8", operands 0..``max_operand``, no calculator; a
 model of a few hundred thousand parameters reaches some right answers, so RL's reward has somewhere to rise from.
