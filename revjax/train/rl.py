@@ -8,7 +8,9 @@ minus the mean reward of its prompt's group; the loss (:func:`revjax.train.step.
 log-probability of every *sampled* token (the prompt and the padding are not scored) by it: no KL, no ratio.
 
 Forward, ``turn``-mode backward (the reply is written right to left) and bidirectional models (a seeded direction
-per prompt in ``turn`` mode, forward in ``sequence`` mode) are trained; a ``sequence``-mode backward model would generate questions, not answers, so RL refuses it.
+per prompt in ``turn`` mode, forward in ``sequence`` mode) are trained; a ``sequence``-mode backward model would
+generate questions, not answers, so RL refuses it. A model as small as the CPU default reaches right answers on the
+``sums`` task, not on the word problems of ``arithmetic``; that is what its RL practises.
 """
 
 from __future__ import annotations
