@@ -175,3 +175,15 @@ def test_chain_skips_finished_phases_and_each_phase_starts_from_its_parent(base)
     assert "| base | | finished earlier |" in table and "| sft | 2 | val bpb" in table
     backward = run_chain([], args + ["chain.phases=[rl]", "direction.direction=backward"])
     assert backward[0].result is None and "sequence-mode backward" in backward[0].note
+
+
+def test_chain_table_gives_rl_evaluations_before_and_after(tmp_path):
+    from revjax.train.chain import PhaseOutcome, summary_table
+    from revjax.train.loop import RunResult
+
+    rows = [{"step": 0, "val_pass@4": 0.25, "val_reward": 0.125}, {"step": 0, "loss": 0.5, "reward": 0.1},
+            {"step": 20, "val_pass@4": 0.5, "val_reward": 0.375}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = RunResult(tmp_path, 20, evals={"val_pass@4": 0.5, "val_reward": 0.375, "step": 20}, seconds=12.3)
+    table = summary_table([PhaseOutcome("rl", tmp_path, result)])
+    assert f"| rl | 20 | val_pass@4 0.250 → 0.500, val_reward 0.125 → 0.375 | 12 | {tmp_path} |" in table

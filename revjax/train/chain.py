@@ -73,8 +73,23 @@ def run_chain(files: Sequence[Path], overrides: Sequence[str]) -> list[PhaseOutc
     return outcomes
 
 
+def first_evaluation(run_dir: Path, keys: Sequence[str]) -> dict | None:
+    """The first row of the run's metrics log that holds all of ``keys`` (e.g. RL's evaluation before training)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if all(k in row for k in keys):
+            return row
+    return None
+
+
 def summary_table(outcomes: list[PhaseOutcome]) -> str:
-    """One markdown row per phase: steps, what it measured, seconds."""
+    """One markdown row per phase: steps, what it measured (RL: before → after), seconds."""
     lines = ["| phase | steps | measured | seconds | run |", "|---|---|---|---|---|"]
     for o in outcomes:
         r = o.result
@@ -82,7 +97,12 @@ def summary_table(outcomes: list[PhaseOutcome]) -> str:
             lines.append(f"| {o.phase} | | {o.note} | | {o.run_dir} |")
             continue
         if r.evals:
-            measured = ", ".join(f"{k} {v:.3f}" for k, v in r.evals.items() if k != "step")
+            names = [k for k in r.evals if k != "step"]
+            first = first_evaluation(o.run_dir, names)
+            if first is not None and first.get("step") != r.evals["step"]:
+                measured = ", ".join(f"{k} {first[k]:.3f} → {r.evals[k]:.3f}" for k in names)
+            else:
+                measured = ", ".join(f"{k} {r.evals[k]:.3f}" for k in names)
         else:
             measured = f"val bpb {r.val_bpb:.4f}" + (f", val loss {r.val_loss:.4f}" if r.val_loss else "")
         lines.append(f"| {o.phase} | {r.step} | {measured} | {r.seconds:.0f} | {o.run_dir} |")
