@@ -56,15 +56,18 @@ def test_diagnostic_step_matches_hand_computation_and_applies_the_same_update(lo
     graphdef, tx, mesh, shardings, state, batch = tiny_step_setup(loss_chunk)
     params0 = jax.device_get(state.params)
     plain = build_train_step(graphdef, tx, mesh, shardings)
-    diag = build_train_step(graphdef, tx, mesh, shardings, tokens=True, layers=True)
+    diag = build_train_step(graphdef, tx, mesh, shardings, diagnostics=True)
     lrm, mom = np.float32(0.7), np.float32(0.9)
     state_a, metrics_a = plain(copy_state(state), batch, lrm, mom)
-    state_b, metrics_b = diag(copy_state(state), batch, lrm, mom)
+    state_b, metrics_b = diag(copy_state(state), batch, lrm, mom, np.bool_(True))
+    state_c, metrics_c = diag(copy_state(state), batch, lrm, mom, np.bool_(False))
     assert "diagnostics" not in metrics_a
-    # the same update: bitwise equal parameters, optimizer state and loss
-    for a, b in zip(jax.tree.leaves(jax.device_get(state_a)), jax.tree.leaves(jax.device_get(state_b))):
+    # the same update: bitwise equal parameters, optimizer state and loss, whether diagnostics run or not
+    for a, b, c in zip(*(jax.tree.leaves(jax.device_get(s)) for s in (state_a, state_b, state_c))):
         np.testing.assert_array_equal(a, b)
-    assert float(metrics_a["loss"]) == float(metrics_b["loss"])
+        np.testing.assert_array_equal(a, c)
+    assert float(metrics_a["loss"]) == float(metrics_b["loss"]) == float(metrics_c["loss"])
+    assert all(np.all(x == 0) for x in jax.tree.leaves(jax.device_get(metrics_c["diagnostics"])))  # skipped
     tokens = jax.device_get(metrics_b["diagnostics"]["tokens"])
     layers = jax.device_get(metrics_b["diagnostics"]["layers"])
 

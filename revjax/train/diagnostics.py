@@ -1,10 +1,11 @@
 """Research diagnostics computed inside a train step: per-token loss statistics, loss and accuracy by position,
 gradient norms per parameter group and per layer, and activation RMS per layer.
 
-A step built with diagnostics (:func:`revjax.train.step.build_train_step` with ``tokens`` and/or ``layers``) runs
-the same update as a plain step and returns these as extra outputs under ``metrics["diagnostics"]``; the loop uses
-that variant only on the steps whose research log asks for them (``logging.hdf5_every``,
-``logging.hdf5_layers_every``), so the other steps run the plain program.
+A step built with diagnostics (:func:`revjax.train.step.build_train_step` with ``diagnostics=True``, the program of
+a run with ``logging.hdf5``) runs the same update as a plain step and returns these as extra outputs under
+``metrics["diagnostics"]``, computed only on the steps it is told to (the research log's ``logging.hdf5_every``
+and ``logging.hdf5_layers_every``): a ``lax.cond`` skips them at run time on the others, so the run compiles one
+program and the other steps pay only for a skipped branch.
 
 * ``tokens``: one extra forward pass per micro-batch on the parameters before the update gives each scored
   token's cross-entropy and whether the argmax is the target. Over all scored tokens of the step: ``mean``,
@@ -98,13 +99,16 @@ def layer_statistics(grads, act_rms_AL: jax.Array, n_layer: int) -> dict:
     return {**gradient_norms(grads, n_layer), "activation_rms": jnp.sqrt(jnp.mean(jnp.square(act_rms_AL), axis=0))}
 
 
-def step_diagnostics(graphdef: nnx.GraphDef, params, batch: dict, grads, *, tokens: bool, layers: bool) -> dict:
-    """``{"tokens": …, "layers": …}`` (what is asked) for a step's batch (accum, rows, T), the parameters it started
-    from and the gradients it accumulated."""
-    probes = jax.lax.map(lambda micro: forward_probe(nnx.merge(graphdef, params), micro), batch)
-    out = {}
-    if tokens:
-        out["tokens"] = token_statistics(probes["nll"], probes["correct"], batch["targets"])
-    if layers:
-        out["layers"] = layer_statistics(grads, probes["act_rms"], probes["act_rms"].shape[-1])
-    return out
+def step_diagnostics(graphdef: nnx.GraphDef, params, batch: dict, grads, diagnose: jax.Array) -> dict:
+    """``{"tokens": …, "layers": …}`` for a step's batch (accum, rows, T), the parameters it started from and the
+    gradients it accumulated, where ``diagnose`` is true; zeros of the same shapes otherwise (skipped at run
+    time)."""
+
+    def compute(params, batch, grads):
+        probes = jax.lax.map(lambda micro: forward_probe(nnx.merge(graphdef, params), micro), batch)
+        return {"tokens": token_statistics(probes["nll"], probes["correct"], batch["targets"]),
+                "layers": layer_statistics(grads, probes["act_rms"], probes["act_rms"].shape[-1])}
+
+    shapes = jax.eval_shape(compute, params, batch, grads)
+    skip = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
+    return jax.lax.cond(diagnose, compute, skip, params, batch, grads)

@@ -109,13 +109,14 @@ class Trainer:
         self.state = run.state
         self.result = RunResult(run_dir=run.run_dir, step=run.start)
         self.hooks: list[Hook] = []
-        self.step_fn = build_train_step(run.graphdef, run.tx, run.mesh, run.shardings, LOSSES[run.phase.loss])
-        self._diagnostic_steps: dict[tuple[bool, bool], Callable] = {}  # (tokens, layers) → step, built when due
+        self._research = run.config.logging.hdf5  # the step then takes a 5th argument: compute diagnostics?
+        self.step_fn = build_train_step(run.graphdef, run.tx, run.mesh, run.shardings, LOSSES[run.phase.loss],
+                                        diagnostics=self._research)
         peak = device_peak_flops(jax.devices()[0])
         self._peak_total = peak * jax.device_count() if peak else None
         self._bar = tqdm(total=run.num_iterations, initial=run.start, disable=not (progress and run.is_main),
                          desc=run.config.run_name, unit="step", dynamic_ncols=True)
-        self._pending: tuple[int, dict, dict] | None = None
+        self._pending: tuple[int, dict, dict, tuple[bool, bool]] | None = None
         self._last_time = time.perf_counter()
 
     def diagnostics_due(self, step: int) -> tuple[bool, bool]:
@@ -123,17 +124,6 @@ class Trainer:
         logging, final = self.run.config.logging, step == self.run.num_iterations - 1
         due = lambda every: logging.hdf5 and every > 0 and (step % every == 0 or final)  # noqa: E731
         return due(logging.hdf5_every), due(logging.hdf5_layers_every)
-
-    def step_for(self, step: int) -> Callable:
-        """The compiled step to run at ``step``: the plain one, or the same update with the diagnostics due."""
-        due = self.diagnostics_due(step)
-        if not any(due):
-            return self.step_fn
-        if due not in self._diagnostic_steps:
-            run = self.run
-            self._diagnostic_steps[due] = build_train_step(run.graphdef, run.tx, run.mesh, run.shardings,
-                                                           LOSSES[run.phase.loss], tokens=due[0], layers=due[1])
-        return self._diagnostic_steps[due]
 
     def add_hook(self, hook: Hook) -> None:
         self.hooks.append(hook)
@@ -150,7 +140,7 @@ class Trainer:
         """Read the pending step's metrics: stop on a non-finite loss, log, update the bar."""
         if self._pending is None:
             return
-        (step, metrics, stats), self._pending = self._pending, None
+        (step, metrics, stats, due), self._pending = self._pending, None
         loss = float(metrics["loss"])
         now = time.perf_counter()
         dt, self._last_time = now - self._last_time, now
@@ -169,8 +159,9 @@ class Trainer:
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
         row.update(stats)
-        if "diagnostics" in metrics:
-            row["diagnostics"] = jax.device_get(metrics["diagnostics"])
+        if any(due):
+            row["diagnostics"] = {name: jax.device_get(metrics["diagnostics"][name])
+                                  for name, wanted in zip(("tokens", "layers"), due) if wanted}
         self.log(row, scheduled=step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1)
         postfix = {"loss": f"{loss:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
         if "mfu" in row:
@@ -197,10 +188,11 @@ class Trainer:
                 if last:
                     break
                 lrm, momentum = schedule(run, step)
-                self.state, metrics = self.step_for(step)(self.state, next(self.batches), np.float32(lrm),
-                                                          np.float32(momentum))
+                due = self.diagnostics_due(step)
+                args = (self.state, next(self.batches), np.float32(lrm), np.float32(momentum))
+                self.state, metrics = self.step_fn(*args, *([np.bool_(any(due))] if self._research else []))
                 self._flush()  # the previous step's metrics, while this one runs
-                self._pending = (step, metrics, dict(getattr(self.batches, "last", {})))
+                self._pending = (step, metrics, dict(getattr(self.batches, "last", {})), due)
             self._flush()
         return self.result
 

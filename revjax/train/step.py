@@ -63,18 +63,18 @@ def build_train_step(
     state_shardings: TrainState,
     loss: LossFn = next_token_loss,
     *,
-    tokens: bool = False,
-    layers: bool = False,
-) -> Callable[[TrainState, Batch, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    diagnostics: bool = False,
+) -> Callable[..., tuple[TrainState, dict]]:
     """``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state.
 
-    With ``tokens`` and/or ``layers`` the same update also returns ``metrics["diagnostics"]["tokens"|"layers"]``
-    (:mod:`revjax.train.diagnostics`): a second program, used only on the steps that log them.
+    With ``diagnostics`` (the research log's program) the step takes a fifth argument, ``diagnose`` (a bool): the
+    same update, and ``metrics["diagnostics"]`` (:mod:`revjax.train.diagnostics`) computed only where ``diagnose``
+    is true (a ``lax.cond``; other steps skip it at run time), so one program serves every step of the run.
     """
     batch_sharding = shd.step_batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
 
-    def step(state: TrainState, batch: Batch, lrm, momentum):
+    def step(state: TrainState, batch: Batch, lrm, momentum, diagnose=None):
         n_scored = jnp.maximum(jnp.sum(batch["targets"] >= 0), 1).astype(jnp.float32)
         grad_fn = jax.value_and_grad(lambda p, micro: loss(nnx.merge(graphdef, p), micro) / n_scored)
 
@@ -92,15 +92,15 @@ def build_train_step(
                    # what the optimizer itself read this step
                    "lr_multiplier": opt_state.hyperparams[LR_MULTIPLIER],
                    "muon_momentum": opt_state.hyperparams[MUON_MOMENTUM]}
-        if tokens or layers:
+        if diagnostics:
             # read through a barrier, so the update above compiles as in the plain step whatever is added here
             seen = jax.lax.optimization_barrier((state.params, batch, grads))
-            metrics["diagnostics"] = step_diagnostics(graphdef, *seen, tokens=tokens, layers=layers)
+            metrics["diagnostics"] = step_diagnostics(graphdef, *seen, diagnose)
         return TrainState(params, opt_state), metrics
 
     return jax.jit(
         step,
-        in_shardings=(state_shardings, batch_sharding, replicated, replicated),
+        in_shardings=(state_shardings, batch_sharding, replicated, replicated) + ((replicated,) if diagnostics else ()),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     )
