@@ -13,19 +13,16 @@ template and that it says the same thing; the other facts (:func:`probe_facts`) 
 Queries (:func:`fact_queries`) ask a model to complete a statement of a tested fact greedily **in the direction it
 generates**, the name to produce being the one it reads last in that statement:
 
-=========== ============================ ==================== ===========================================
-generates   statement                    prompt (reading)     answer
-=========== ============================ ==================== ===========================================
-forward     trained  ``A's r is B.``     ``A's r is``         B, after A, as in training
-forward     reversed ``B is the r of A.`` ``B is the r of``   A, after B: the reversed order
-backward    trained                      ``'s r is B.``       A, written leftwards after B, as in training
-backward    reversed                     `` is the r of A.``  B, written leftwards after A: the reversed order
-=========== ============================ ==================== ===========================================
+* forward, trained (``A's r is B.``): prompt ``A's r is``, answer B — after A, as in training;
+* forward, reversed (``B is the r of A.``): prompt ``B is the r of``, answer A — after B, the reversed order;
+* backward, trained: prompt ``'s r is B.``, answer A — written leftwards after B, as in training;
+* backward, reversed: prompt `` is the r of A.``, answer B — written leftwards after A, the reversed order.
 
 So for every direction the ``trained`` query asks for a name in the model order it was learnt (a forward model saw
 A then B, a backward model B then A) and the ``reversed`` query for the other: the reversal curse is the gap
-between the two. A bidirectional model answers all four; its backward ``reversed`` query asks for B after A, the
-association its forward documents taught, which is what the study looks at. The answer is exact-matched against
+between the two. A bidirectional model answers all four; each of its ``reversed`` queries asks for the name in the
+model order its documents of the other direction taught (forward reversed: A after B, as its backward documents
+read), which is what the study looks at. The answer is exact-matched against
 the name the model writes up to the first sentence end (forward) or from the last one (backward).
 The :class:`ReversalFacts` task serves the same facts as question-answer conversations.
 """
