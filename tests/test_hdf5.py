@@ -51,7 +51,7 @@ def copy_state(state):
     return jax.tree.map(lambda x: x.copy(), state)
 
 
-@pytest.mark.parametrize("loss_chunk", [0, 100])
+@pytest.mark.parametrize("loss_chunk", [0])
 def test_diagnostic_step_matches_hand_computation_and_applies_the_same_update(loss_chunk):
     graphdef, tx, mesh, shardings, state, batch = tiny_step_setup(loss_chunk)
     params0 = jax.device_get(state.params)
