@@ -246,6 +246,11 @@ def test_resume_truncates_every_group(tmp_path):
         np.testing.assert_array_equal(f["tokens"]["count_by_position"][...], [np.arange(4)] * 2)
         np.testing.assert_array_equal(f["eval"]["step"][...], [0, 4])
         assert f["eval"]["val_reward"].shape == (2,)
+    with pytest.warns(UserWarning, match="starts from step 0"):  # start over: the old log is kept aside
+        h5log.Hdf5Tracker(path, 0).close()
+    [aside] = (tmp_path / "set-aside").iterdir()
+    with h5py.File(aside, "r") as old, h5py.File(path, "r") as new:
+        assert old["train"]["step"].shape == (5,) and "step" not in new["train"]
 
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):

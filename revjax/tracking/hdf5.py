@@ -25,7 +25,8 @@ belongs to ``step[i]``; every dataset is chunked, gzip-compressed and resizable 
 Only process 0 writes. A writer thread appends the rows the loop queues, opening the file for each batch of rows
 and closing it after, so a killed run leaves a readable file (except within a write). Opening the log for a run
 that continues from step ``s`` keeps only the rows of steps before ``s`` in every group (they are logged again);
-a file HDF5 cannot open is moved into ``<run>/set-aside/`` with a warning and a new one is started.
+a file HDF5 cannot open, or the log of a run that starts again from step 0 (``checkpoint.start_over``, or killed
+before its first checkpoint), is moved into ``<run>/set-aside/`` with a warning and a new one is started.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class Hdf5Tracker:
         if not self.enabled:
             return
         try:
-            if self.path.exists():
+            if self.path.exists() and start == 0:  # a run (re)starting from scratch: keep the old log aside
+                _set_aside(self.path, "the run starts from step 0")
+            elif self.path.exists():
                 try:
                     truncate(self.path, start)
                 except OSError as err:
