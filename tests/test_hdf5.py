@@ -125,8 +125,8 @@ def test_stacked_layer_gradients_give_the_same_norms():
     a, b = gradient_norms(grads, 3), gradient_norms(stacked, 3)
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
-    np.testing.assert_allclose(a["layer_mlp"], [np.linalg.norm(per_layer[i]["mlp"]["c_fc"]["kernel"]) for i in range(3)],
-                               rtol=1e-6)
+    mlp_norms = [np.linalg.norm(per_layer[i]["mlp"]["c_fc"]["kernel"]) for i in range(3)]
+    np.testing.assert_allclose(a["layer_mlp"], mlp_norms, rtol=1e-6)
 
 
 # ---- the research log after a training run -------------------------------------------------------------------

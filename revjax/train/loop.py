@@ -159,7 +159,7 @@ class Trainer:
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
         row.update(stats)
-        if any(due):
+        if any(due) and self.tracker is not None:
             row["diagnostics"] = {name: jax.device_get(metrics["diagnostics"][name])
                                   for name, wanted in zip(("tokens", "layers"), due) if wanted}
         self.log(row, scheduled=step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1)
