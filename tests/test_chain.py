@@ -17,8 +17,8 @@ from tests.test_phases import make_corpus, overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("base", "mid", "sft", "rl")
-SFT_STEPS = 8
-CHAIN = {  # every phase 4 steps, SFT 8, RL 2, a checkpoint every 2 steps
+SFT_STEPS = 16  # long enough that the kill lands inside SFT on a fast machine too
+CHAIN = {  # every phase 4 steps, SFT 16, RL 2, a checkpoint every 2 steps
     "training.num_iterations": 4, "checkpoint.save_every": 2, "training.device_batch_size": 8,
     "chain.sft": f"{{training.num_iterations: {SFT_STEPS}}}", "chain.rl": "{training.num_iterations: 2}",
     "rl.num_samples": 2, "rl.max_new_tokens": 8, "rl.eval_prompts": 2, "rl.eval_samples": 2,
