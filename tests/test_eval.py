@@ -184,7 +184,8 @@ def test_batched_requests_equal_each_scored_alone(tok, scorer, logprobs):
     greedy = [tok.bos_id, *context[:12]]
     for _ in range(4):  # the model's own greedy continuation: its span is matched, a changed token is not
         greedy.append(int(np.argmax(logprobs(greedy)[-1])))
-    requests = [Request(tuple(greedy), 13, 17), Request(tuple(greedy[:-1] + [(greedy[-1] + 1) % CONFIG.vocab_size]), 13, 17)]
+    changed = greedy[:-1] + [(greedy[-1] + 1) % CONFIG.vocab_size]
+    requests = [Request(tuple(greedy), 13, 17), Request(tuple(changed), 13, 17)]
     for n in (5, 30, 60, 63, 90, 120):  # singles in the 64- and 128-token buckets
         ids = [tok.bos_id, *rng.integers(3, CONFIG.vocab_size, n - 1).tolist()]
         requests.append(Request(tuple(ids), max(1, n - 7), n))
