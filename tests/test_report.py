@@ -82,7 +82,7 @@ def test_report_gathers_a_chain_from_its_logs(tmp_path, tokenizer_dir, capsys):
     assert table[("forward", "val bpb (training)")] == {"base": 2.25, "mid": 1.75, "sft": None, "rl": None}
     assert table[("forward", "RL val pass@4")]["rl"] == 0.5 and table[("forward", "RL val reward")]["rl"] == 0.25
     # first step (with compilation) + the median of the other logged step times for each other step
-    assert table[("forward", "training time (s, estimated)")]["base"] == f"{10.0 + 0.6 * 19:.1f}"
+    assert table[("forward", "training time (s, steps only, estimated)")]["base"] == f"{10.0 + 0.6 * 19:.1f}"
     assert table[("forward", "OLMo-offline")]["base"] == 0.031
     assert table[("forward", "ChatCORE")]["sft"] == 0.125 and table[("forward", "ARC-Easy (accuracy)")]["sft"] == 0.5
     both = next(g for g in groups if g[0].direction == "bidirectional")

@@ -132,7 +132,8 @@ def last(rows: Sequence[dict], key: str) -> tuple[int, Any] | None:
 
 def training_seconds(rows: Sequence[dict], steps: int) -> float | None:
     """Estimated training time: the first step (compilation included) plus the median logged step time for each
-    other step (the log keeps every ``logging.log_every``-th step)."""
+    other step (the log keeps every ``logging.log_every``-th step); the median leaves out the steps that also ran
+    an evaluation hook."""
     times = [(r["step"], r["step_seconds"]) for r in rows if "step_seconds" in r]
     if not times:
         return None
@@ -211,7 +212,8 @@ def summary_rows(chain: Sequence[PhaseRun]) -> list[tuple[str, str, dict[str, An
     for k in ks:
         add(direction, f"RL val {k}", lambda r, s, k=k: s["pass_at_k"].get(k))
     add(direction, "RL val reward", lambda r, s: s["val_reward"])
-    add(direction, "training time (s, estimated)", lambda r, s: None if s["seconds"] is None else f"{s['seconds']:.1f}")
+    add(direction, "training time (s, steps only, estimated)",
+        lambda r, s: None if s["seconds"] is None else f"{s['seconds']:.1f}")
     for way in (w.value for w in known_directions(direction)):
         label = way if way == direction else f"{direction} → {way}"
         add(label, "val bpb (training hook)", lambda r, s, w=way: s["hook_bpb"].get(w))
