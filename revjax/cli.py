@@ -4,8 +4,8 @@ Commands for corpora, tokenizers, configs, quickstart, training, chains, evaluat
 sweeps and PyTorch export/import.
 
 The config commands take ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked
-up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, compare, report, chat, serve,
-sweep, export, import) parse their own arguments.
+up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, compare, report, plot, chat,
+serve, sweep, export, import) parse their own arguments.
 """
 
 from __future__ import annotations
@@ -190,6 +190,12 @@ def _run_report(argv: list[str]) -> int:
     return report_main(argv)
 
 
+def _run_plot(argv: list[str]) -> int:
+    from revjax.analysis.experiment_report import main as plot_main
+
+    return plot_main(argv)
+
+
 def _run_chat(argv: list[str]) -> int:
     from revjax.chat.cli import main as chat_main
 
@@ -226,6 +232,7 @@ DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (_run_eval, "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
     "compare": (_run_compare, "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)"),
     "report": (_run_report, "a report card (markdown and HTML) of one or more chains, per direction (--help)"),
+    "plot": (_run_plot, "plots and a report (markdown, HTML) of an experiment, intervals over seeds (--help)"),
     "chat": (_run_chat, "chat with a trained model in the terminal (--help for options)"),
     "serve": (_run_serve, "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
     "sweep": (_run_sweep, "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),

@@ -1,0 +1,174 @@
+"""PNG plots of an experiment (matplotlib, Agg): learning curves, loss by position, gradient norms, direction gaps.
+
+Each takes the groups of :func:`revjax.analysis.experiment.read_experiment` (or the tables computed from them) and
+draws one line per group (seeds differ only by seed: their mean, with the 95% t-interval shaded where n ≥ 2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from revjax.analysis.experiment import LEVEL, Group, interval_curves, read_h5
+from revjax.analysis.plots import LINESTYLES, WAY_COLOURS, _pyplot
+
+COLOURS = {**WAY_COLOURS, "bidirectional": "#2ca02c"}
+OTHERS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+PARAM_GROUPS = ("embedding", "head", "attention", "mlp")
+
+
+def _style(index: int, way: str) -> dict:
+    return {"color": COLOURS.get(way, OTHERS[index % len(OTHERS)]), "linestyle": LINESTYLES[index % len(LINESTYLES)]}
+
+
+def _save(fig, plt, path: str | os.PathLike[str]) -> Path:
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _band(ax, xs, mean, half, n, label: str, style: dict) -> None:
+    ax.plot(xs, mean, linewidth=1.6, label=f"{label} (n={int(np.max(n)) if len(n) else 0})", **style)
+    shaded = np.isfinite(half)
+    if shaded.any():
+        ax.fill_between(np.asarray(xs)[shaded], (mean - half)[shaded], (mean + half)[shaded], color=style["color"],
+                        alpha=0.18, linewidth=0)
+
+
+def _common(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The x values every series has, and each series' values there."""
+    xs = sorted(set.intersection(*(set(x.tolist()) for x, _ in series))) if series else []
+    return np.asarray(xs), [y[np.searchsorted(x, xs)] if len(xs) else y[:0] for x, y in series]
+
+
+def plot_learning_curves(groups: Sequence[Group], path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
+    """Training loss and val bpb against tokens seen (step × total_batch_tokens), one line per group."""
+    panels = [("loss", "training loss (nats)", "Training loss"), ("val_bpb", "validation bits per byte",
+                                                                  "Validation bpb")]
+    if not any(len(r.series(key)[0]) for g in groups for r in g.runs for key, _, _ in panels):
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (key, ylabel, title) in zip(axes, panels):
+        for i, g in enumerate(groups):
+            series = [r.series(key) for r in g.runs]
+            series = [(x, y) for x, y in series if len(x)]
+            if not series:
+                continue
+            style = _style(i, g.direction)
+            for x, y in series:
+                ax.plot(x, y, linewidth=0.6, alpha=0.35, color=style["color"])
+            xs, ys = _common(series)
+            if len(xs):
+                mean, half, n = interval_curves(ys, level)
+                _band(ax, xs, mean, half, n, g.label, style)
+        ax.set_xlabel("tokens seen (step × total batch tokens)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} (mean over seeds, {level:.0%} interval)")
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mapping[str, tuple],
+                            path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
+    """Mean loss at each context position per (group, way) and backward − forward gaps, each with its interval
+    over seeds; log position axis (position + 1)."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    panels = 2 if gaps else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    labels = list(dict.fromkeys(label for label, _ in curves))
+    for (label, way), (mean, half, n) in curves.items():
+        xs = np.arange(1, len(mean) + 1)
+        _band(ax, xs, mean, half, n, f"{label} ({way})" if way not in label else label,
+              _style(labels.index(label), way))
+    ax.set_xscale("log")
+    ax.set_xlabel("context position + 1 (tokens already read)")
+    ax.set_ylabel("mean loss (nats)")
+    ax.set_title(f"Loss by context position ({level:.0%} interval over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if gaps:
+        ax = axes[0][1]
+        for i, (label, (mean, half, n)) in enumerate(gaps.items()):
+            _band(ax, np.arange(1, len(mean) + 1), mean, half, n, label,
+                  {"color": OTHERS[i % len(OTHERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]})
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("context position + 1 (tokens already read)")
+        ax.set_ylabel("backward − forward loss (nats)")
+        ax.set_title("Arrow of time: backward − forward, paired by seed")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def grad_norm_series(group: Group, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(step, norm)`` of parameter group ``name`` from each seed's research log."""
+    out = []
+    for run in group.runs:
+        if run.h5 is None:
+            continue
+        data = read_h5(run.h5, "layers", [name])
+        if data and name in data and len(data["step"]):
+            out.append((data["step"].astype(np.int64), data[name].astype(np.float64)))
+    return out
+
+
+def plot_grad_norms(groups: Sequence[Group], path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
+    """L2 gradient norm of each parameter group (``/layers``) over steps, one panel per parameter group."""
+    found = {(g.label, name): grad_norm_series(g, name) for g in groups for name in PARAM_GROUPS}
+    if not any(found.values()):
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(PARAM_GROUPS), figsize=(4.2 * len(PARAM_GROUPS), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], PARAM_GROUPS):
+        for i, g in enumerate(groups):
+            series = found[(g.label, name)]
+            xs, ys = _common(series)
+            if len(xs):
+                mean, half, n = interval_curves(ys, level)
+                _band(ax, xs, mean, half, n, g.label, _style(i, g.direction))
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("gradient L2 norm")
+        ax.set_title(f"{name} parameters")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Gradient norms per parameter group (mean over seeds, {level:.0%} interval)")
+    return _save(fig, plt, path)
+
+
+def plot_gaps(rows: Sequence[dict], path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
+    """Backward − forward final val bpb per comparison: mean with its interval, and each seed's difference."""
+    rows = [r for r in rows if r["n"]]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.7 * len(rows)))
+    for i, row in enumerate(rows):
+        half = row["half"] if math.isfinite(row["half"]) else 0.0
+        ax.errorbar(row["mean"], i, xerr=half, fmt="o", color="black", capsize=5,
+                    label=f"mean ± {level:.0%} interval" if i == 0 else None)
+        ax.scatter(list(row["values"].values()), [i] * len(row["values"]), color="#d62728", s=14, alpha=0.7,
+                   label="one seed" if i == 0 else None, zorder=3)
+    ax.axvline(0.0, color="grey", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r['label']} (n={r['n']})" for r in rows], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("backward − forward final val bpb (bits per byte)")
+    ax.set_title("Direction gaps over seeds")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, plt, path)
