@@ -25,6 +25,13 @@ def _style(index: int, way: str) -> dict:
     return {"color": COLOURS.get(way, OTHERS[index % len(OTHERS)]), "linestyle": LINESTYLES[index % len(LINESTYLES)]}
 
 
+def _log_positions(ax) -> None:
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than powers of ten
+
+
 def _save(fig, plt, path: str | os.PathLike[str]) -> Path:
     fig.tight_layout()
     out = Path(path)
@@ -93,7 +100,7 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
         xs = np.arange(1, len(mean) + 1)
         _band(ax, xs, mean, half, n, f"{label} ({way})" if way not in label else label,
               _style(labels.index(label), way))
-    ax.set_xscale("log")
+    _log_positions(ax)
     ax.set_xlabel("context position + 1 (tokens already read)")
     ax.set_ylabel("mean loss (nats)")
     ax.set_title(f"Loss by context position ({level:.0%} interval over seeds)")
@@ -105,7 +112,7 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
             _band(ax, np.arange(1, len(mean) + 1), mean, half, n, label,
                   {"color": OTHERS[i % len(OTHERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]})
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
+        _log_positions(ax)
         ax.set_xlabel("context position + 1 (tokens already read)")
         ax.set_ylabel("backward − forward loss (nats)")
         ax.set_title("Arrow of time: backward − forward, paired by seed")
