@@ -524,9 +524,10 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
             fail([f"mesh.{key}"], f"mesh.{key}={value} must be a positive size or -1 (fill the remaining devices)")
     if config.data.packing_buffer < 1:
         fail(["data.packing_buffer"], f"data.packing_buffer={config.data.packing_buffer} must be a positive number")
-    if config.direction.layout == "compat" and "stream" != config.data.packing:
-        fail(["data.packing"], f"data.packing={config.data.packing} needs direction.layout=document (compat packs "
-             "onanchat's stream)")
+    for key in ("packing", "val_packing"):
+        if config.direction.layout == "compat" and getattr(config.data, key) != "stream":
+            fail([f"data.{key}"], f"data.{key}={getattr(config.data, key)} needs direction.layout=document (compat "
+                 "packs onanchat's stream)")
     if config.logging.log_every < 1:
         fail(["logging.log_every"], f"logging.log_every={config.logging.log_every} must be a positive number of steps")
     for key in ("hdf5_every", "hdf5_layers_every"):
