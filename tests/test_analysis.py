@@ -177,3 +177,14 @@ def test_cli(experiment, tmp_path, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("revjax plot: error: ") and "holds no run folder" in err and len(err.splitlines()) == 1
+
+
+def test_without_research_logs(experiment, tmp_path):
+    import shutil
+
+    shutil.copytree(experiment, tmp_path / "plain", ignore=shutil.ignore_patterns("research.h5"))
+    out = analyse(tmp_path / "plain")
+    assert sorted(p.name for p in out.iterdir()) == ["direction_gaps.png", "learning_curves.png", "report.html",
+                                                    "report.md"]
+    text = (out / "report.md").read_text()
+    assert "Loss by context position" not in text and "| 2.1300 | no |" in text
