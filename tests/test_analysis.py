@@ -188,3 +188,18 @@ def test_without_research_logs(experiment, tmp_path):
                                                     "report.md"]
     text = (out / "report.md").read_text()
     assert "Loss by context position" not in text and "| 2.1300 | no |" in text
+
+
+def test_unfinished_runs_are_listed_not_counted(experiment, tmp_path):
+    import shutil
+
+    shutil.copytree(experiment, tmp_path / "partial")
+    running = next((tmp_path / "partial").glob("direction=forward,seed=3-*"))
+    update_status(running, state="running")
+    groups = read_experiment(tmp_path / "partial")
+    assert [r.seed for r in groups[0].runs] == [1, 2] and [r.seed for r in groups[0].unfinished] == [3]
+    assert _row(summary_table(groups), direction="forward")["mean"] == pytest.approx(2.13)  # (2.10 + 2.16) / 2
+    assert _row(gap_table(groups), kind="between models")["values"] == {1: pytest.approx(0.04), 2: pytest.approx(0.01)}
+    text = (analyse(tmp_path / "partial") / "report.md").read_text()
+    assert "from 7 finished runs in 3 groups" in text and "unfinished runs, listed but left out of the numbers: 1." in text
+    assert "| direction=forward | 3 | running |" in text

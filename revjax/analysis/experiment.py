@@ -11,7 +11,8 @@ form a *group*; a group's numbers are means over its seeds with two-sided Studen
 (``mean ± t(1 − α/2, n − 1) · s / √n``, ``s`` the sample standard deviation). Two groups that differ only by
 ``direction.direction`` (forward and backward) make a *direction gap*: backward − forward, paired by seed. A
 bidirectional group also has its own gap: its val bpb reading backward − reading forward (``val_bpb/<way>`` of the
-in-training suite hook), per seed.
+in-training suite hook), per seed. Only finished runs (and folders without a ``status.json``) enter the numbers;
+the others are listed.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class RunData:
         return str(self.settings.get(DIRECTION_KEY) or "forward")
 
     @property
+    def finished(self) -> bool:
+        return self.status.get("state", "finished") == "finished"
+
+    @property
     def batch_tokens(self) -> int:
         return int(self.settings.get("training.total_batch_tokens") or 0)
 
@@ -132,11 +137,12 @@ class Group:
 
     label: str
     key: str
-    runs: list[RunData]
+    runs: list[RunData]  # the finished ones (and hand-made folders without a status), which the statistics use
+    unfinished: list[RunData] = field(default_factory=list)  # pending, running, failed or interrupted: listed only
 
     @property
     def direction(self) -> str:
-        return self.runs[0].direction
+        return (self.runs or self.unfinished)[0].direction
 
     @property
     def ways(self) -> list[str]:
@@ -260,7 +266,9 @@ def read_experiment(path: str | Path, compare: Sequence[str | Path] = ()) -> lis
     for key, members in keyed.items():
         values = json.loads(key)
         label = ",".join(f"{short[k]}={values.get(k)}" for k in varying) or members[0].direction
-        groups.append(Group(label, key, sorted(members, key=lambda r: (r.seed is None, r.seed or 0))))
+        members = sorted(members, key=lambda r: (r.seed is None, r.seed or 0))
+        done = [r for r in members if r.finished]
+        groups.append(Group(label, key, done, [r for r in members if not r.finished]))
     return groups
 
 

@@ -54,15 +54,17 @@ def format_markdown(name: str, source: Path, groups: Sequence[Group], plots: dic
 
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs = sum(len(g.runs) for g in groups)
+    others = sum(len(g.unfinished) for g in groups)
+    left_out = f"; unfinished runs, listed but left out of the numbers: {others}" if others else ""
     pct = f"{level:.0%}"
     lines = [f"# Experiment report: {name}", "",
-             f"Generated {stamp} by revjax {revjax.__version__} from {runs} runs in {len(groups)} groups in "
-             f"`{source}`. A group is the runs whose settings differ only by seed; ± is the half width of the "
+             f"Generated {stamp} by revjax {revjax.__version__} from {runs} finished runs in {len(groups)} groups "
+             f"in `{source}`{left_out}. A group is the runs whose settings differ only by seed; ± is the half width of the "
              f"two-sided {pct} Student-t interval over its seeds (mean ± t·s/√n).", "",
              "## Runs", "", "| group | seed | state | steps | final train loss | final val bpb | research log | run |",
              "|---|---:|---|---:|---:|---:|---|---|"]
     for g in groups:
-        for r in g.runs:
+        for r in g.runs + g.unfinished:
             steps = max((row["step"] + 1 for row in r.rows if "loss" in row), default=None)
             lines.append(f"| {g.label} | {_num(r.seed)} | {r.status.get('state', '—')} | {_num(steps)} | "
                          f"{_num(r.final('loss'))} | {_num(r.final('val_bpb'))} | {'yes' if r.h5 else 'no'} | "
