@@ -325,12 +325,11 @@ class TokenBatchIterator(grain.DatasetIterator):
     def __next__(self) -> Batch:
         ds = self._ds
         b, t = ds.batch_size, ds.seq_len
-        chunk = self._take(b * t + 1) if ds.packing == "stream" else (None, None)
+        chunk = self._take(b * t + 1) if ds.packing == "stream" else ()
         if chunk is None:
             return self._end()
-        ids, is_target = chunk
         if ds.layout == "compat":
-            oriented = compat_orient_chunk(ids, ds.direction, ds.specials, self._yields)
+            oriented = compat_orient_chunk(chunk[0], ds.direction, ds.specials, self._yields)
             inputs, targets = compat_chunk_to_batch(oriented, b, t)
             self._advance(b * t + 1)
         elif ds.packing != "stream":
@@ -342,6 +341,7 @@ class TokenBatchIterator(grain.DatasetIterator):
                 rows.append(row)
             inputs, targets = inputs_and_targets(np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
         else:
+            ids, is_target = chunk
             window = np.lib.stride_tricks.sliding_window_view
             inputs, targets = inputs_and_targets(window(ids, t + 1)[::t], window(is_target, t + 1)[::t])
             self._advance(b * t)
@@ -379,12 +379,14 @@ class TokenBatchIterator(grain.DatasetIterator):
 
     def _refill(self) -> bool:
         piece = self._read_piece()
-        if piece is None:
-            return False
+        if piece is not None:
+            self._buffer_piece(piece)
+        return piece is not None
+
+    def _buffer_piece(self, piece: _Piece) -> None:
         ends = [*piece.starts[1:], len(piece.ids)]
         for a, b, place in zip(piece.starts, ends, piece.where):
             self._buffer.add(self._stream_index(*place), piece.ids[a:b], piece.is_target[a:b])
-        return True
 
     def _bos_aligned_row(self) -> tuple[np.ndarray, np.ndarray] | None:
         return self._buffer.take_row(self._ds.seq_len + 1, self._refill, self._ds.packing_buffer)
@@ -401,10 +403,7 @@ class TokenBatchIterator(grain.DatasetIterator):
             where.append((epoch, unit, local - ds.units[unit].first_doc))
         for start in range(0, len(where), ds.tokenizer_batch_size):
             part = where[start : start + ds.tokenizer_batch_size]
-            piece = self._orient([self._unit_texts(unit)[row] for _, unit, row in part], part)
-            ends = [*piece.starts[1:], len(piece.ids)]
-            for a, b, place in zip(piece.starts, ends, part):
-                self._buffer.add(self._stream_index(*place), piece.ids[a:b], piece.is_target[a:b])
+            self._buffer_piece(self._orient([self._unit_texts(unit)[row] for _, unit, row in part], part))
 
     def get_state(self) -> dict[str, Any]:
         """Return the JSON-serialisable position after the last yielded batch."""
