@@ -13,8 +13,9 @@ import math
 import numpy as np
 import pytest
 
-from revjax.analysis.experiment import gap_table, position_intervals, read_experiment, summary_table, t_interval
-from revjax.analysis.experiment_report import analyse, marks
+from revjax.analysis.experiment import (gap_table, position_bins, position_intervals, read_experiment, summary_table,
+                                        t_interval)
+from revjax.analysis.experiment_report import analyse
 from revjax.experiments.lineage import make_run_folder, update_status, write_plan
 from revjax.experiments.spec import load_sweep
 from revjax.tracking import JsonlTracker
@@ -132,6 +133,18 @@ def test_loss_by_position_over_seeds(experiment):
     assert bidi_n.tolist() == [2, 2, 2, 2]
 
 
+def test_position_ranges(experiment):
+    assert position_bins(128, 1) == [(0, 1), (1, 3), (3, 7), (7, 15), (15, 31), (31, 63), (63, 127), (127, 128)]
+    assert position_bins(4, 1) == [(0, 1), (1, 3), (3, 4)]
+    assert position_bins(8, 2) == [(0, 1), (1, 2), (2, 3), (3, 5), (5, 7), (7, 8)]  # edges 1, 2, 3, 4, 6, 8, 9
+    bins = [(0, 1), (1, 3), (3, 4)]
+    curves, gaps = position_intervals(read_experiment(experiment), bins=bins)
+    mean, half, n = curves[("direction=forward", "forward")]  # CURVE + 0.2 with positions 1 and 2 averaged
+    np.testing.assert_allclose(mean, [3.2, 1.7, 1.2], rtol=1e-6)
+    np.testing.assert_allclose(half, T975_2 * 0.1 / 3 ** 0.5, rtol=1e-5)
+    np.testing.assert_allclose(gaps["direction=backward − direction=forward"][0], [0.7, 0.7, 0.7], rtol=1e-5)
+
+
 def test_compare_output_replaces_the_logged_curve(experiment, tmp_path):
     groups = read_experiment(experiment)
     run = groups[0].runs[0]
@@ -158,7 +171,6 @@ def test_report_and_plots(experiment, tmp_path):
     assert f"| direction=forward | 3 | {CURVE[0] + 0.2:.3f} ± {T975_2 * 0.1 / 3 ** 0.5:.3f} |" in text
     assert "![loss by position](loss_by_position.png)" in text
     assert "<table>" in (out / "report.html").read_text()
-    assert marks(128) == [0, 1, 3, 7, 15, 31, 63, 127] and marks(4) == [0, 1, 3]
 
 
 def test_cli(experiment, tmp_path, capsys):
@@ -201,5 +213,6 @@ def test_unfinished_runs_are_listed_not_counted(experiment, tmp_path):
     assert _row(summary_table(groups), direction="forward")["mean"] == pytest.approx(2.13)  # (2.10 + 2.16) / 2
     assert _row(gap_table(groups), kind="between models")["values"] == {1: pytest.approx(0.04), 2: pytest.approx(0.01)}
     text = (analyse(tmp_path / "partial") / "report.md").read_text()
-    assert "from 7 finished runs in 3 groups" in text and "unfinished runs, listed but left out of the numbers: 1." in text
+    assert "from 7 finished runs in 3 groups" in text
+    assert "unfinished runs, listed but left out of the numbers: 1." in text
     assert "| direction=forward | 3 | running |" in text

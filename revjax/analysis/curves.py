@@ -86,9 +86,10 @@ def plot_learning_curves(groups: Sequence[Group], path: str | os.PathLike[str], 
 
 
 def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mapping[str, tuple],
-                            path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
+                            path: str | os.PathLike[str], level: float = LEVEL,
+                            xs: Sequence[float] | None = None) -> Path | None:
     """Mean loss at each context position per (group, way) and backward − forward gaps, each with its interval
-    over seeds; log position axis (position + 1)."""
+    over seeds; log position axis (position + 1, or ``xs``: the mean position + 1 of each range of binned curves)."""
     if not curves:
         return None
     plt = _pyplot()
@@ -96,9 +97,9 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     ax = axes[0][0]
     labels = list(dict.fromkeys(label for label, _ in curves))
+    at = (lambda m: np.arange(1, len(m) + 1)) if xs is None else (lambda m: np.asarray(xs)[: len(m)])
     for (label, way), (mean, half, n) in curves.items():
-        xs = np.arange(1, len(mean) + 1)
-        _band(ax, xs, mean, half, n, f"{label} ({way})" if way not in label else label,
+        _band(ax, at(mean), mean, half, n, f"{label} ({way})" if way not in label else label,
               _style(labels.index(label), way))
     _log_positions(ax)
     ax.set_xlabel("context position + 1 (tokens already read)")
@@ -109,7 +110,7 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
     if gaps:
         ax = axes[0][1]
         for i, (label, (mean, half, n)) in enumerate(gaps.items()):
-            _band(ax, np.arange(1, len(mean) + 1), mean, half, n, label,
+            _band(ax, at(mean), mean, half, n, label,
                   {"color": OTHERS[i % len(OTHERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]})
         ax.axhline(0.0, color="black", linewidth=0.8)
         _log_positions(ax)

@@ -317,16 +317,37 @@ def gap_table(groups: Sequence[Group], level: float = LEVEL) -> list[dict[str, A
     return out
 
 
-def position_intervals(groups: Sequence[Group], level: float = LEVEL) -> tuple[dict, dict]:
+def position_bins(length: int, per_octave: int) -> list[tuple[int, int]]:
+    """Log-spaced ranges ``[a, b)`` of context positions covering ``0 … length−1``: ``per_octave`` ranges per
+    doubling of position + 1 (with 1: positions 0, 1–2, 3–6, 7–14, …), none empty."""
+    edges, k = {1, length + 1}, 0
+    while 2 ** (k / per_octave) < length + 1:
+        edges.add(round(2 ** (k / per_octave)))
+        k += 1
+    edges = sorted(edges)
+    return [(lo - 1, hi - 1) for lo, hi in zip(edges, edges[1:])]
+
+
+def _binned(curve: np.ndarray, bins: Sequence[tuple[int, int]] | None) -> np.ndarray:
+    if bins is None:
+        return curve
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a range with no scored position stays NaN
+        return np.asarray([np.nanmean(curve[a:b]) if a < len(curve) else np.nan for a, b in bins])
+
+
+def position_intervals(groups: Sequence[Group], level: float = LEVEL,
+                       bins: Sequence[tuple[int, int]] | None = None) -> tuple[dict, dict]:
     """``curves[(group label, way)]`` and ``gaps[label]`` (backward − forward, paired by seed) as
-    ``(mean, half width, n)`` arrays per context position."""
+    ``(mean, half width, n)`` arrays per context position, or per range of :func:`position_bins` (each run's curve
+    is averaged over a range's positions first, then the interval is taken over seeds)."""
     curves = {}
     for g in groups:
         ways = list(dict.fromkeys(w for r in g.runs for w in r.position))
         for way in ways:
             members = [r.position[way] for r in g.runs if way in r.position]
             width = min(len(c) for c in members)
-            curves[(g.label, way)] = interval_curves([c[:width] for c in members], level)
+            curves[(g.label, way)] = interval_curves([_binned(c[:width], bins) for c in members], level)
     gaps = {}
     for fwd, bwd in direction_pairs(groups):
         f = {r.seed: r.position["forward"] for r in fwd.runs if "forward" in r.position}
@@ -334,11 +355,12 @@ def position_intervals(groups: Sequence[Group], level: float = LEVEL) -> tuple[d
         seeds = [s for s in f if s in b]
         if seeds:
             width = min(min(len(f[s]), len(b[s])) for s in seeds)
-            gaps[f"{bwd.label} − {fwd.label}"] = interval_curves([b[s][:width] - f[s][:width] for s in seeds], level)
+            gaps[f"{bwd.label} − {fwd.label}"] = interval_curves(
+                [_binned(b[s][:width] - f[s][:width], bins) for s in seeds], level)
     for g in groups:
         seeded = [r for r in g.runs if {"forward", "backward"} <= set(r.position)]
         if seeded:
             width = min(min(len(r.position["forward"]), len(r.position["backward"])) for r in seeded)
             gaps[f"{g.label}: backward − forward"] = interval_curves(
-                [r.position["backward"][:width] - r.position["forward"][:width] for r in seeded], level)
+                [_binned(r.position["backward"][:width] - r.position["forward"][:width], bins) for r in seeded], level)
     return curves, gaps

@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from revjax.analysis.experiment import (LEVEL, AnalysisError, Group, gap_table, position_intervals, read_experiment,
-                                        summary_table)
+from revjax.analysis.experiment import (LEVEL, AnalysisError, Group, gap_table, position_bins, position_intervals,
+                                        read_experiment, summary_table)
 from revjax.errors import run_command
 
 PLOTS = ("learning_curves", "loss_by_position", "grad_norms", "direction_gaps")
@@ -42,12 +42,6 @@ def _seeds(values: dict) -> str:
     return ", ".join(f"{s}: {v:.4f}" for s, v in values.items()) or "—"
 
 
-def marks(length: int) -> list[int]:
-    """Context positions shown in the table: 0, 1, 3, 7, … (2^k − 1) and the last."""
-    out = [p for p in (2 ** k - 1 for k in range(20)) if p < length]
-    return out + ([length - 1] if length and out[-1] != length - 1 else [])
-
-
 def format_markdown(name: str, source: Path, groups: Sequence[Group], plots: dict[str, str],
                     level: float = LEVEL) -> str:
     import revjax
@@ -59,8 +53,8 @@ def format_markdown(name: str, source: Path, groups: Sequence[Group], plots: dic
     pct = f"{level:.0%}"
     lines = [f"# Experiment report: {name}", "",
              f"Generated {stamp} by revjax {revjax.__version__} from {runs} finished runs in {len(groups)} groups "
-             f"in `{source}`{left_out}. A group is the runs whose settings differ only by seed; ± is the half width of the "
-             f"two-sided {pct} Student-t interval over its seeds (mean ± t·s/√n).", "",
+             f"in `{source}`{left_out}. A group is the runs whose settings differ only by seed; ± is the half width "
+             f"of the two-sided {pct} Student-t interval over its seeds (mean ± t·s/√n).", "",
              "## Runs", "", "| group | seed | state | steps | final train loss | final val bpb | research log | run |",
              "|---|---:|---|---:|---:|---:|---|---|"]
     for g in groups:
@@ -88,29 +82,39 @@ def format_markdown(name: str, source: Path, groups: Sequence[Group], plots: dic
                          f"{lo_hi} | {_seeds(row['values'])} |")
     else:
         lines.append("No pair of groups differing only by direction, and no bidirectional group measured both ways.")
-    curves, position_gaps = position_intervals(groups, level)
-    if curves:
-        length = max(len(m) for m, _, _ in curves.values())
-        at = marks(length)
+    length = position_length(groups)
+    if length:
+        bins = position_bins(length, 1)
+        curves, position_gaps = position_intervals(groups, level, bins)
         lines += ["", f"## Loss by context position (nats, {pct} interval over seeds)", "",
-                  "| curve | n | " + " | ".join(f"pos {p}" for p in at) + " |", "|---|---:|" + "---:|" * len(at)]
+                  "Each run's loss averaged over the positions of a range, then the interval over seeds.", "",
+                  "| curve | n | " + " | ".join(f"pos {a}" if b == a + 1 else f"pos {a}–{b - 1}" for a, b in bins)
+                  + " |", "|---|---:|" + "---:|" * len(bins)]
         table = {f"{label} ({way})" if way not in label else label: c for (label, way), c in curves.items()}
         table.update({f"gap: {label}": c for label, c in position_gaps.items()})
         for label, (mean, half, n) in table.items():
-            cells = [_interval(float(mean[p]), float(half[p]), 3) if p < len(mean) else "—" for p in at]
+            cells = [_interval(float(m), float(h), 3) for m, h in zip(mean, half)]
             lines.append(f"| {label} | {int(np.max(n))} | " + " | ".join(cells) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{key.replace('_', ' ')}]({file})" for key, file in plots.items()]
     return "\n".join(lines) + "\n"
 
 
+def position_length(groups: Sequence[Group]) -> int:
+    """The longest loss-by-position curve of the groups' runs (0: none recorded)."""
+    return max((len(c) for g in groups for r in g.runs for c in r.position.values()), default=0)
+
+
 def make_plots(groups: Sequence[Group], out: Path, level: float = LEVEL) -> dict[str, str]:
     """The PNG plots that have data, as ``{name: file name}``."""
     from revjax.analysis.curves import plot_gaps, plot_grad_norms, plot_learning_curves, plot_position_intervals
 
-    curves, gaps = position_intervals(groups, level)
+    length = position_length(groups)
+    bins = position_bins(length, 8) if length > 64 else None  # long curves: 8 log-spaced ranges per octave
+    xs = None if bins is None else [(a + 1 + b) / 2 for a, b in bins]  # each range's mean position + 1
+    curves, gaps = position_intervals(groups, level, bins)
     made = {"learning_curves": plot_learning_curves(groups, out / "learning_curves.png", level),
-            "loss_by_position": plot_position_intervals(curves, gaps, out / "loss_by_position.png", level),
+            "loss_by_position": plot_position_intervals(curves, gaps, out / "loss_by_position.png", level, xs),
             "grad_norms": plot_grad_norms(groups, out / "grad_norms.png", level),
             "direction_gaps": plot_gaps(gap_table(groups, level), out / "direction_gaps.png", level)}
     return {key: path.name for key, path in made.items() if path is not None}
