@@ -222,12 +222,6 @@ def add_compare(runs: Sequence[RunData], compare_json: Path) -> int:
     return used
 
 
-def is_experiment(path: Path) -> bool:
-    """A folder holding run folders of an experiment (subfolders with a config.yaml and a status.json)."""
-    return path.is_dir() and any((p / "config.yaml").is_file() and (p / "status.json").is_file()
-                                 for p in path.iterdir() if p.is_dir())
-
-
 def read_experiment(path: str | Path, compare: Sequence[str | Path] = ()) -> list[Group]:
     """The groups of an experiment folder's runs, in the order of its runs.json (else by folder name)."""
     from revjax.experiments.spec import _short_keys
