@@ -123,14 +123,18 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
 
 
 def grad_norm_series(group: Group, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(step, norm)`` of parameter group ``name`` from each seed's research log."""
+    """``(step, norm)`` of parameter group ``name`` from each seed's research log (positive norms only: the axis
+    is logarithmic)."""
     out = []
     for run in group.runs:
         if run.h5 is None:
             continue
         data = read_h5(run.h5, "layers", [name])
-        if data and name in data and len(data["step"]):
-            out.append((data["step"].astype(np.int64), data[name].astype(np.float64)))
+        if data and name in data:
+            norms = data[name].astype(np.float64)
+            kept = np.isfinite(norms) & (norms > 0)  # a zero norm (zero-initialised weights at step 0): no point
+            if kept.any():
+                out.append((data["step"][kept].astype(np.int64), norms[kept]))
     return out
 
 
