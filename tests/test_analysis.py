@@ -189,6 +189,9 @@ def test_cli(experiment, tmp_path, capsys):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("revjax plot: error: ") and "holds no run folder" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(experiment), "--level", "1.5", "--out", str(tmp_path / "bad")])
+    assert exit_info.value.code != 0 and "between 0 and 1, got 1.5" in capsys.readouterr().err
 
 
 def test_without_research_logs(experiment, tmp_path):

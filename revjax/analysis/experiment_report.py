@@ -144,7 +144,8 @@ def analyse(experiment_dir: str | Path, out: str | Path | None = None, compare: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``revjax plot EXPERIMENT_DIR [--out DIR] [--compare DIR_OR_JSON]… [--level 0.95]``."""
-    parser = argparse.ArgumentParser(prog="revjax plot", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="revjax plot", description="The PNG plots and the report (markdown and "
+                                     "HTML) of an experiment folder, with means and t-intervals over seeds.")
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR",
                         help="an experiment folder (<base_dir>/experiments/<name>, one subfolder per run)")
     parser.add_argument("--out", default=None, help="output folder (default: analysis/ inside the experiment)")
