@@ -225,7 +225,11 @@ def concurrent_start(d: Drill) -> Outcome:
     first = d.start(run)
     d.wait_for(lambda: (d.run_dir(run) / ".lock").exists() and (d.run_dir(run) / ".lock").read_text().strip(),
                first)
-    code, _, err = d.run(run)
+    first.send_signal(signal.SIGSTOP)  # holds the lock, however fast it would otherwise finish
+    try:
+        code, _, err = d.run(run)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first_out, _ = first.communicate(timeout=300)
     refused = code == 1 and "is in use by pid" in err
     return Outcome("two trainings on one run folder", f"second exit {code}: {err.strip()[:90]}…; first exit "
