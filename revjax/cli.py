@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from revjax.config import Config, ConfigError, load_config
 from revjax.config_args import config_files, config_from_args
-from revjax.errors import run_command
+from revjax.errors import exit_on_interrupt, run_command
 
 def prepare_corpus(config: Config) -> Path:
     """Build or download the configured corpus; returns its folder."""
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(argv: list[str]) -> int:
+    exit_on_interrupt("revjax.train")
     from revjax.train.loop import run_from_args
 
     return run_from_args(argv)

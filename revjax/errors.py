@@ -35,6 +35,20 @@ def require(module: str, extra: str, what: str):
         ) from None
 
 
+def exit_on_interrupt(prog: str) -> None:
+    """Until a later handler replaces it (the training loop's, which saves), Ctrl-C prints one line and ends the
+    process at once with 130: during start-up nothing is written yet, and a KeyboardInterrupt raised inside an
+    import or a garbage-collection callback could otherwise be swallowed or end in a crash at interpreter teardown."""
+    import os
+    import signal
+
+    def interrupted(_signum, _frame) -> None:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
 def run_command(prog: str, func: Callable[[], int | None]) -> int:
     """Run a command's body: a :class:`RevjaxError` prints ``prog: error: message`` on stderr and returns its exit
     code; Ctrl-C prints one line and returns 130; any other exception propagates with its traceback."""
