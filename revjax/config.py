@@ -102,10 +102,9 @@ class DataConfig:
     # identical whatever the process count, as long as the count divides it
     # where base rows start (revjax.data.packing): stream (cut anywhere), marked (a row inside a document repeats
     # its BOS and direction token), bos_aligned (whole documents best-fit, each row starts with BOS); val: the same
-    # choices for the validation split, kept apart so that runs trained with any packing are measured alike;
-    # marked: level with stream one-way, 0.11 bpb better bidirectionally (README, "Study: direction in packed rows")
-    packing: Literal["stream", "marked", "bos_aligned"] = "marked"
-    val_packing: Literal["stream", "marked", "bos_aligned"] = "marked"
+    # choices for the validation split, kept apart so that runs trained with any packing are measured alike
+    packing: Literal["stream", "marked", "bos_aligned"] = "stream"
+    val_packing: Literal["stream", "marked", "bos_aligned"] = "stream"
     packing_buffer: int = 1000  # documents that bos_aligned packing chooses from
 
 

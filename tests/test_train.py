@@ -33,6 +33,8 @@ def overrides(base: Path, run: str, **extra) -> list[str]:
         "logging.log_every": 1, "logging.progress": False, "data.tokenizer_threads": 1, "data.slices": 2,
         # fp32 Newton–Schulz: bf16 would amplify the cross-process summation order to ~1e-4 (see test_sharding)
         "optimizer.ns_dtype": "float32",
+        # what `python -m revjax.train` reads from configs/default.yaml, so in-process and command-line runs agree
+        "data.packing": "marked", "data.val_packing": "marked",
     }
     values.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
