@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from revjax.analysis.experiment import LEVEL, Group, interval_curves, read_h5
-from revjax.analysis.plots import LINESTYLES, WAY_COLOURS, _pyplot
+from revjax.analysis.plots import LINESTYLES, WAY_COLOURS, _pyplot, save_figure
 
 COLOURS = {**WAY_COLOURS, "bidirectional": "#2ca02c"}
 OTHERS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -30,15 +30,6 @@ def _log_positions(ax) -> None:
 
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than powers of ten
-
-
-def _save(fig, plt, path: str | os.PathLike[str]) -> Path:
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 def _band(ax, xs, mean, half, n, label: str, style: dict) -> None:
@@ -82,7 +73,7 @@ def plot_learning_curves(groups: Sequence[Group], path: str | os.PathLike[str], 
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mapping[str, tuple],
@@ -119,7 +110,7 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
         ax.set_title("Arrow of time: backward − forward, paired by seed")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def grad_norm_series(group: Group, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -160,7 +151,7 @@ def plot_grad_norms(groups: Sequence[Group], path: str | os.PathLike[str], level
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"Gradient norms per parameter group (mean over seeds, {level:.0%} interval)")
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_gaps(rows: Sequence[dict], path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
@@ -183,4 +174,4 @@ def plot_gaps(rows: Sequence[dict], path: str | os.PathLike[str], level: float =
     ax.set_title("Direction gaps over seeds")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)

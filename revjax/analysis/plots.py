@@ -27,6 +27,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, plt, path: str | os.PathLike[str]) -> Path:
+    """Lay out ``fig``, write it as a PNG at ``path`` (folders made) and close it."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _finite(values: Sequence[float | None], bins: int = 48) -> tuple[list[float], list[float]]:
     """``(position + 1, value)`` of the finite values; past 64 positions, means over ``bins`` log-spaced bins
     (drawn at each bin's mean position), so long curves stay readable."""
@@ -76,12 +86,7 @@ def plot_position_losses(curves: Mapping[tuple[str, str], Sequence[float | None]
         ax.set_title("Arrow of time: backward − forward")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, plt, path)
 
 
 def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], path: str | os.PathLike[str], *,
@@ -110,9 +115,4 @@ def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], pat
         elif len(ways) > 1 or name == names[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, plt, path)
