@@ -2,12 +2,15 @@
 
     python scripts/reversal_study.py prepare [--size 300] [--seed 0] [--out DIR]   # parquet shards of the facts
     revjax sweep configs/experiments/reversal.yaml                                  # forward, backward, bidirectional
-    python scripts/reversal_study.py score RUN_DIR [RUN_DIR ...] [--json OUT]       # exact match per query order
+    python scripts/reversal_study.py score RUN_DIR [RUN_DIR ...] [--json OUT] [--plot PNG]   # exact match per order
+    python scripts/reversal_study.py plot OUT.json --plot PNG                       # the bars again from the JSON
 
 The train shards hold one statement per document (every fact's trained statement, every third fact's reversed one
 too), shuffled by the seed; the val shard holds the reversed statements of the tested facts, so the runs' val bpb
 is measured on sentences they never saw. ``score`` reads each run's newest checkpoint and asks every tested fact
-in both orders, in each direction the run generates.
+in both orders, in each direction the run generates, and gives each exact-match accuracy with its Wilson score
+interval (95% by default, ``--level``); ``--plot`` draws trained vs reversed order per model and generation
+direction with the intervals as error bars.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from revjax.config import Config
 from revjax.data.shards import write_shards
-from revjax.tasks.facts import ORDERS, engine_generate, fact_documents, make_facts, score_queries, probe_facts
+from revjax.tasks.facts import ORDERS, engine_generate, fact_documents, make_facts, probe_facts, score_queries
 
 
 def prepare(size: int, seed: int, out: Path, demo_every: int) -> None:
@@ -36,27 +39,63 @@ def prepare(size: int, seed: int, out: Path, demo_every: int) -> None:
           f"in {out}; train with data.corpus=parquet data.dir={out}")
 
 
-def score(run_dirs: list[str], size: int, seed: int, demo_every: int, json_out: str | None) -> None:
+def cell(score: dict) -> str:
+    """``accuracy (correct/total) [low, high]`` of one query order."""
+    return (f"{score['accuracy']:.3f} ({score['correct']}/{score['total']}) "
+            f"[{score['low']:.3f}, {score['high']:.3f}]")
+
+
+def table(results: dict) -> list[str]:
+    """The markdown table of scored runs: one row per run and generation direction, one column per query order."""
+    level = next(iter(results.values()), {}).get("level", 0.95)
+    lines = [f"| run | direction | generates | {' | '.join(f'{o} order [{level:.0%} interval]' for o in ORDERS)} |",
+             "|---|---|---|" + "---|" * len(ORDERS)]
+    for run_dir, result in results.items():
+        for way, measured in result["scores"].items():
+            cells = " | ".join(cell(measured[o]) for o in ORDERS)
+            lines.append(f"| {Path(run_dir).name} | {result['direction']} | {way} | {cells} |")
+    return lines
+
+
+def plot(results: dict, path: str | Path) -> Path:
+    """Bars of exact-match accuracy, trained vs reversed order, per model and generation direction, with the
+    Wilson intervals as error bars."""
+    from revjax.analysis.plots import plot_bars
+
+    values, errors = {}, {}
+    for result in results.values():
+        for way, measured in result["scores"].items():
+            model = result["direction"] if way == result["direction"] else f"{result['direction']}\ngenerating {way}"
+            for order in ORDERS:
+                values[(model, f"{order} order")] = measured[order]["accuracy"]
+                errors[(model, f"{order} order")] = (measured[order]["low"], measured[order]["high"])
+    level = next(iter(results.values()), {}).get("level", 0.95)
+    name = f"facts asked in the trained and the reversed order ({level:.0%} Wilson intervals)"
+    return plot_bars({name: values}, path, errors={name: errors}, ylabel="exact-match accuracy",
+                     colours={"trained order": "#1f77b4", "reversed order": "#ff7f0e"},
+                     title="Reversal curse: exact match of the name asked for")
+
+
+def score(run_dirs: list[str], size: int, seed: int, demo_every: int, json_out: str | None,
+          plot_out: str | None = None, level: float = 0.95) -> dict:
     from revjax.direction import known_directions
     from revjax.eval.run import LoadedRun
 
     facts = probe_facts(make_facts(size, seed), demo_every)
     results = {}
-    print(f"| run | direction | generates | {' | '.join(f'{o} order' for o in ORDERS)} |")
-    print("|---|---|---|" + "---|" * len(ORDERS))
     for run_dir in run_dirs:
         run = LoadedRun(run_dir)
         ways = [w.value for w in known_directions(run.direction)]
         generate = engine_generate(run.graphdef, run.params, run.tokenizer, run.direction.value,
                                    max_len=run.config.model.sequence_len)
-        measured = score_queries(generate, facts, ways)
-        results[run_dir] = {"direction": run.direction.value, "step": run.step, "scores": measured}
-        for way in ways:
-            cells = " | ".join(f"{measured[way][o]['accuracy']:.3f} ({measured[way][o]['correct']}/"
-                               f"{measured[way][o]['total']})" for o in ORDERS)
-            print(f"| {Path(run_dir).name} | {run.direction.value} | {way} | {cells} |")
+        measured = score_queries(generate, facts, ways, level)
+        results[run_dir] = {"direction": run.direction.value, "step": run.step, "level": level, "scores": measured}
+    print("\n".join(table(results)))
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
+    if plot_out:
+        print(f"plot: {plot(results, plot_out)}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--demo-every", type=int, default=3)
     sub.choices["prepare"].add_argument("--out", type=Path, default=Config().base_path() / "data" / "reversal")
     sub.choices["score"].add_argument("runs", nargs="+")
-    sub.choices["score"].add_argument("--json")
+    sub.choices["score"].add_argument("--json", help="write the scores, intervals included, to this file")
+    sub.choices["score"].add_argument("--plot", help="draw the bars to this PNG")
+    sub.choices["score"].add_argument("--level", type=float, default=0.95, help="interval confidence level")
+    redraw = sub.add_parser("plot")
+    redraw.add_argument("json", help="a file written by score --json")
+    redraw.add_argument("--plot", required=True, help="the PNG to write")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(args.size, args.seed, args.out, args.demo_every)
+    elif args.command == "score":
+        score(args.runs, args.size, args.seed, args.demo_every, args.json, args.plot, args.level)
     else:
-        score(args.runs, args.size, args.seed, args.demo_every, args.json)
+        results = json.loads(Path(args.json).read_text())
+        print("\n".join(table(results)))
+        print(f"plot: {plot(results, args.plot)}")
     return 0
 
 

@@ -173,6 +173,20 @@ def test_report_and_plots(experiment, tmp_path):
     assert "<table>" in (out / "report.html").read_text()
 
 
+def test_final_bars_by_two_settings(experiment, tmp_path):
+    from revjax.analysis.curves import final_by_setting, plot_final_bars
+    from revjax.analysis.experiment import AnalysisError
+
+    table = final_by_setting(read_experiment(experiment), "direction.direction", "logging.hdf5")
+    assert list(table) == [("forward", "True"), ("backward", "True"), ("bidirectional", "True")]
+    assert table[("forward", "True")] == (pytest.approx(2.13), pytest.approx(T975_2 * 0.03 / 3 ** 0.5), 3)
+    assert table[("bidirectional", "True")] == (pytest.approx(2.32), pytest.approx(T975_1 * 0.02), 2)
+    png = plot_final_bars(table, tmp_path / "bars.png", rows_label="direction", columns_label="hdf5")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(AnalysisError, match="no setting data.nothing"):
+        final_by_setting(read_experiment(experiment), "direction.direction", "data.nothing")
+
+
 def test_cli(experiment, tmp_path, capsys):
     from revjax.cli import main
 

@@ -1,6 +1,7 @@
 """Tests for the built-in reversal-curse study: the fact generator, its queries per direction and the scorer."""
 
 import importlib.util
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -21,6 +22,7 @@ from revjax.tasks.facts import (
     make_facts,
     score_queries,
     probe_facts,
+    wilson_interval,
 )
 from revjax.tokenizer import Tokenizer
 
@@ -87,12 +89,30 @@ def test_scorer_counts_exact_matches_per_order():
         return replies
 
     got = score_queries(fake, facts, ["forward", "backward"])
-    assert got["forward"]["trained"] == {"accuracy": 1.0, "correct": 3, "total": 3}
-    assert got["forward"]["reversed"] == {"accuracy": 1 / 3, "correct": 1, "total": 3}
+    # Wilson 95%, n = 3, z² = 3.8415: 3/3 → [3/(3 + z²), 1] = [0.4385, 1]; 0/3 → [0, z²/(3 + z²)] = [0, 0.5615]
+    assert got["forward"]["trained"] == pytest.approx(
+        {"accuracy": 1.0, "correct": 3, "total": 3, "low": 0.43850, "high": 1.0}, abs=1e-4)
+    assert got["forward"]["reversed"]["correct"] == 1 and got["forward"]["reversed"]["accuracy"] == 1 / 3
     assert got["backward"]["trained"]["accuracy"] == 1.0
-    assert got["backward"]["reversed"] == {"accuracy": 0.0, "correct": 0, "total": 3}
+    assert got["backward"]["reversed"] == pytest.approx(
+        {"accuracy": 0.0, "correct": 0, "total": 3, "low": 0.0, "high": 0.56150}, abs=1e-4)
     with pytest.raises(TaskError, match="returned 1 continuations for 6 prompts"):
         score_queries(lambda p, w: ["x"], facts, ["forward"])
+
+
+def test_wilson_interval_by_hand():
+    # 5/10 at 95%: z = 1.959964, z²/n = 0.384146; centre (0.5 + 0.192073) / 1.384146 = 0.5,
+    # half 1.959964 · sqrt(0.025 + 0.0096036) / 1.384146 = 0.263407
+    assert wilson_interval(5, 10) == pytest.approx((0.236593, 0.763407), abs=2e-6)
+    # 117/133: p = 0.8796992, z²/n = 0.0288832; centre (0.8796992 + 0.0144416) / 1.0288832 = 0.869040,
+    # half 1.959964 · sqrt(0.00079570 + 0.00005429) / 1.0288832 = 0.055538
+    assert wilson_interval(117, 133) == pytest.approx((0.813502, 0.924578), abs=2e-6)
+    # 0/n keeps a width: [0, z²/(n + z²)]; a higher level is wider
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 3.841459 / 13.841459), abs=1e-6)
+    assert wilson_interval(5, 10, 0.99)[0] < wilson_interval(5, 10)[0]
+    for bad in ((11, 10, 0.95), (1, 0, 0.95), (-1, 5, 0.95), (1, 5, 1.0)):
+        with pytest.raises(TaskError):
+            wilson_interval(*bad)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward", "bidirectional"])
@@ -149,3 +169,34 @@ def test_prepared_corpus_trains_and_validates_on_reversed_statements(tok, tmp_pa
     assert texts("val") == [f.statement("reversed") for f in probe_facts(facts)]
     rows = list(TokenBatchDataset(tmp_path, "val", tok, batch_size=2, seq_len=16, packing="bos_aligned"))
     assert rows and all(np.all(x[:, 0] == tok.bos_id) for x, _ in rows)
+
+
+def test_score_table_json_and_plot(tmp_path, golden_dir):
+    spec = importlib.util.spec_from_file_location("reversal_study", golden_dir.parent.parent / "scripts" /
+                                                  "reversal_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def order(correct, total):
+        low, high = wilson_interval(correct, total)
+        return {"accuracy": correct / total, "correct": correct, "total": total, "low": low, "high": high}
+
+    results = {"runs/direction=forward-1": {"direction": "forward", "step": 9, "level": 0.95,
+                                             "scores": {"forward": {"trained": order(5, 10),
+                                                                    "reversed": order(0, 10)}}},
+               "runs/direction=bidirectional-2": {"direction": "bidirectional", "step": 9, "level": 0.95,
+                                                   "scores": {"forward": {"trained": order(10, 10),
+                                                                          "reversed": order(0, 10)},
+                                                              "backward": {"trained": order(9, 10),
+                                                                           "reversed": order(1, 10)}}}}
+    lines = study.table(results)
+    assert lines[0] == ("| run | direction | generates | trained order [95% interval] | "
+                        "reversed order [95% interval] |")
+    assert lines[2] == ("| direction=forward-1 | forward | forward | 0.500 (5/10) [0.237, 0.763] | "
+                        "0.000 (0/10) [0.000, 0.278] |")
+    assert [line.split(" | ")[2] for line in lines[3:]] == ["forward", "backward"]
+    png = study.plot(results, tmp_path / "reversal.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    assert study.main(["plot", str(tmp_path / "r.json"), "--plot", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").is_file()

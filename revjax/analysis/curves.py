@@ -13,23 +13,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from revjax.analysis.experiment import LEVEL, Group, interval_curves, read_h5
-from revjax.analysis.plots import LINESTYLES, WAY_COLOURS, _pyplot, save_figure
+from revjax.analysis.experiment import LEVEL, AnalysisError, Group, interval_curves, read_h5
+from revjax.analysis.plots import LINESTYLES, OTHER_COLOURS, WAY_COLOURS, _pyplot, position_axes, save_figure
 
-COLOURS = {**WAY_COLOURS, "bidirectional": "#2ca02c"}
-OTHERS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+COLOURS = {**WAY_COLOURS, "bidirectional": OTHER_COLOURS[0]}
+OTHERS = OTHER_COLOURS[1:]
 PARAM_GROUPS = ("embedding", "head", "attention", "mlp")
 
 
 def _style(index: int, way: str) -> dict:
     return {"color": COLOURS.get(way, OTHERS[index % len(OTHERS)]), "linestyle": LINESTYLES[index % len(LINESTYLES)]}
-
-
-def _log_positions(ax) -> None:
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than powers of ten
 
 
 def _band(ax, xs, mean, half, n, label: str, style: dict) -> None:
@@ -92,24 +85,14 @@ def plot_position_intervals(curves: Mapping[tuple[str, str], tuple], gaps: Mappi
     for (label, way), (mean, half, n) in curves.items():
         _band(ax, at(mean), mean, half, n, f"{label} ({way})" if way not in label else label,
               _style(labels.index(label), way))
-    _log_positions(ax)
-    ax.set_xlabel("context position + 1 (tokens already read)")
-    ax.set_ylabel("mean loss (nats)")
-    ax.set_title(f"Loss by context position ({level:.0%} interval over seeds)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    position_axes(ax, "mean loss (nats)", f"Loss by context position ({level:.0%} interval over seeds)")
     if gaps:
         ax = axes[0][1]
         for i, (label, (mean, half, n)) in enumerate(gaps.items()):
             _band(ax, at(mean), mean, half, n, label,
                   {"color": OTHERS[i % len(OTHERS)], "linestyle": LINESTYLES[i % len(LINESTYLES)]})
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        _log_positions(ax)
-        ax.set_xlabel("context position + 1 (tokens already read)")
-        ax.set_ylabel("backward − forward loss (nats)")
-        ax.set_title("Arrow of time: backward − forward, paired by seed")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        position_axes(ax, "backward − forward loss (nats)", "Arrow of time: backward − forward, paired by seed",
+                      zero_line=True)
     return save_figure(fig, plt, path)
 
 
@@ -175,3 +158,40 @@ def plot_gaps(rows: Sequence[dict], path: str | os.PathLike[str], level: float =
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_figure(fig, plt, path)
+
+
+def final_by_setting(groups: Sequence[Group], rows_key: str, columns_key: str,
+                     level: float = LEVEL) -> dict[tuple[str, str], tuple[float, float, int]]:
+    """Final val bpb of each group in its own reading direction, keyed by the group's values of two settings
+    (dotted config keys, e.g. ``direction.direction`` and ``data.packing``): ``(mean, half width, n)`` over seeds."""
+    from revjax.analysis.experiment import t_interval
+
+    out = {}
+    for g in groups:
+        if not g.runs:
+            continue
+        settings = g.runs[0].settings
+        missing = [k for k in (rows_key, columns_key) if k not in settings]
+        if missing:
+            raise AnalysisError(f"the runs of {g.label} have no setting {missing[0]}; name a dotted config key")
+        key = (str(settings[rows_key]), str(settings[columns_key]))
+        out[key] = t_interval(list(g.final_values(g.direction).values()), level)
+    return out
+
+
+def plot_final_bars(table: Mapping[tuple[str, str], tuple[float, float, int]], path: str | os.PathLike[str], *,
+                    rows_label: str, columns_label: str, level: float = LEVEL) -> Path:
+    """Grouped bars of :func:`final_by_setting`: one group per row value, one colour per column value, the
+    interval over seeds as an error bar where n ≥ 2."""
+    from revjax.analysis.plots import plot_bars
+
+    values = {key: mean for key, (mean, _, _) in table.items()}
+    errors = {key: (mean - half, mean + half) for key, (mean, half, n) in table.items()
+              if n > 1 and math.isfinite(half)}
+    seeds = sorted({n for _, _, n in table.values()})
+    name = f"final val bpb by {rows_label} and {columns_label}"
+    bars = plot_bars({name: values}, path, errors={name: errors}, ylabel="validation bits per byte (lower is better)",
+                     colours={c: OTHERS[i % len(OTHERS)] for i, c in enumerate(dict.fromkeys(c for _, c in table))},
+                     title=f"n = {', '.join(map(str, seeds))} seed(s) per bar"
+                           + (f"; {level:.0%} t-interval over seeds" if errors else ""))
+    return bars

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 WAY_COLOURS = {"forward": "#1f77b4", "backward": "#d62728"}
+OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -35,6 +36,23 @@ def save_figure(fig, plt, path: str | os.PathLike[str]) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def position_axes(ax, ylabel: str, title: str, *, zero_line: bool = False) -> None:
+    """Finish a loss-by-position panel: log x axis of context position + 1 with plain tick labels (1, 10, 100),
+    axis labels, title, grid, an optional line at 0 and the legend."""
+    from matplotlib.ticker import ScalarFormatter
+
+    if zero_line:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("context position + 1 (tokens already read)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _finite(values: Sequence[float | None], bins: int = 48) -> tuple[list[float], list[float]]:
@@ -68,51 +86,63 @@ def plot_position_losses(curves: Mapping[tuple[str, str], Sequence[float | None]
         xs, ys = _finite(values)
         ax.plot(xs, ys, color=WAY_COLOURS.get(way, "#555555"), linestyle=LINESTYLES[models.index(model) % 4],
                 linewidth=1.4, label=f"{model} ({way})")
-    ax.set_xscale("log")
-    ax.set_xlabel("context position + 1 (tokens already read)")
-    ax.set_ylabel("mean loss (nats)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    position_axes(ax, "mean loss (nats)", title)
     if differences:
         ax = axes[0][1]
         for i, (label, values) in enumerate(differences.items()):
             xs, ys = _finite(values)
             ax.plot(xs, ys, linestyle=LINESTYLES[i % 4], linewidth=1.4, label=label)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("context position + 1 (tokens already read)")
-        ax.set_ylabel("backward − forward loss (nats)")
-        ax.set_title("Arrow of time: backward − forward")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        position_axes(ax, "backward − forward loss (nats)", "Arrow of time: backward − forward", zero_line=True)
     return save_figure(fig, plt, path)
 
 
 def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], path: str | os.PathLike[str], *,
-              title: str = "Scores by model and reading direction") -> Path:
-    """``metrics[name][(model, way)]`` → one panel per metric; missing or None values are left out (a panel with
-    no value says so)."""
+              title: str = "Scores by model and reading direction",
+              errors: Mapping[str, Mapping[tuple[str, str], tuple[float, float]]] | None = None,
+              colours: Mapping[str, str] | None = None, ylabel: str | None = None,
+              fmt: str = "%.3f") -> Path:
+    """``metrics[name][(model, way)]`` → one panel per metric, bars grouped by model and coloured by way
+    (``colours[way]``, else the reading-direction colours); missing or None values are left out (a panel with no
+    value says so). ``errors[name][(model, way)]`` is an optional ``(low, high)`` interval drawn as an error bar."""
     plt = _pyplot()
     names = list(metrics)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 4.2), squeeze=False)
+    palette = {**WAY_COLOURS, **(colours or {})}
+    spare = iter(OTHER_COLOURS * 4)
+    width_in = max(4.2, 1.6 * max((len({m for m, _ in metrics[n]}) for n in names), default=1) + 1.5)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(width_in * max(1, len(names)), 4.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         values = {key: v for key, v in metrics[name].items() if v is not None and math.isfinite(v)}
         models = list(dict.fromkeys(model for model, _ in values))
         ways = list(dict.fromkeys(way for _, way in values))
+        for way in ways:
+            palette.setdefault(way, next(spare))
         width = 0.8 / max(1, len(ways))
         for j, way in enumerate(ways):
-            xs = [i + (j - (len(ways) - 1) / 2) * width for i, m in enumerate(models) if (m, way) in values]
-            ys = [values[(m, way)] for m in models if (m, way) in values]
-            bars = ax.bar(xs, ys, width=width, color=WAY_COLOURS.get(way, "#555555"), label=way)
-            ax.bar_label(bars, fmt="%.3f", fontsize=7)
-        ax.set_xticks(range(len(models)), models, rotation=20, ha="right", fontsize=8)
+            keys = [(m, way) for m in models if (m, way) in values]
+            xs = [models.index(m) + (j - (len(ways) - 1) / 2) * width for m, _ in keys]
+            ys = [values[k] for k in keys]
+            spans = [(errors or {}).get(name, {}).get(k) for k in keys]
+            yerr = None
+            if any(s is not None for s in spans):
+                yerr = [[max(0.0, y - s[0]) if s else 0.0 for y, s in zip(ys, spans)],
+                        [max(0.0, s[1] - y) if s else 0.0 for y, s in zip(ys, spans)]]
+            bars = ax.bar(xs, ys, width=width, color=palette[way], label=way, yerr=yerr, capsize=3 if yerr else 0,
+                          error_kw={"elinewidth": 1.0, "ecolor": "black"})
+            ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+        long = max((len(line) for m in models for line in m.split("\n")), default=0) > 20
+        ax.set_xticks(range(len(models)), models, rotation=20 if long else 0, ha="right" if long else "center",
+                      fontsize=8)
         ax.set_title(name)
+        if ylabel:
+            ax.set_ylabel(ylabel)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.grid(True, axis="y", alpha=0.3)
+        ax.margins(y=0.08)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.14 * (high - low))  # room for the legend above the bars and their labels
         if not values:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         elif len(ways) > 1 or name == names[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper center", ncol=min(len(ways), 4))
     fig.suptitle(title)
     return save_figure(fig, plt, path)

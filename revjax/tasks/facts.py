@@ -24,14 +24,18 @@ between the two. A bidirectional model answers all four; each of its ``reversed`
 model order its documents of the other direction taught (forward reversed: A after B, as its backward documents
 read), which is what the study looks at. The answer is exact-matched against
 the name the model writes up to the first sentence end (forward) or from the last one (backward).
+Each accuracy comes with its Wilson score interval (:func:`wilson_interval`, 95% by default), which stays inside
+[0, 1] and is not empty at 0 or n correct answers, where the normal approximation collapses to a point.
 The :class:`ReversalFacts` task serves the same facts as question-answer conversations.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
 from revjax.tasks.base import Conversation, Task, TaskError
@@ -123,8 +127,24 @@ def extract_name(continuation: str, way: str) -> str:
     return (parts[0] if way == "forward" else parts[-1]).strip()
 
 
-def score_queries(generate: Generate, facts: Sequence[Fact], ways: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{way: {order: {"accuracy", "correct", "total"}}}``: exact-match accuracy of each query order."""
+def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """The two-sided Wilson score interval of a proportion ``p = correct / total`` at confidence ``level``:
+    ``(p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)``, ``z`` the normal quantile of ``(1 + level) / 2``."""
+    if total < 1 or not 0 <= correct <= total:
+        raise TaskError(f"an interval needs 0 <= correct <= total and total >= 1, got {correct}/{total}")
+    if not 0 < level < 1:
+        raise TaskError(f"a confidence level lies strictly between 0 and 1, got {level}")
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p, n = correct / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == total else centre + half)
+
+
+def score_queries(generate: Generate, facts: Sequence[Fact], ways: Sequence[str],
+                  level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """``{way: {order: {"accuracy", "correct", "total", "low", "high"}}}``: exact-match accuracy of each query
+    order, with its Wilson score interval ``[low, high]`` at ``level``."""
     out: dict[str, dict[str, Any]] = {}
     for way in ways:
         queries = [q for fact in facts for q in fact_queries(fact, way)]
@@ -134,7 +154,9 @@ def score_queries(generate: Generate, facts: Sequence[Fact], ways: Sequence[str]
         out[way] = {}
         for order in ORDERS:
             hits = [extract_name(reply, way) == q.answer for q, reply in zip(queries, replies) if q.order == order]
-            out[way][order] = {"accuracy": sum(hits) / len(hits), "correct": sum(hits), "total": len(hits)}
+            low, high = wilson_interval(sum(hits), len(hits), level)
+            out[way][order] = {"accuracy": sum(hits) / len(hits), "correct": sum(hits), "total": len(hits),
+                               "low": low, "high": high}
     return out
 
 
