@@ -41,12 +41,12 @@ def save_figure(fig, plt, path: str | os.PathLike[str]) -> Path:
 def position_axes(ax, ylabel: str, title: str, *, zero_line: bool = False) -> None:
     """Finish a loss-by-position panel: log x axis of context position + 1 with plain tick labels (1, 10, 100),
     axis labels, title, grid, an optional line at 0 and the legend."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import StrMethodFormatter
 
     if zero_line:
         ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
     ax.set_xlabel("context position + 1 (tokens already read)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
