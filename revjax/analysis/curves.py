@@ -188,10 +188,13 @@ def plot_final_bars(table: Mapping[tuple[str, str], tuple[float, float, int]], p
     values = {key: mean for key, (mean, _, _) in table.items()}
     errors = {key: (mean - half, mean + half) for key, (mean, half, n) in table.items()
               if n > 1 and math.isfinite(half)}
+    ends = [v for span in errors.values() for v in span] + list(values.values())
+    low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)
+    bottom = max(0.0, math.floor(20 * (low - 0.6 * (high - low) - 1e-9)) / 20)  # a multiple of 0.05 below the bars
     seeds = sorted({n for _, _, n in table.values()})
-    name = f"final val bpb by {rows_label} and {columns_label}"
-    bars = plot_bars({name: values}, path, errors={name: errors}, ylabel="validation bits per byte (lower is better)",
+    name = (f"{' or '.join(map(str, seeds))} seed{'s' if seeds != [1] else ''} per bar"
+            + (f", {level:.0%} t-interval over seeds" if errors else "") + f" (axis from {bottom:g})")
+    return plot_bars({name: values}, path, errors={name: errors}, bottom=bottom,
+                     ylabel="final val bpb (bits per byte, lower is better)",
                      colours={c: OTHERS[i % len(OTHERS)] for i, c in enumerate(dict.fromkeys(c for _, c in table))},
-                     title=f"n = {', '.join(map(str, seeds))} seed(s) per bar"
-                           + (f"; {level:.0%} t-interval over seeds" if errors else ""))
-    return bars
+                     title=f"Final val bpb by {rows_label} and {columns_label}")

@@ -100,10 +100,11 @@ def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], pat
               title: str = "Scores by model and reading direction",
               errors: Mapping[str, Mapping[tuple[str, str], tuple[float, float]]] | None = None,
               colours: Mapping[str, str] | None = None, ylabel: str | None = None,
-              fmt: str = "%.3f") -> Path:
+              fmt: str = "%.3f", bottom: float | None = None) -> Path:
     """``metrics[name][(model, way)]`` → one panel per metric, bars grouped by model and coloured by way
     (``colours[way]``, else the reading-direction colours); missing or None values are left out (a panel with no
-    value says so). ``errors[name][(model, way)]`` is an optional ``(low, high)`` interval drawn as an error bar."""
+    value says so). ``errors[name][(model, way)]`` is an optional ``(low, high)`` interval drawn as an error bar;
+    ``bottom`` starts the value axis there instead of at 0 (for values that differ by little)."""
     plt = _pyplot()
     names = list(metrics)
     palette = {**WAY_COLOURS, **(colours or {})}
@@ -135,10 +136,12 @@ def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], pat
         ax.set_title(name)
         if ylabel:
             ax.set_ylabel(ylabel)
-        ax.axhline(0.0, color="black", linewidth=0.6)
+        if bottom is None:
+            ax.axhline(0.0, color="black", linewidth=0.6)
         ax.grid(True, axis="y", alpha=0.3)
         ax.margins(y=0.08)
         low, high = ax.get_ylim()
+        low = low if bottom is None else bottom
         ax.set_ylim(low, high + 0.14 * (high - low))  # room for the legend above the bars and their labels
         if not values:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
