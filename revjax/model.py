@@ -53,8 +53,9 @@ def _inv_freq(head_dim: int) -> np.ndarray:
 
 
 def rope_tables(positions: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
-    """cos/sin of shape (T, head_dim/2), computed in fp32 and rounded to bf16 (as onanchat's tables always are)."""
-    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(_inv_freq(head_dim))[None, :]
+    """cos/sin of shape (T, head_dim/2) for positions (T,), or (B, T, head_dim/2) for per-row positions (B, T),
+    computed in fp32 and rounded to bf16 (as onanchat's tables always are)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(_inv_freq(head_dim))
     return jnp.cos(freqs).astype(jnp.bfloat16), jnp.sin(freqs).astype(jnp.bfloat16)
 
 
@@ -62,8 +63,9 @@ def apply_rope(x_BTHD: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """Split-halves rotary embedding: (x1, x2) → (x1·cos + x2·sin, −x1·sin + x2·cos)."""
     d = x_BTHD.shape[-1] // 2
     x1, x2 = x_BTHD[..., :d], x_BTHD[..., d:]
-    cos = cos[None, :, None, :].astype(jnp.promote_types(x_BTHD.dtype, cos.dtype))
-    sin = sin[None, :, None, :].astype(cos.dtype)
+    cos, sin = (cos[None], sin[None]) if cos.ndim == 2 else (cos, sin)
+    cos = cos[:, :, None, :].astype(jnp.promote_types(x_BTHD.dtype, cos.dtype))
+    sin = sin[:, :, None, :].astype(cos.dtype)
     y = jnp.concatenate([x1 * cos + x2 * sin, -x1 * sin + x2 * cos], axis=-1)
     return y.astype(x_BTHD.dtype)
 
@@ -122,6 +124,25 @@ def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, po
     return y.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
 
 
+def masked_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+    """Attention where query ``t`` of row ``b`` sees key ``s`` iff ``mask[b, t, s]`` (each query must see at least
+    itself): several independent sequences, or a shared prefix and its continuations, packed in one row.
+
+    fp32 logits as the XLA path; heads lead (B, H, T, D), GQA's key/value heads repeated to the query heads (XLA:CPU
+    runs these 4-d products much faster than grouped 5-d ones), and the softmax's normaliser applied after the
+    value product. Returns (B, T, H·D).
+    """
+    B, T, H, D = q_BTHD.shape
+    q = q_BTHD.transpose(0, 2, 1, 3)
+    k, v = (jnp.repeat(x.transpose(0, 2, 1, 3), H // x.shape[2], axis=1) for x in (k_BTKD, v_BTKD))
+    logits = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask_BTS[:, None], logits * jnp.float32(1.0 / math.sqrt(D)), -jnp.inf)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    y = jnp.einsum("bhts,bhsd->bhtd", weights.astype(q.dtype), v, preferred_element_type=jnp.float32)
+    y = y / jnp.sum(weights, axis=-1, keepdims=True)
+    return y.astype(q.dtype).transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
 SPLASH_BLOCKS = (512, 256, 128)  # splash tiles tried in order; a tile must divide T and be a multiple of 128
 
 
@@ -173,13 +194,16 @@ class Attention(nnx.Module):
         self.c_v = Linear(d, config.n_kv_head * hd, rngs=rngs)
         self.c_proj = Linear(d, d, rngs=rngs, zero_init=True)
 
-    def __call__(self, x_BTD, cos, sin, implementation, cache=None, layer=None):
-        """Output (B, T, d) and, with ``cache``, the cache with this ``layer``'s keys/values written at its ``pos``."""
+    def __call__(self, x_BTD, cos, sin, implementation, cache=None, layer=None, mask=None):
+        """Output (B, T, d) and, with ``cache``, the cache with this ``layer``'s keys/values written at its ``pos``.
+        ``mask`` (B, T, T) replaces the causal mask (no cache)."""
         B, T, _ = x_BTD.shape
         q = self.c_q(x_BTD).reshape(B, T, self.n_head, self.head_dim)
         k = self.c_k(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
+        if mask is not None:
+            return self.c_proj(masked_attention(q, k, v, mask)), None
         if cache is None:
             if implementation == "splash":
                 y = splash_attention(q, k, v)
@@ -207,8 +231,8 @@ class Block(nnx.Module):
         self.attn = Attention(config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, implementation, cache=None, layer=None):
-        y, cache = self.attn(rms_norm(x), cos, sin, implementation, cache, layer)
+    def __call__(self, x, cos, sin, implementation, cache=None, layer=None, mask=None):
+        y, cache = self.attn(rms_norm(x), cos, sin, implementation, cache, layer, mask)
         x = x + y
         x = x + self.mlp(rms_norm(x))
         return x, cache
@@ -251,26 +275,30 @@ class GPT(nnx.Module):
             return "cudnn" if backend == "gpu" and self.config.compute_dtype == "bfloat16" else "xla"
         return choice
 
-    def _trunk(self, idx_BT: jax.Array, cache: KVCache | None = None, stats: bool = False):
+    def _trunk(self, idx_BT: jax.Array, cache: KVCache | None = None, stats: bool = False,
+               positions: jax.Array | None = None, mask: jax.Array | None = None):
         """Final RMS-normed hidden state (B, T, d) in the compute dtype, the updated cache (or None), and with
-        ``stats`` the fp32 RMS of the residual stream after each block (L,) (else None)."""
+        ``stats`` the fp32 RMS of the residual stream after each block (L,) (else None). ``positions`` (B, T) and
+        ``mask`` (B, T, T), given together and without a cache, replace the row's positions 0…T−1 and the causal
+        mask (packed sequences)."""
         B, T = idx_BT.shape
-        pos0 = jnp.zeros((), jnp.int32) if cache is None else cache.pos
-        cos, sin = rope_tables(pos0 + jnp.arange(T), self.config.head_dim)
+        if positions is None:
+            positions = (jnp.zeros((), jnp.int32) if cache is None else cache.pos) + jnp.arange(T)
+        cos, sin = rope_tables(positions, self.config.head_dim)
         x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
         run = self._scanned_blocks if self.config.scan_layers else self._unrolled_blocks
-        x, cache, rms = run(x, cos, sin, cache, stats)
+        x, cache, rms = run(x, cos, sin, cache, stats, mask)
         if cache is not None:
             cache = cache._replace(pos=cache.pos + T)
         return rms_norm(x), cache, rms
 
-    def _unrolled_blocks(self, x, cos, sin, cache, stats):
+    def _unrolled_blocks(self, x, cos, sin, cache, stats, mask=None):
         implementation = self.attention_implementation()
         policy = REMAT_POLICIES[self.config.remat]
         rms = []
         for i, block in enumerate(self.blocks):
-            if cache is not None:
-                x, cache = block(x, cos, sin, implementation, cache, i)
+            if cache is not None or mask is not None:
+                x, cache = block(x, cos, sin, implementation, cache, i, mask)
             elif policy is None:
                 x, _ = block(x, cos, sin, implementation)
             else:
@@ -279,7 +307,7 @@ class GPT(nnx.Module):
                 rms.append(residual_rms(x))
         return x, cache, (jnp.stack(rms) if stats else None)
 
-    def _scanned_blocks(self, x, cos, sin, cache, stats):
+    def _scanned_blocks(self, x, cos, sin, cache, stats, mask=None):
         """The blocks as one ``lax.scan`` over their parameters stacked on a leading layer axis (in the compute
         dtype). Parameters stay stored per layer, so both modes share checkpoints and exports."""
         implementation = self.attention_implementation()
@@ -293,7 +321,7 @@ class GPT(nnx.Module):
             params, layer = layer_params
             block = nnx.merge(graphdef, params)
             if cache is None:
-                h, _ = block(h, cos, sin, implementation)
+                h, _ = block(h, cos, sin, implementation, mask=mask)
             else:
                 h, new = block(h, cos, sin, implementation, cache._replace(k=k_all, v=v_all), layer)
                 k_all, v_all = new.k, new.v
@@ -309,10 +337,14 @@ class GPT(nnx.Module):
             cache = cache._replace(k=k_all, v=v_all)
         return x, cache, rms
 
-    def features(self, idx_BT: jax.Array) -> jax.Array:
+    def features(self, idx_BT: jax.Array, positions: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> jax.Array:
         """The final RMS-normed hidden state (B, T, d) that ``lm_head`` reads: ``head(features(idx))`` is
-        ``model(idx)``."""
-        return self._trunk(idx_BT)[0]
+        ``model(idx)``. ``positions`` (B, T) and ``mask`` (B, T, T; query t sees key s iff ``mask[b, t, s]``)
+        pack several sequences, or a prefix and its continuations, into one row."""
+        if (positions is None) != (mask is None):
+            raise ValueError("features takes positions and mask together")
+        return self._trunk(idx_BT, positions=positions, mask=mask)[0]
 
     def features_with_stats(self, idx_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``features(idx)`` and the fp32 RMS of the residual stream after each block, shape (n_layer,)."""

@@ -9,8 +9,9 @@ vocabulary size, the CPU default chain; texts are tokenized by the tests' golden
 vocabulary) in fp32, prompts cropped to ``--max-len`` tokens as ``revjax eval`` crops them. Both run on the same
 ``--threads`` cores (the process is pinned to them; torch uses as many threads). The PyTorch side is nanochat's
 loop: one forward per example over its options right-padded with BOS, mean loss over each option's span, argmin.
-revjax batches all options of all examples of a task into a few compiled shapes, computes each question's shared
-context once and projects only the scored positions onto the vocabulary. The first revjax pass includes
+revjax scores the whole suite in one pass (as ``revjax eval`` does): every question's options become one tree (the
+shared context once, then each option), trees are packed into rows of a few compiled shapes, and only the scored
+positions are projected onto the vocabulary. The first revjax pass includes
 compilation (reported separately); then ``--repeats`` steady passes of each side alternate, so both see the same
 background load (the best and the median are reported). Both sides must pick the same options; the script prints
 the agreement and the speed ratios.
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
 
     from revjax.config import ModelConfig, load_config
     from revjax.direction import Specials
-    from revjax.eval import Scorer, build_examples, score_examples
+    from revjax.eval import Scorer, build_examples, score_tasks
     from revjax.eval.suites import load_offline_tasks
     from revjax.interop.state_dict import load_params, model_params, to_torch_layout
     from revjax.model import GPT
@@ -124,8 +125,9 @@ def main(argv=None) -> int:
                     tokens_per_call=args.batch_tokens)
 
     def revjax_pass() -> list[int]:
-        return [r.pred for spec, examples in tasks
-                for r in score_examples(examples, spec.kind, scorer, "forward", "forward", specials)]
+        scored = score_tasks([(examples, spec.kind) for spec, examples in tasks], scorer, "forward", "forward",
+                             specials)
+        return [r.pred for results in scored for r in results]
 
     start = time.perf_counter()
     preds = revjax_pass()

@@ -173,12 +173,17 @@ def test_forward_scores_equal_nanochat(tok, specials, scorer, logprobs):
             pred, correct, sums = nanochat_example(logprobs, ex, spec.kind, tok.bos_id)
             assert (res.pred, res.correct) == (pred, correct), spec.label
             np.testing.assert_allclose(res.scores if sums else [], sums, rtol=1e-5, atol=1e-4)
-    assert any(len(shape) == 4 for shape in scorer.shapes)  # the shared-prefix path ran
+    assert scorer.shared > 0  # some groups computed their prefix once
 
 
-def test_batched_requests_equal_each_scored_alone(tok, scorer, logprobs):
-    """Many requests in one call (two length buckets, shared-prefix groups, remainder batches) score as each
-    request alone does by hand, from a plain forward over that request only."""
+@pytest.mark.parametrize("max_tree", [None, 40])
+def test_batched_requests_equal_each_scored_alone(max_tree, model, tok, scorer, logprobs):
+    """Many requests packed into rows (several per row, shared-prefix trees; with ``max_tree`` 40 the larger
+    groups are split into several trees) score as each request alone does by hand, from a plain forward over that
+    request only."""
+    if max_tree is not None:
+        scorer = Scorer(model[0], model[1], vocab_size=CONFIG.vocab_size, pad_id=tok.bos_id, share_min=8,
+                        max_tree=max_tree, **SCORER)
     rng = np.random.default_rng(7)
     context = rng.integers(3, CONFIG.vocab_size, 40).tolist()
     greedy = [tok.bos_id, *context[:12]]
@@ -199,8 +204,11 @@ def test_batched_requests_equal_each_scored_alone(tok, scorer, logprobs):
             members.append(len(requests))
             requests.append(Request(ids, 31 + options - k % 2, len(ids)))  # one span starts inside the context
         groups.append(members)
+    positions = scorer.positions
     sums, matched = scorer.score(requests, groups=groups)
-    assert any(len(shape) == 4 for shape in scorer.shapes)  # the shared-prefix path ran
+    assert scorer.shared > 0  # some groups computed their prefix once
+    if max_tree is None:  # shared and packed: fewer positions than the requests' tokens
+        assert scorer.positions - positions < sum(len(r.ids) for r in requests)
     for r, total, match in zip(requests, sums, matched):
         lp = logprobs(list(r.ids))
         by_hand = sum(lp[t - 1, r.ids[t]] for t in range(r.first, r.last))

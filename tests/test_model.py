@@ -210,3 +210,27 @@ def test_features_feed_the_head_and_stats_are_residual_rms(case):
         want.append(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
     np.testing.assert_allclose(rms, want, rtol=1e-5)
     np.testing.assert_allclose(h, rms_norm(x), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_row_equals_each_sequence_alone(case):
+    """One row holding a sequence, then a prefix with two continuations (a tree), then padding: with per-token
+    positions and a mask that keeps each token to its own sequence (and a branch to its prefix), every hidden
+    state equals the plain forward of that sequence alone."""
+    _, config, model, ids = case
+    ids = np.asarray(ids)
+    single, prefix, one, two = ids[1, :8], ids[0, :5], ids[0, 5:12], ids[1, :6]
+    row = np.concatenate([single, prefix, one, two, np.zeros(32 - 26, ids.dtype)])
+    pos = np.concatenate([np.arange(8), np.arange(5), np.arange(5, 12), np.arange(5, 11), np.zeros(6, int)])
+    part = np.repeat([0, 1, 2, 3, 4], [8, 5, 7, 6, 6])  # single, prefix, branch one, branch two, padding
+    mask = np.zeros((32, 32), bool)
+    for t in range(32):
+        for s in range(t + 1):
+            same = part[s] == part[t]
+            mask[t, s] = same or (part[s] == 1 and part[t] in (2, 3))
+    packed = nnx.jit(lambda m, i, p, k: m.features(i, p, k))(model, row[None], pos[None], mask[None])[0]
+    alone = nnx.jit(lambda m, i: m.features(i))
+    for seq, where in ((single, np.arange(8)), (np.concatenate([prefix, one]), np.arange(8, 20)),
+                       (np.concatenate([prefix, two]), np.r_[8:13, 20:26])):
+        np.testing.assert_allclose(packed[where], alone(model, seq[None])[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="together"):
+        model.features(row[None], pos[None])

@@ -10,7 +10,7 @@
 * :mod:`revjax.eval.run` — ``evaluate_run``, ``format_markdown`` and the ``revjax eval`` command.
 """
 
-from revjax.eval.choice import ExampleResult, NotApplicable, model_order, score_examples
+from revjax.eval.choice import ExampleResult, NotApplicable, model_order, score_examples, score_tasks
 from revjax.eval.icl import EvalError, Example, TaskSpec, build_examples, centered, render_prompts
 from revjax.eval.scorer import Request, Scorer
 
@@ -27,4 +27,5 @@ __all__ = [
     "model_order",
     "render_prompts",
     "score_examples",
+    "score_tasks",
 ]

@@ -98,36 +98,55 @@ def _requests(example: Example, direction, way, specials, max_len: int | None) -
 
 def score_examples(examples: Sequence[Example], kind: str, scorer: Scorer, direction: Direction | str,
                    way: Direction | str, specials: Specials, *, max_len: int | None = None) -> list[ExampleResult]:
-    """Score every example of one task read ``way`` by a model of ``direction``, all in one batched pass.
+    """Score every example of one task read ``way`` by a model of ``direction`` (:func:`score_tasks` for one
+    task); raises :class:`NotApplicable` for language modeling read backward."""
+    (results,) = score_tasks([(examples, kind)], scorer, direction, way, specials, max_len=max_len)
+    if isinstance(results, NotApplicable):
+        raise results
+    return results
+
+
+def score_tasks(tasks: Sequence[tuple[Sequence[Example], str]], scorer: Scorer, direction: Direction | str,
+                way: Direction | str, specials: Specials, *,
+                max_len: int | None = None) -> list[list[ExampleResult] | NotApplicable]:
+    """Score the examples of several tasks (``(examples, kind)`` each) read ``way`` by a model of ``direction``,
+    all in one batched pass, so the sequences of every task share the scorer's rows.
 
     ``max_len`` crops the texts of an example from the front, by the same number of tokens for every option, so
     the longest model-order sequence fits (None: no cropping, as nanochat does for its own models). The options
-    of one example go to the scorer as a group, so a shared context is computed once. Raises
-    :class:`NotApplicable` for language modeling read backward.
+    of one example go to the scorer as a group, so a shared context is computed once. A task that has no
+    direction-neutral meaning read ``way`` (language modeling read backward) gets a :class:`NotApplicable`
+    instead of its results.
     """
     way = Direction.parse(way)
-    if kind == "language_modeling" and way is Direction.BACKWARD:
-        raise NotApplicable(NOT_APPLICABLE_LM)
-    plans = [_requests(ex, direction, way, specials, max_len) for ex in examples]
+    plans: list[list | None] = []
     unique: dict[Request, int] = {}
-    for plan in plans:
-        for requests, _ in plan:
-            for r in requests:
-                unique.setdefault(r, len(unique))
-    options = [[unique[requests[0]] for requests, _ in plan] for plan in plans]  # one question's options
-    sums, greedy = scorer.score(list(unique), groups=options)
-    results = []
-    for ex, plan in zip(examples, plans):
-        scores, counts, matched = [], [], True
-        for requests, n in plan:
-            value = sums[unique[requests[0]]] - sum(sums[unique[r]] for r in requests[1:])
-            scores.append(float(value))
-            counts.append(n)
-            matched = matched and bool(greedy[unique[requests[0]]])
-        if kind == "language_modeling":
-            results.append(ExampleResult(None, matched, scores, counts))
+    groups = []
+    for examples, kind in tasks:
+        if kind == "language_modeling" and way is Direction.BACKWARD:
+            plans.append(None)
             continue
-        means = [s / n if n > 0 else -np.inf for s, n in zip(scores, counts)]
-        pred = int(np.argmax(means))
-        results.append(ExampleResult(pred, pred == ex.gold, scores, counts))
-    return results
+        plans.append([_requests(ex, direction, way, specials, max_len) for ex in examples])
+        for plan in plans[-1]:
+            for requests, _ in plan:
+                for r in requests:
+                    unique.setdefault(r, len(unique))
+            groups.append([unique[requests[0]] for requests, _ in plan])  # one question's options
+    sums, greedy = scorer.score(list(unique), groups=groups)
+    return [NotApplicable(NOT_APPLICABLE_LM) if task_plans is None else
+            [_result(ex, kind, plan, unique, sums, greedy) for ex, plan in zip(examples, task_plans)]
+            for (examples, kind), task_plans in zip(tasks, plans)]
+
+
+def _result(ex: Example, kind: str, plan: list, unique: dict[Request, int], sums: np.ndarray,
+            greedy: np.ndarray) -> ExampleResult:
+    scores, counts, matched = [], [], True
+    for requests, n in plan:
+        scores.append(float(sums[unique[requests[0]]] - sum(sums[unique[r]] for r in requests[1:])))
+        counts.append(n)
+        matched = matched and bool(greedy[unique[requests[0]]])
+    if kind == "language_modeling":
+        return ExampleResult(None, matched, scores, counts)
+    means = [s / n if n > 0 else -np.inf for s, n in zip(scores, counts)]
+    pred = int(np.argmax(means))
+    return ExampleResult(pred, pred == ex.gold, scores, counts)

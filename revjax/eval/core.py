@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from revjax.direction import Direction, Specials, known_directions
-from revjax.eval.choice import NotApplicable, score_examples
+from revjax.eval.choice import NotApplicable, score_tasks
 from revjax.eval.icl import EvalError, TaskSpec, build_examples, centered
 from revjax.eval.scorer import Scorer
 
@@ -111,34 +111,34 @@ def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokeniz
                    max_len: int | None = None, progress: Callable[[str], Any] | None = None) -> dict:
     """Run in-context tasks for each reading direction; returns ``{"suite", "ways": {way: {...}}}``.
 
-    Each way holds ``tasks`` (label → kind, shots, examples, accuracy, baseline, centered, seconds),
-    ``not_applicable`` (label → reason) and ``score`` (the mean centered accuracy over its scored tasks, None if
-    there are none). ``progress(label)`` is called after each task.
+    Each way holds ``tasks`` (label → kind, shots, examples, accuracy, baseline, centered), ``not_applicable``
+    (label → reason), ``score`` (the mean centered accuracy over its scored tasks, None if there are none) and
+    ``seconds``. The tasks of one way are scored in one batched pass; ``progress(message)`` is called after each
+    way.
     """
     specials = Specials.from_tokenizer(tokenizer)
     ways = [Direction.parse(w) for w in (ways or known_directions(direction))]
     examples = {spec.label: build_examples(spec, tokenizer, max_per_task) for spec in specs}
     out: dict[str, Any] = {"suite": name, "max_per_task": max_per_task, "max_len": max_len, "ways": {}}
     for way in ways:
+        start = time.perf_counter()
+        scored = score_tasks([(examples[spec.label], spec.kind) for spec in specs], scorer, direction, way, specials,
+                             max_len=max_len)
         tasks, skipped = {}, {}
-        for spec in specs:
-            start = time.perf_counter()
-            try:
-                results = score_examples(examples[spec.label], spec.kind, scorer, direction, way, specials,
-                                         max_len=max_len)
-            except NotApplicable as reason:
-                skipped[spec.label] = str(reason)
+        for spec, results in zip(specs, scored):
+            if isinstance(results, NotApplicable):
+                skipped[spec.label] = str(results)
             else:
                 accuracy = sum(r.correct for r in results) / max(1, len(results))
                 tasks[spec.label] = {
                     "kind": spec.kind, "shots": spec.num_fewshot, "examples": len(results), "accuracy": accuracy,
                     "baseline": spec.baseline, "centered": centered(accuracy, spec.baseline),
-                    "seconds": time.perf_counter() - start,
                 }
-            if progress is not None:
-                progress(f"{way.value}/{spec.label}")
         score = sum(t["centered"] for t in tasks.values()) / len(tasks) if tasks else None
-        out["ways"][way.value] = {"tasks": tasks, "not_applicable": skipped, "score": score}
+        out["ways"][way.value] = {"tasks": tasks, "not_applicable": skipped, "score": score,
+                                  "seconds": time.perf_counter() - start}
+        if progress is not None:
+            progress(f"{way.value}: {len(specs)} tasks")
     return out
 
 

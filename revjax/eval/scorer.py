@@ -1,31 +1,29 @@
-"""Batched log-likelihood of many token sequences in a few compiled shapes.
+"""Batched log-likelihood of many token sequences, packed into rows of a few compiled shapes.
 
 A :class:`Request` is a model-order sequence and a span ``[first, last)`` of target positions: the scorer returns
 the sum of ``log p(ids[i] | ids[:i])`` over the span and whether every token of the span is the model's greedy
 (argmax) prediction.
 
-Single requests are sorted by length and packed into batches whose length is a power of two (at least
-``min_len``) and whose row count (a power of two) fills a budget of ``tokens_per_call`` tokens; what a bucket
-has left after its full batches goes in at most two smaller power-of-two batches. A whole suite therefore
-compiles a handful of programs however many examples and tasks it has. Only the scored positions go through the
-vocabulary projection (the hidden states are gathered there first), and only the target log-probabilities and
-greedy flags come back to the host, never the logits.
+Requests become *trees*: a request on its own is a tree of one sequence; requests that share a prefix (the options
+of one few-shot question, given as a group) become one tree holding the shared tokens once, followed by each
+option's remainder. Trees are packed first-fit (longest first) into rows whose length is a power of two (at
+least ``min_len``; a tree only opens a row as long as itself needs), several trees per row, and rows of one
+length go ``tokens_per_call // length`` at a time into one call. Inside a row, every token carries its position in
+its own sequence (RoPE) and attends only to the earlier tokens of its tree's prefix and of its own branch, so the
+results equal scoring each request alone, up to float rounding, with next to no padding. Only the hidden states
+that predict a scored target go through the vocabulary projection, and only their log-probabilities and greedy
+flags come back to the host, never the logits. A group whose tree would be longer than ``max_tree`` is split
+into several trees, each repeating the prefix, so rows stay short (attention costs the row's length per token).
 
-Requests that share a long prefix (the options of one few-shot question) are scored as a *group*: the prefix runs
-once through the model, filling its KV cache (its logits are never computed), and every option's remainder
-continues from that cache, so the shared few-shot context is computed once instead of once per option. The
-shared prefix ends where the first span of the group begins. Groups are batched the same way (prefix width,
-option count and remainder length bucketed to powers of two; the groups of one call, sorted by prefix length,
-all continue from the shortest prefix among them). The results equal scoring each request on its own, up to
-float rounding.
-
-Padding rows and positions score nothing. Batches are dispatched before earlier results are read, so the host
-prepares the next batch while the device works. :meth:`Scorer.logits_at` reads the logits of a few candidate ids
-at one position per sequence instead (the last prompt position of a chat question, for letter answers).
+Every call of one row shape gathers the same (power-of-two) number of targets, so a whole suite compiles a
+handful of programs. Calls are dispatched before earlier results are read, so the host prepares the next batch
+while the device works. :meth:`Scorer.logits_at` reads the logits of a few candidate ids at one position per
+sequence instead (the last prompt position of a chat question, for letter answers).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -35,13 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from revjax.model import KVCache
 
-MIN_LEN = 64  # shorter sequences share the 64-token shape: a compile costs far more than the padding
-MIN_REMAINDER = 16
-MIN_SPAN = 8  # scored positions per row are bucketed to a power of two, at least this
-SHARE_MIN = 32  # a group shares its prefix when the prefix has at least this many tokens
-LOGITS_BUDGET = 1 << 27  # largest batch·length·vocab one call may hold as fp32 logits (512 MiB)
+
+MIN_LEN = 64  # rows are at least this long: a compile costs far more than the padding
+MAX_TREE = 256  # a shared-prefix tree longer than this is split (each part repeats the prefix)
+MIN_TARGETS = 64  # the targets one call gathers are a power of two, at least this
+LOGITS_BUDGET = 1 << 27  # largest targets·vocab one call may hold as fp32 logits (512 MiB)
 
 
 @dataclass(frozen=True)
@@ -61,72 +58,44 @@ def _floor_pow2(n: int) -> int:
     return 1 << (max(1, n).bit_length() - 1)
 
 
-def _target_logprobs(logits, targets):
-    """``(log p(target), target is argmax)`` for logits (..., V) and targets (...)."""
-    logits = logits.astype(jnp.float32)
-    logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-    return logp, jnp.argmax(logits, axis=-1) == targets
+def _row_length(n: int, least: int) -> int:
+    """The shortest row of ``2^k`` or ``3·2^(k-1)`` tokens (at least ``least``) that holds ``n``."""
+    top = _pow2(n, least)
+    return top * 3 // 4 if top * 3 // 4 >= max(n, least) and top % 4 == 0 else top
 
 
-def _reduce(logp, greedy, inside, axis):
-    return jnp.sum(jnp.where(inside, logp, 0.0), axis=axis), jnp.all(greedy | ~inside, axis=axis)
+@dataclass
+class _Tree:
+    """Packed tokens (a prefix, then each branch), their positions and branch numbers (0: the prefix), and per
+    scored target: the offset of the hidden state that predicts it, the target id and the owning request."""
+
+    ids: np.ndarray
+    pos: np.ndarray
+    branch: np.ndarray
+    at: np.ndarray
+    targets: np.ndarray
+    owners: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "span"))
-def _span_scores(graphdef, params, ids, first, last, span):
-    """Per row: the sum of target log-probabilities over ``[first, last)`` and whether all of them are argmax.
-
-    Only the ``span`` positions from ``first`` on (``span >= last - first``) go through the head: the hidden
-    states are gathered there, so the vocabulary projection costs the scored tokens, not the whole row.
-    """
-    model = nnx.merge(graphdef, params)
-    targets = jnp.minimum(first[:, None] + jnp.arange(span)[None, :], ids.shape[1] - 1)  # (rows, span)
-    hidden = jnp.take_along_axis(model.features(ids), (targets - 1)[..., None], axis=1)
-    logp, greedy = _target_logprobs(model.head(hidden), jnp.take_along_axis(ids, targets, axis=1))
-    return _reduce(logp, greedy, first[:, None] + jnp.arange(span)[None, :] < last[:, None], 1)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _group_scores(graphdef, params, prefix, split, rest, first, last):
-    """Per group ``e`` and option ``k``: span sums and greedy flags of ``prefix[e, :split] ⊕ rest[e, k, 1:]``.
-
-    ``rest[e, k]`` starts with the prefix's last token ``prefix[e, split - 1]`` and every span starts at or
-    after ``split`` (a traced scalar). Every group of the call runs its prefix through the model once, for its
-    KV cache only (its logits are never computed); the options continue from the cache at position
-    ``split - 1``, overwriting the prefix's last entry with the same token and its padding with their own.
-    """
-    model = nnx.merge(graphdef, params)
-    groups, width = prefix.shape
-    options, tail = rest.shape[1:]
-    _, cache = model(prefix, KVCache.zeros(model.config, groups, width + tail, dtype=model.compute_dtype))
-    shared = KVCache(jnp.repeat(cache.k, options, axis=1), jnp.repeat(cache.v, options, axis=1), split - 1)
-    logits = model(rest.reshape(groups * options, tail), shared)[0].reshape(groups, options, tail, -1)
-    logp, greedy = _target_logprobs(logits[:, :, :-1], rest[:, :, 1:])  # absolute positions split … split+tail-2
-    pos = split + jnp.arange(tail - 1)[None, None, :]
-    return _reduce(logp, greedy, (pos >= first[..., None]) & (pos < last[..., None]), 2)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _candidate_logits(graphdef, params, ids, position, candidates):
-    """Per row: the logits of ``candidates`` (row, K) at ``position`` (the prediction of the next token)."""
-    model = nnx.merge(graphdef, params)
-    at = jnp.take_along_axis(model.features(ids), position[:, None, None], axis=1)  # (rows, 1, d)
-    return jnp.take_along_axis(model.head(at)[:, 0], candidates, axis=-1)
-
-
-def _chunks(members: list, most: int):
-    """Yield ``(rows, chunk)`` covering ``members``: ``most`` at a time, then what is left in at most two chunks
-    whose row counts are powers of two (the largest that fits, then the smallest that holds the rest), so a few
-    row counts serve every bucket and padding rows stay under a quarter of the remainder."""
-    full = len(members) - len(members) % most
-    for at in range(0, full, most):
-        yield most, members[at: at + most]
-    left = members[full:]
-    if left:
-        head = _floor_pow2(len(left))
-        yield head, left[:head]
-        if len(left) > head:
-            yield _pow2(len(left) - head), left[head:]
+def _tree(requests: Sequence[Request], members: Sequence[int], prefix: int) -> _Tree:
+    """The requests ``members`` (all sharing their first ``prefix`` tokens, which none of their spans reaches
+    into) as one tree; a single request is a tree of its prefix alone. A sequence is cut after the last token
+    whose hidden state predicts a target (what follows would be computed for nothing)."""
+    ids, pos, branch = [np.asarray(requests[members[0]].ids[:prefix], np.int32)], [np.arange(prefix)], [
+        np.zeros(prefix, np.int32)]
+    at, targets, owners, start = [], [], [], prefix
+    for k, i in enumerate(members, 1):
+        r = requests[i]
+        seq, end = np.asarray(r.ids, np.int32), max(prefix, r.last - 1)
+        ids.append(seq[prefix:end])
+        pos.append(np.arange(prefix, end))
+        branch.append(np.full(end - prefix, k, np.int32))
+        hidden = np.arange(r.first, r.last) - 1  # the position in the sequence that predicts each target
+        at.append(np.where(hidden < prefix, hidden, start + hidden - prefix))
+        targets.append(seq[r.first: r.last])
+        owners.append(np.full(r.last - r.first, i))
+        start += end - prefix
+    return _Tree(*(np.concatenate(parts) for parts in (ids, pos, branch, at, targets, owners)))
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -137,142 +106,204 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return shortest
 
 
+def _row_mask(tree, branch):
+    """(B, T, T): query t sees key s iff both lie in one tree, s <= t, and s is in the prefix or t's branch."""
+    T = tree.shape[1]
+    causal = jnp.arange(T)[None, :] <= jnp.arange(T)[:, None]
+    same_tree = tree[:, :, None] == tree[:, None, :]
+    seen = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+    return causal[None] & same_tree & seen
+
+
+def _gathered_logits(graphdef, params, ids, pos, tree, branch, rows, cols):
+    model = nnx.merge(graphdef, params)
+    hidden = model.features(ids, pos, _row_mask(tree, branch))[rows, cols]  # (G, d)
+    return model.head(hidden)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _target_scores(graphdef, params, ids, pos, tree, branch, rows, cols, targets):
+    """Per gathered target: ``log p(target)`` and whether the target's logit is the largest (a tie counts).
+
+    The logits are softcapped (|logit| <= 15), so their exponentials sum without overflow and the log-sum-exp
+    needs no max pass; comparing with the largest logit is one plain reduction, where an argmax is a slow one on
+    CPU."""
+    logits = _gathered_logits(graphdef, params, ids, pos, tree, branch, rows, cols)
+    target = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    logp = target - jnp.log(jnp.sum(jnp.exp(logits), axis=-1))
+    return logp, jnp.max(logits, axis=-1) <= target
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _candidate_logits(graphdef, params, ids, pos, tree, branch, rows, cols, candidates):
+    """Per gathered position: the logits of ``candidates`` (G, K) for the next token."""
+    logits = _gathered_logits(graphdef, params, ids, pos, tree, branch, rows, cols)
+    return jnp.take_along_axis(logits, candidates, axis=-1)
+
+
 class Scorer:
     """Scores requests for one model (``graphdef`` and ``params`` as from ``nnx.split``).
 
-    ``tokens_per_call`` bounds the tokens one call runs through the model (lowered for large vocabularies so the
-    fp32 logits of one call stay under ``LOGITS_BUDGET``); ``pad_id`` fills padding (any valid id; padding is
-    never scored); a group's prefix is shared when it has at least ``share_min`` tokens.
+    ``tokens_per_call`` bounds the row tokens of one call; ``pad_id`` fills padding (any valid id; padding is never
+    scored); a group shares its prefix when the prefix has at least ``share_min`` tokens; ``max_tree`` bounds a
+    shared tree's length (a longer group is split). The targets of one call are capped so that their fp32 logits
+    stay under ``LOGITS_BUDGET``.
     """
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, *, vocab_size: int, pad_id: int = 0,
-                 tokens_per_call: int = 8192, min_len: int = MIN_LEN, share_min: int = SHARE_MIN):
+                 tokens_per_call: int = 8192, min_len: int = MIN_LEN, share_min: int = 1,
+                 max_tree: int = MAX_TREE):
         self.graphdef, self.params, self.pad_id, self.min_len = graphdef, params, int(pad_id), min_len
-        self.share_min = share_min
-        fit = max(min_len, LOGITS_BUDGET // max(1, vocab_size))
-        self.tokens_per_call = max(min_len, min(tokens_per_call, _floor_pow2(fit)))
-        self.calls = 0  # model calls so far, the token positions they ran (padding included) and their shapes
-        self.positions = 0
-        self.shapes: set[tuple[int, ...]] = set()
-
-    def _batches(self, lengths: Sequence[int]):
-        """Yield ``(shape (rows, length), indices)`` covering every sequence, grouped by length bucket."""
-        buckets: dict[int, list[int]] = {}
-        for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-            buckets.setdefault(_pow2(lengths[i], self.min_len), []).append(i)
-        for length, members in sorted(buckets.items()):
-            for rows, chunk in _chunks(members, _floor_pow2(self.tokens_per_call // length)):
-                yield (rows, length), chunk
-
-    def _pack(self, shape, members, seqs):
-        ids = np.full(shape, self.pad_id, np.int32)
-        for row, i in enumerate(members):
-            ids[row, : len(seqs[i])] = seqs[i]
-        self.calls += 1
-        self.positions += shape[0] * shape[1]
-        self.shapes.add(shape)
-        return ids
+        self.share_min, self.max_tree = share_min, max_tree
+        self.tokens_per_call = max(min_len, tokens_per_call)
+        self.max_targets = max(MIN_TARGETS, _floor_pow2(LOGITS_BUDGET // max(1, vocab_size)))
+        self.calls = 0  # model calls so far, the row positions they ran (padding included), their shapes
+        self.positions = 0  # (rows, length, targets) and the groups whose prefix was computed once
+        self.shapes: set[tuple[int, int, int]] = set()
+        self.shared = 0
 
     def score(self, requests: Sequence[Request],
               groups: Sequence[Sequence[int]] = ()) -> tuple[np.ndarray, np.ndarray]:
         """``(log-prob sums float64 (N,), greedy matches bool (N,))`` of ``requests``, in their order.
 
         ``groups`` lists indices of requests that may share a prefix (e.g. one question's options): the tokens
-        all of them have in common before any of their spans starts. A group whose shared prefix has at least
-        ``share_min`` tokens and whose padded shapes run fewer positions than its members alone computes it
-        once.
-        Everything else is scored on its own.
+        all of them have in common before any of their spans starts, computed once when there are at least
+        ``share_min`` of them. Everything else is scored on its own.
         """
         for r in requests:
             if not 1 <= r.first <= r.last <= len(r.ids):
                 raise ValueError(f"a request's span [{r.first}, {r.last}) does not fit its {len(r.ids)} ids")
-        sums, greedy = np.zeros(len(requests)), np.ones(len(requests), bool)
-        shared, taken = [], set()
+        trees, taken = [], set()
         for group in groups:
             members = [i for i in dict.fromkeys(group) if i not in taken]
             if len(members) < 2:
                 continue
-            seqs = [requests[i].ids for i in members]
-            prefix = min(_common_prefix(seqs), min(requests[i].first for i in members))
-            # worth it when the prefix is long and the padded shapes run fewer positions than the members alone
-            alone = sum(_pow2(len(s), self.min_len) for s in seqs)
-            together = _pow2(prefix, self.min_len) + _pow2(len(members)) * _pow2(
-                max(len(s) for s in seqs) - prefix + 1, MIN_REMAINDER)
-            if prefix >= max(1, self.share_min) and together < alone:
-                shared.append((prefix, members))
-                taken.update(members)
-        pending = self._dispatch_groups(requests, shared)
-        singles = [i for i in range(len(requests)) if i not in taken]
-        seqs = [requests[i].ids for i in singles]
-        spans: dict[int, int] = {}  # per length bucket: the widest span, so a bucket compiles one program
-        for r in (requests[i] for i in singles):
-            length = _pow2(len(r.ids), self.min_len)
-            spans[length] = max(spans.get(length, 1), r.last - r.first)
-        for shape, rows in self._batches([len(s) for s in seqs]):
-            first, last = np.ones(shape[0], np.int32), np.ones(shape[0], np.int32)  # padding rows: empty spans
-            for row, j in enumerate(rows):
-                first[row], last[row] = requests[singles[j]].first, requests[singles[j]].last
-            span = min(shape[1], _pow2(spans[shape[1]], MIN_SPAN))
-            out = _span_scores(self.graphdef, self.params, self._pack(shape, rows, seqs), first, last, span)
-            pending.append(([[singles[j]] for j in rows], out))
-        for owners, (s, g) in pending:
-            s, g = np.asarray(s, np.float64).reshape(len(s), -1), np.asarray(g).reshape(len(g), -1)
-            for row, members in enumerate(owners):
-                sums[members], greedy[members] = s[row, : len(members)], g[row, : len(members)]
-        return sums, greedy
-
-    def _dispatch_groups(self, requests: Sequence[Request], groups: list[tuple[int, list[int]]]) -> list:
-        """Dispatch the shared-prefix groups (``(prefix length, members)``); returns ``(owners per row, device
-        results)`` per call.
-
-        Groups are bucketed by prefix width and option count and sorted by prefix length; a call splits all its
-        groups at the shortest prefix among them (the rest of a longer prefix goes with each option).
-        """
-        plans: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
-        for p, members in groups:
-            plans.setdefault((_pow2(p, self.min_len), _pow2(len(members))), []).append((p, members))
-        pending = []
-        for (width, options), plan in sorted(plans.items()):
-            plan.sort(key=lambda item: -item[0])
-            typical = _pow2(max(len(requests[i].ids) - p + 1 for p, members in plan for i in members),
-                            MIN_REMAINDER)
-            most = _floor_pow2(max(1, self.tokens_per_call // (width + options * typical)))
-            for rows, chunk in _chunks(plan, most):
-                split = min(p for p, _ in chunk)
-                tail = _pow2(max(len(requests[i].ids) - split + 1 for _, members in chunk for i in members),
-                             MIN_REMAINDER)
-                prefix = np.full((rows, width), self.pad_id, np.int32)
-                rest = np.full((rows, options, tail), self.pad_id, np.int32)
-                first, last = np.ones((rows, options), np.int32), np.ones((rows, options), np.int32)
-                for row, (_, members) in enumerate(chunk):
-                    prefix[row, :split] = requests[members[0]].ids[:split]
-                    for k, i in enumerate(members):
-                        r = requests[i]
-                        rest[row, k, : len(r.ids) - split + 1] = r.ids[split - 1:]
-                        first[row, k], last[row, k] = r.first, r.last
-                self.calls += 1
-                self.positions += rows * (width + options * tail)
-                self.shapes.add((rows, width, options, tail))
-                out = _group_scores(self.graphdef, self.params, prefix, np.int32(split), rest, first, last)
-                pending.append(([members for _, members in chunk], out))
-        return pending
+            prefix = min(_common_prefix([requests[i].ids for i in members]), min(requests[i].first for i in members))
+            if prefix < max(1, self.share_min):
+                continue
+            taken.update(members)
+            self.shared += 1
+            part, length = [], prefix
+            for i in members:  # split where the tree would outgrow max_tree
+                extra = len(requests[i].ids) - prefix
+                if part and length + extra > self.max_tree:
+                    trees.append(_tree(requests, part, prefix))
+                    part, length = [], prefix
+                part.append(i)
+                length += extra
+            trees.append(_tree(requests, part, prefix))
+        trees += [_tree(requests, [i], r.last - 1) for i, r in enumerate(requests)
+                  if i not in taken and r.last > r.first]  # an empty span scores 0, matched
+        sums, matched = np.zeros(len(requests)), np.ones(len(requests), bool)
+        pending = [(owners, _target_scores(self.graphdef, self.params, *arrays, targets))
+                   for arrays, targets, owners in self._calls(trees)]
+        for owners, (logp, greedy) in pending:
+            valid = owners >= 0
+            np.add.at(sums, owners[valid], np.asarray(logp, np.float64)[valid])
+            np.logical_and.at(matched, owners[valid], np.asarray(greedy)[valid])
+        return sums, matched
 
     def logits_at(self, sequences: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """For each sequence, the logits (fp32) of its candidate ids for the token after its last one."""
-        seqs = [tuple(int(t) for t in s) for s in sequences]
+        requests = [Request(tuple(int(t) for t in s), len(s), len(s)) for s in sequences]
+        trees = []
+        for i, r in enumerate(requests):  # one gathered position per sequence: its last
+            tree = _tree(requests, [i], len(r.ids))
+            tree.at, tree.targets, tree.owners = np.array([len(r.ids) - 1]), np.zeros(1, np.int32), np.array([i])
+            trees.append(tree)
         width = _pow2(max((len(c) for c in candidates), default=1))
-        out: list[np.ndarray | None] = [None] * len(seqs)
+        out: list[np.ndarray | None] = [None] * len(requests)
         pending = []
-        for shape, members in self._batches([len(s) for s in seqs]):
-            position = np.zeros(shape[0], np.int32)
-            cands = np.zeros((shape[0], width), np.int32)
-            for row, i in enumerate(members):
-                position[row] = len(seqs[i]) - 1
-                cands[row, : len(candidates[i])] = candidates[i]
-            result = _candidate_logits(self.graphdef, self.params, self._pack(shape, members, seqs), position, cands)
-            pending.append((members, result))
-        for members, result in pending:
+        for arrays, _, owners in self._calls(trees):
+            cands = np.zeros((len(owners), width), np.int32)
+            for g in np.flatnonzero(owners >= 0):
+                cands[g, : len(candidates[owners[g]])] = candidates[owners[g]]
+            pending.append((owners, _candidate_logits(self.graphdef, self.params, *arrays, cands)))
+        for owners, result in pending:
             result = np.asarray(result)
-            for row, i in enumerate(members):
-                out[i] = result[row, : len(candidates[i])]
+            for g in np.flatnonzero(owners >= 0):
+                out[owners[g]] = result[g, : len(candidates[owners[g]])]
         return out  # type: ignore[return-value]
+
+    def _rows(self, trees: list[_Tree]) -> dict[int, list[list[int]]]:
+        """Per row length, the rows as lists of tree indices (:meth:`_pack_rows`). A length whose rows would not
+        fill half a call is not used: its trees go in longer rows instead (fewer programs to compile)."""
+        least = self.min_len
+        while True:
+            by_length = self._pack_rows(trees, least)
+            lengths = sorted(by_length)
+            short = lengths[0] if lengths else 0
+            if len(lengths) <= 1 or len(by_length[short]) * short * 2 >= self.tokens_per_call:
+                return by_length
+            least = _row_length(short + 1, least)
+
+    @staticmethod
+    def _pack_rows(trees: list[_Tree], least: int) -> dict[int, list[list[int]]]:
+        """Best-fit decreasing: a tree goes in the fullest row that has room for it, or opens the shortest row
+        (``2^k`` or ``3·2^(k-1)`` tokens, at least ``least``) that holds it."""
+        rows: list[tuple[int, list[int]]] = []
+        free: list[tuple[int, int]] = []  # (room left, row index), sorted
+        for j in sorted(range(len(trees)), key=lambda j: -len(trees[j].ids)):
+            n = len(trees[j].ids)
+            k = bisect.bisect_left(free, (n, -1))
+            if k < len(free):
+                room, r = free.pop(k)
+            else:
+                r, room = len(rows), _row_length(n, least)
+                rows.append((room, []))
+            rows[r][1].append(j)
+            if room > n:
+                bisect.insort(free, (room - n, r))
+        by_length: dict[int, list[list[int]]] = {}
+        for length, members in rows:
+            by_length.setdefault(length, []).append(members)
+        return by_length
+
+    def _calls(self, trees: list[_Tree]):
+        """Yield ``((ids, pos, tree, branch, rows, cols), targets, owners)`` per call; owners is −1 on padding."""
+        for length, rows in sorted(self._rows(trees).items()):
+            most = _floor_pow2(max(1, self.tokens_per_call // length))
+            for chunk in self._split(rows, most, trees):
+                count = sum(len(trees[j].at) for row in chunk for j in row)
+                yield self._pack(trees, chunk, (_pow2(len(chunk)), length), _pow2(count, MIN_TARGETS))
+
+    def _split(self, rows: list[list[int]], most: int, trees: list[_Tree]):
+        """Calls of ``most`` rows, then what is left in at most two calls (the largest power of two that fits, then
+        the rest, padded to a power of two), each halved until it gathers at most ``max_targets`` targets."""
+        full = len(rows) - len(rows) % most
+        chunks = [rows[at: at + most] for at in range(0, full, most)]
+        left = rows[full:]
+        if left:
+            head = _floor_pow2(len(left))
+            chunks += [left[:head], left[head:]] if len(left) > head else [left]
+        for chunk in chunks:
+            yield from self._fit_targets(chunk, trees)
+
+    def _fit_targets(self, chunk: list[list[int]], trees: list[_Tree]):
+        if len(chunk) > 1 and sum(len(trees[j].at) for row in chunk for j in row) > self.max_targets:
+            half = len(chunk) // 2
+            yield from self._fit_targets(chunk[:half], trees)
+            yield from self._fit_targets(chunk[half:], trees)
+        else:
+            yield chunk
+
+    def _pack(self, trees: list[_Tree], chunk: list[list[int]], shape: tuple[int, int], width: int):
+        ids = np.full(shape, self.pad_id, np.int32)
+        pos, branch = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        tree_id = np.full(shape, -1, np.int32)
+        rows, cols = np.zeros(width, np.int32), np.zeros(width, np.int32)
+        targets, owners = np.zeros(width, np.int32), np.full(width, -1)
+        g = 0
+        for r, row in enumerate(chunk):
+            offset = 0
+            for j in row:
+                t, n, m = trees[j], len(trees[j].ids), len(trees[j].at)
+                ids[r, offset: offset + n], pos[r, offset: offset + n] = t.ids, t.pos
+                branch[r, offset: offset + n], tree_id[r, offset: offset + n] = t.branch, j
+                rows[g: g + m], cols[g: g + m] = r, offset + t.at
+                targets[g: g + m], owners[g: g + m] = t.targets, t.owners
+                offset, g = offset + n, g + m
+        self.calls += 1
+        self.positions += shape[0] * shape[1]
+        self.shapes.add((*shape, width))
+        return (ids, pos, tree_id, branch, rows, cols), targets, owners
