@@ -391,6 +391,23 @@ def test_document_rows_never_target_the_direction_token(tok, specials):
     assert np.sum(targets == tok.bos_id) >= 1
 
 
+@pytest.mark.parametrize("packing", ["marked", "bos_aligned"])
+def test_document_rows_follow_the_validation_packing(packing, tok, specials):
+    """Marked rows start with BOS and the direction token and target every stream token after the first once, in
+    order; BOS-aligned rows start with a document's head."""
+    texts = ["first document here", "a second one", "and a third document that is longer"] * 3
+    batches = list(document_rows(texts, tok, "bidirectional", "backward", rows=1, seq_len=8, packing=packing))
+    inputs = np.concatenate([b[0] for b in batches])
+    targets = np.concatenate([b[1] for b in batches])
+    assert np.all(inputs[:, 0] == tok.bos_id) and np.all(inputs[:, 1] == specials.backward)
+    if packing == "marked":
+        docs = [model_order(tok.encode(t), "bidirectional", "backward", specials)[0] for t in texts]
+        want = [t for doc in docs for i, t in enumerate(doc) if i != 1][1:]  # not the direction tokens, not the first
+        assert targets[targets >= 0].tolist() == want
+    with pytest.raises(ValueError, match="unknown packing"):
+        next(document_rows(texts, tok, "forward", "forward", rows=1, seq_len=8, packing="tight"))
+
+
 # ------------------------------------------------------------------------------------------------ sandbox
 
 def test_sandbox_refuses_runaway_and_network():

@@ -97,7 +97,8 @@ def _run_suite(name: str, run: LoadedRun, ways: list[Direction], *, max_per_task
 
         texts = _val_texts(config, max_chars=8 * bpb_tokens)
         out = evaluate_bpb(run.graphdef, run.params, tok, run.direction, texts, ways=ways, seq_len=max_len,
-                           max_tokens=bpb_tokens, token_bytes_method=config.tokenizer.token_bytes)
+                           max_tokens=bpb_tokens, token_bytes_method=config.tokenizer.token_bytes,
+                           packing=config.data.val_packing, packing_buffer=config.data.packing_buffer)
         tick("bpb")
         samples = greedy_samples(run.graphdef, run.params, tok, run.direction, ways, max_len)
         tick("samples")

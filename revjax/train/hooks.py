@@ -160,7 +160,8 @@ def suite_hook(trainer: "Trainer") -> Hook:
                 loaded["name"], loaded["specs"] = OFFLINE_NAME, load_offline_tasks(cache_dir=config.tasks_path())
         row: dict = {"step": step}
         for way in ways:
-            rows = document_rows(loaded["texts"], run.tokenizer, direction, way, run.local_rows, T)
+            rows = document_rows(loaded["texts"], run.tokenizer, direction, way, run.local_rows, T,
+                                 packing=config.data.val_packing, packing_buffer=config.data.packing_buffer)
             batches = (global_batch(b, row_sharding) for b in rows)
             measured = evaluate_loss(loaded["step"], trainer.state.params, batches, eval_batches)
             row[f"val_bpb/{way.value}"] = measured["bpb"]
