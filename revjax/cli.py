@@ -11,6 +11,7 @@ serve, sweep, export, import) parse their own arguments.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -166,86 +167,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_train(argv: list[str]) -> int:
-    exit_on_interrupt("revjax.train")
-    from revjax.train.loop import run_from_args
-
-    return run_from_args(argv)
-
-
-def _run_eval(argv: list[str]) -> int:
-    from revjax.eval.run import main as eval_main
-
-    return eval_main(argv)
-
-
-def _run_compare(argv: list[str]) -> int:
-    from revjax.eval.compare import main as compare_main
-
-    return compare_main(argv)
-
-
-def _run_report(argv: list[str]) -> int:
-    from revjax.analysis.report import main as report_main
-
-    return report_main(argv)
-
-
-def _run_plot(argv: list[str]) -> int:
-    from revjax.analysis.experiment_report import main as plot_main
-
-    return plot_main(argv)
-
-
-def _run_chat(argv: list[str]) -> int:
-    from revjax.chat.cli import main as chat_main
-
-    return chat_main(argv)
-
-
-def _run_serve(argv: list[str]) -> int:
-    from revjax.chat.server import main as serve_main
-
-    return serve_main(argv)
-
-
-def _run_sweep(argv: list[str]) -> int:
-    from revjax.experiments import main as sweep_main
-
-    return sweep_main(argv)
-
-
-def _run_export(argv: list[str]) -> int:
-    from revjax.interop.export import main as export_main
-
-    return export_main(argv)
-
-
-def _run_import(argv: list[str]) -> int:
-    from revjax.interop.importer import main as import_main
-
-    return import_main(argv)
-
-
-# Subcommands with their own arguments (no config): revjax NAME ... is handed to them as is.
-DELEGATED: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (_run_train, "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
-    "eval": (_run_eval, "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
-    "compare": (_run_compare, "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)"),
-    "report": (_run_report, "a report card (markdown and HTML) of one or more chains, per direction (--help)"),
-    "plot": (_run_plot, "plots and a report (markdown, HTML) of an experiment, intervals over seeds (--help)"),
-    "chat": (_run_chat, "chat with a trained model in the terminal (--help for options)"),
-    "serve": (_run_serve, "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
-    "sweep": (_run_sweep, "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
-    "export": (_run_export, "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
-    "import": (_run_import, "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
+# Subcommands with their own arguments (no config): ``revjax NAME ...`` hands the rest to ``module:function`` as
+# is. Those marked ``cached`` keep compiled programs in ``<base dir>/jax_cache`` (jax's persistent cache).
+DELEGATED: dict[str, tuple[str, str]] = {
+    "train": ("revjax.train.loop:run_from_args",
+              "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
+    "eval": ("revjax.eval.run:main", "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
+    "compare": ("revjax.eval.compare:main",
+                "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)"),
+    "report": ("revjax.analysis.report:main",
+               "a report card (markdown and HTML) of one or more chains, per direction (--help)"),
+    "plot": ("revjax.analysis.experiment_report:main",
+             "plots and a report (markdown, HTML) of an experiment, intervals over seeds (--help)"),
+    "chat": ("revjax.chat.cli:main", "chat with a trained model in the terminal (--help for options)"),
+    "serve": ("revjax.chat.server:main",
+              "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
+    "sweep": ("revjax.experiments:main", "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
+    "export": ("revjax.interop.export:main",
+               "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
+    "import": ("revjax.interop.importer:main",
+               "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
 }
+CACHED = ("eval", "compare")
+
+
+def run_delegated(name: str, argv: list[str]) -> int:
+    """Run subcommand ``name`` of :data:`DELEGATED` with its own arguments ``argv``."""
+    if name == "train":
+        exit_on_interrupt("revjax.train")
+    if name in CACHED:
+        from revjax.eval.run import use_compilation_cache
+
+        use_compilation_cache()
+    module, _, function = DELEGATED[name][0].partition(":")
+    return getattr(importlib.import_module(module), function)(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
-        raise SystemExit(DELEGATED[argv[0]][0](argv[1:]))
+        raise SystemExit(run_delegated(argv[0], argv[1:]))
     args = build_parser().parse_args(argv)
     code = run_command("revjax", lambda: args.func(args))
     if code:

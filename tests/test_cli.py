@@ -59,3 +59,20 @@ def test_configs_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("d20", "direction/backward", "phase/sft", "experiments/directions"):
         assert find_config(name).is_relative_to(Path(revjax.__file__).parent / "configs")
+
+
+def test_eval_commands_keep_a_compilation_cache_under_the_base_dir(tmp_path):
+    """``revjax eval``/``compare`` put jax's persistent compilation cache in <base dir>/jax_cache, unless jax's own
+    JAX_COMPILATION_CACHE_DIR names one."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import jax; from revjax.eval.run import use_compilation_cache; use_compilation_cache(); "
+            "print(jax.config.jax_compilation_cache_dir)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+    assert run({"REVJAX_BASE_DIR": str(tmp_path)}) == str(tmp_path / "jax_cache")
+    assert run({"REVJAX_BASE_DIR": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "own")}) \
+        == str(tmp_path / "own")
