@@ -33,8 +33,7 @@ def build_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, param_shardings: Any, to
         nbytes = jnp.where(targets >= 0, table[jnp.maximum(targets, 0)], 0)
         return jnp.sum(jnp.where(nbytes > 0, nll, 0.0)), jnp.sum(nbytes), jnp.sum(nll), jnp.sum(targets >= 0)
 
-    jitted = jax.jit(step, in_shardings=(param_shardings, batch, batch), out_shardings=replicated)
-    return lambda params, inputs, targets: jitted(params, inputs, targets)
+    return shd.UnderMesh(jax.jit(step, in_shardings=(param_shardings, batch, batch), out_shardings=replicated), mesh)
 
 
 def evaluate_loss(

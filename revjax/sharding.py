@@ -128,3 +128,20 @@ def step_batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+class UnderMesh:
+    """A jitted function called and lowered under ``jax.set_mesh(mesh)``, so that code traced inside it sees the
+    mesh (the Pallas splash kernel runs per shard through ``shard_map``, as it cannot be partitioned
+    automatically). ``.lower`` works as on the jitted function."""
+
+    def __init__(self, jitted: Any, mesh: Mesh):
+        self.jitted, self.mesh = jitted, mesh
+
+    def __call__(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted(*args)
+
+    def lower(self, *args: Any) -> Any:
+        with jax.set_mesh(self.mesh):
+            return self.jitted.lower(*args)

@@ -98,9 +98,9 @@ def build_train_step(
             metrics["diagnostics"] = step_diagnostics(graphdef, *seen, diagnose)
         return TrainState(params, opt_state), metrics
 
-    return jax.jit(
+    return shd.UnderMesh(jax.jit(
         step,
         in_shardings=(state_shardings, batch_sharding, replicated, replicated) + ((replicated,) if diagnostics else ()),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
-    )
+    ), mesh)
