@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     rows_label, columns_label = args.rows.split(".")[-1], args.columns.split(".")[-1]
     print("\n".join(markdown(table, rows_label)))
     if args.plot:
-        print(f"plot: {plot_final_bars(table, args.plot, rows_label=rows_label, columns_label=columns_label, level=args.level)}")
+        path = plot_final_bars(table, args.plot, rows_label=rows_label, columns_label=columns_label, level=args.level)
+        print(f"plot: {path}")
     return 0
 
 

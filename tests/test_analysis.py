@@ -187,6 +187,23 @@ def test_final_bars_by_two_settings(experiment, tmp_path):
         final_by_setting(read_experiment(experiment), "direction.direction", "data.nothing")
 
 
+
+def test_packing_study_script(experiment, tmp_path, capsys, golden_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("packing_study", golden_dir.parent.parent / "scripts" /
+                                                  "packing_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    assert study.main([str(experiment), "--columns", "logging.hdf5", "--plot", str(tmp_path / "p.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    half = T975_2 * 0.03 / 3 ** 0.5
+    assert lines[:3] == ["| direction | True |", "|---|---|", f"| forward | 2.130 ± {half:.3f} (n=3) |"]
+    assert (tmp_path / "p.png").is_file()
+    assert study.main([str(experiment), "--columns", "data.nothing"]) == 2
+    assert "no setting data.nothing" in capsys.readouterr().err
+
+
 def test_cli(experiment, tmp_path, capsys):
     from revjax.cli import main
 

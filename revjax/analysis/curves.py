@@ -13,8 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from revjax.analysis.experiment import LEVEL, AnalysisError, Group, interval_curves, read_h5
-from revjax.analysis.plots import LINESTYLES, OTHER_COLOURS, WAY_COLOURS, _pyplot, position_axes, save_figure
+from revjax.analysis.experiment import LEVEL, AnalysisError, Group, interval_curves, read_h5, t_interval
+from revjax.analysis.plots import (LINESTYLES, OTHER_COLOURS, WAY_COLOURS, _pyplot, plot_bars, position_axes,
+                                   save_figure)
 
 COLOURS = {**WAY_COLOURS, "bidirectional": OTHER_COLOURS[0]}
 OTHERS = OTHER_COLOURS[1:]
@@ -164,8 +165,6 @@ def final_by_setting(groups: Sequence[Group], rows_key: str, columns_key: str,
                      level: float = LEVEL) -> dict[tuple[str, str], tuple[float, float, int]]:
     """Final val bpb of each group in its own reading direction, keyed by the group's values of two settings
     (dotted config keys, e.g. ``direction.direction`` and ``data.packing``): ``(mean, half width, n)`` over seeds."""
-    from revjax.analysis.experiment import t_interval
-
     out = {}
     for g in groups:
         if not g.runs:
@@ -183,8 +182,6 @@ def plot_final_bars(table: Mapping[tuple[str, str], tuple[float, float, int]], p
                     rows_label: str, columns_label: str, level: float = LEVEL) -> Path:
     """Grouped bars of :func:`final_by_setting`: one group per row value, one colour per column value, the
     interval over seeds as an error bar where n ≥ 2."""
-    from revjax.analysis.plots import plot_bars
-
     values = {key: mean for key, (mean, _, _) in table.items()}
     errors = {key: (mean - half, mean + half) for key, (mean, half, n) in table.items()
               if n > 1 and math.isfinite(half)}
