@@ -9,6 +9,7 @@ Both take plain data (lists and dicts), so any command can reuse them.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -108,7 +109,7 @@ def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], pat
     plt = _pyplot()
     names = list(metrics)
     palette = {**WAY_COLOURS, **(colours or {})}
-    spare = iter(OTHER_COLOURS * 4)
+    spare = itertools.cycle(OTHER_COLOURS)
     width_in = max(4.2, 1.6 * max((len({m for m, _ in metrics[n]}) for n in names), default=1) + 1.5)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(width_in * max(1, len(names)), 4.6), squeeze=False)
     for ax, name in zip(axes[0], names):
