@@ -121,8 +121,7 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; jax {jax.__version__} on "
           f"{jax.devices()[0].platform}; load average {os.getloadavg()[0]:.1f}")
 
-    scorer = Scorer(graphdef, params, vocab_size=config.vocab_size, pad_id=tok.bos_id,
-                    tokens_per_call=args.batch_tokens)
+    scorer = Scorer(graphdef, params, pad_id=tok.bos_id, tokens_per_call=args.batch_tokens)
 
     def revjax_pass() -> list[int]:
         scored = score_tasks([(examples, spec.kind) for spec, examples in tasks], scorer, "forward", "forward",

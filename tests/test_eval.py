@@ -39,7 +39,7 @@ from revjax.tokenizer import Tokenizer
 
 CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
                      compute_dtype="float32")
-SCORER = {"tokens_per_call": 1024}  # one compiled shape, (16, 64), for single sequences
+SCORER = {"tokens_per_call": 1024}  # rows of 64 tokens go 16 to a call
 PAD = 128  # hand computations run every sequence padded to this length (a causal model ignores what follows)
 
 MC_ITEMS = [
@@ -94,7 +94,7 @@ def model():
 @pytest.fixture(scope="module")
 def scorer(model, tok) -> Scorer:
     # options sharing 8+ tokens (the multiple-choice questions) run their prefix once: both paths are tested
-    return Scorer(model[0], model[1], vocab_size=CONFIG.vocab_size, pad_id=tok.bos_id, share_min=8, **SCORER)
+    return Scorer(model[0], model[1], pad_id=tok.bos_id, share_min=8, **SCORER)
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,7 @@ def test_batched_requests_equal_each_scored_alone(max_tree, model, tok, scorer, 
     groups are split into several trees) score as each request alone does by hand, from a plain forward over that
     request only."""
     if max_tree is not None:
-        scorer = Scorer(model[0], model[1], vocab_size=CONFIG.vocab_size, pad_id=tok.bos_id, share_min=8,
-                        max_tree=max_tree, **SCORER)
+        scorer = Scorer(model[0], model[1], pad_id=tok.bos_id, share_min=8, max_tree=max_tree, **SCORER)
     rng = np.random.default_rng(7)
     context = rng.integers(3, CONFIG.vocab_size, 40).tolist()
     greedy = [tok.bos_id, *context[:12]]

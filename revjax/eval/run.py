@@ -59,8 +59,8 @@ class LoadedRun:
         self.graphdef, self.params = nnx.split(build_model(self.config.model, params))
         self.direction = Direction.parse(self.meta.get("direction") or self.config.direction.direction)
         self.mode = self.config.direction.conversation
-        self.scorer = Scorer(self.graphdef, self.params, vocab_size=self.config.model.vocab_size,
-                             pad_id=self.tokenizer.bos_id, tokens_per_call=tokens_per_call, min_len=min_len)
+        self.scorer = Scorer(self.graphdef, self.params, pad_id=self.tokenizer.bos_id, tokens_per_call=tokens_per_call,
+                             min_len=min_len)
 
 
 def _ways(direction: Direction, directions: Sequence[str] | None) -> list[Direction]:

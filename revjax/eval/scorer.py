@@ -37,8 +37,7 @@ from flax import nnx
 
 MIN_LEN = 64  # rows are at least this long: a compile costs far more than the padding
 MAX_TREE = 256  # a shared-prefix tree longer than this is split (each part repeats the prefix)
-MIN_TARGETS = 64  # the targets one call gathers are a power of two, at least this
-LOGITS_BUDGET = 1 << 27  # largest targets·vocab one call may hold as fp32 logits (512 MiB)
+MIN_TARGETS = 64  # the targets one call gathers are at least this many
 
 
 @dataclass(frozen=True)
@@ -162,17 +161,15 @@ class Scorer:
 
     ``tokens_per_call`` bounds the row tokens of one call; ``pad_id`` fills padding (any valid id; padding is never
     scored); a group shares its prefix when the prefix has at least ``share_min`` tokens; ``max_tree`` bounds a
-    shared tree's length (a longer group is split). The targets of one call are capped so that their fp32 logits
-    stay under ``LOGITS_BUDGET``.
+    shared tree's length (a longer group is split).
     """
 
-    def __init__(self, graphdef: nnx.GraphDef, params: Any, *, vocab_size: int, pad_id: int = 0,
+    def __init__(self, graphdef: nnx.GraphDef, params: Any, *, pad_id: int = 0,
                  tokens_per_call: int = 8192, min_len: int = MIN_LEN, share_min: int = 1,
                  max_tree: int = MAX_TREE):
         self.graphdef, self.params, self.pad_id, self.min_len = graphdef, params, int(pad_id), min_len
         self.share_min, self.max_tree = share_min, max_tree
         self.tokens_per_call = max(min_len, tokens_per_call)
-        self.max_targets = max(MIN_TARGETS, _floor_pow2(LOGITS_BUDGET // max(1, vocab_size)))
         self.calls = 0  # model calls so far, the row positions they ran (padding included), their shapes
         self.positions = 0  # (rows, length, targets) and the groups whose prefix was computed once
         self.shapes: set[tuple[int, int, int]] = set()
@@ -279,29 +276,21 @@ class Scorer:
         """Yield ``((ids, pos, tree, branch, rows, cols), targets, owners)`` per call; owners is −1 on padding."""
         for length, rows in sorted(self._rows(trees).items()):
             most = _floor_pow2(max(1, self.tokens_per_call // length))
-            for chunk in self._split(rows, most, trees):
+            for chunk in self._split(rows, most):
                 count = sum(len(trees[j].at) for row in chunk for j in row)
                 yield self._pack(trees, chunk, (_pow2(len(chunk)), length), _target_count(count))
 
-    def _split(self, rows: list[list[int]], most: int, trees: list[_Tree]):
+    @staticmethod
+    def _split(rows: list[list[int]], most: int) -> list[list[list[int]]]:
         """Calls of ``most`` rows, then what is left in at most two calls (the largest power of two that fits, then
-        the rest, padded to a power of two), each halved until it gathers at most ``max_targets`` targets."""
+        the rest, padded to a power of two)."""
         full = len(rows) - len(rows) % most
         chunks = [rows[at: at + most] for at in range(0, full, most)]
         left = rows[full:]
         if left:
             head = _floor_pow2(len(left))
             chunks += [left[:head], left[head:]] if len(left) > head else [left]
-        for chunk in chunks:
-            yield from self._fit_targets(chunk, trees)
-
-    def _fit_targets(self, chunk: list[list[int]], trees: list[_Tree]):
-        if len(chunk) > 1 and sum(len(trees[j].at) for row in chunk for j in row) > self.max_targets:
-            half = len(chunk) // 2
-            yield from self._fit_targets(chunk[:half], trees)
-            yield from self._fit_targets(chunk[half:], trees)
-        else:
-            yield chunk
+        return chunks
 
     def _pack(self, trees: list[_Tree], chunk: list[list[int]], shape: tuple[int, int], width: int):
         ids = np.full(shape, self.pad_id, np.int32)

@@ -165,8 +165,7 @@ def suite_hook(trainer: "Trainer") -> Hook:
             batches = (global_batch(b, row_sharding) for b in rows)
             measured = evaluate_loss(loaded["step"], trainer.state.params, batches, eval_batches)
             row[f"val_bpb/{way.value}"] = measured["bpb"]
-        scorer = Scorer(run.graphdef, trainer.state.params, vocab_size=config.model.vocab_size,
-                        pad_id=run.tokenizer.bos_id)
+        scorer = Scorer(run.graphdef, trainer.state.params, pad_id=run.tokenizer.bos_id)
         name = loaded["name"]
         out = evaluate_tasks(loaded["specs"], name, scorer, run.tokenizer, direction, ways,
                              max_per_task=tc.core_max_per_task if tc.core_max_per_task > 0 else None, max_len=T)
