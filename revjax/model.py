@@ -143,6 +143,13 @@ def masked_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, ma
     return y.astype(q.dtype).transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
+def causal_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
+    """Causal attention, the XLA path: :func:`masked_attention` with the lower-triangular mask shared by every row
+    (the arithmetic of ``jax.nn.dot_product_attention``'s XLA path, laid out as XLA:CPU runs fastest). (B, T, H, D)."""
+    T = q_BTHD.shape[1]
+    return masked_attention(q_BTHD, k_BTKD, v_BTKD, jnp.tril(jnp.ones((1, T, T), bool))).reshape(q_BTHD.shape)
+
+
 SPLASH_BLOCKS = (512, 256, 128)  # splash tiles tried in order; a tile must divide T and be a multiple of 128
 
 
@@ -168,7 +175,7 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) ->
     """
     B, T, H, D = q_BTHD.shape
     if T % SPLASH_BLOCKS[-1]:
-        return jax.nn.dot_product_attention(q_BTHD, k_BTKD, v_BTKD, is_causal=True, implementation="xla")
+        return causal_attention(q_BTHD, k_BTKD, v_BTKD)
     interpret = jax.default_backend() != "tpu"
 
     def local(q, k, v):  # (b, h, T, D) on one shard
@@ -207,6 +214,8 @@ class Attention(nnx.Module):
         if cache is None:
             if implementation == "splash":
                 y = splash_attention(q, k, v)
+            elif implementation == "xla":
+                y = causal_attention(q, k, v)
             else:
                 y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
             return self.c_proj(y.reshape(B, T, -1)), None

@@ -112,7 +112,13 @@ def _round_to(x: jax.Array, dtype: Any) -> jax.Array:
 
 
 def _mm(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Matrix product with fp32 accumulation and an fp32 result."""
+    """Matrix product with fp32 accumulation and an fp32 result.
+
+    XLA:CPU multiplies bf16 matrices more slowly than fp32 ones, so there bf16 operands are widened first: a bf16
+    value is exact in fp32 and so is the product of two, so the result is the same up to summation order.
+    """
+    if jax.default_backend() == "cpu":
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     return jnp.matmul(x, y, preferred_element_type=jnp.float32)
 
 

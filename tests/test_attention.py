@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from revjax.config import MeshConfig, ModelConfig
 from revjax.interop.state_dict import build_model, model_params
-from revjax.model import GPT, loss_fn, splash_attention
+from revjax.model import GPT, causal_attention, loss_fn, splash_attention
 from revjax.sharding import make_mesh
 from tests.test_model import perturbed_model
 
@@ -61,9 +61,18 @@ def test_splash_runs_per_shard_under_a_mesh():
         assert rel(g, w) < 1e-5
 
 
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2)], ids=["mha", "gqa"])
+def test_causal_attention_matches_jax_xla_path(heads):
+    """The model's XLA path (4-d layout, normaliser after the value product) against jax's own, with gradients."""
+    q, k, v = qkv(2, 48, *heads, 16)
+    assert rel(jax.jit(causal_attention)(q, k, v), jax.jit(xla_attention)(q, k, v)) < 1e-6
+    for g, w in zip(sum_sq_grads(causal_attention, q, k, v), sum_sq_grads(xla_attention, q, k, v)):
+        assert rel(g, w) < 1e-5
+
+
 def test_splash_falls_back_to_xla_when_no_tile_divides_the_sequence():
     q, k, v = qkv(2, 48, 4, 2, 16)
-    np.testing.assert_array_equal(jax.jit(splash_attention)(q, k, v), jax.jit(xla_attention)(q, k, v))
+    np.testing.assert_array_equal(jax.jit(splash_attention)(q, k, v), jax.jit(causal_attention)(q, k, v))
 
 
 def test_gpt_with_splash_attention_matches_xla():
