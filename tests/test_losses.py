@@ -35,8 +35,13 @@ def test_a_hand_computed_token():
     w = jnp.array([[3.0, -1.0], [4.0, 0.5]])  # logits 11 and 0
     z1 = 15 * np.tanh(11 / 15)
     expected = np.log(np.exp(z1) + 1.0) - 0.0  # target 1 (logit 0 → z 0)
-    got = softcap_cross_entropy(h, w, jnp.array([[1]]), chunk=1)
-    np.testing.assert_allclose(got, [[expected]], rtol=1e-6)
+    np.testing.assert_allclose(softcap_cross_entropy(h, w, jnp.array([[1]]), chunk=1), expected, rtol=1e-6)
+    np.testing.assert_allclose(token_losses(h, w, jnp.array([[1]]), chunk=1).nll, [[expected]], rtol=1e-6)
+    # d loss/d logit: softmax − onehot through the softcap's 1 − tanh²: (p₀(1 − tanh²(11/15)), p₁ − 1)
+    p0 = np.exp(z1) / (np.exp(z1) + 1.0)
+    dz = np.array([p0 * (1 - np.tanh(11 / 15) ** 2), (1 - p0) - 1.0])
+    np.testing.assert_allclose(jax.grad(softcap_cross_entropy)(h, w, jnp.array([[1]]), chunk=1),
+                               [[np.asarray(w) @ dz]], rtol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [7, 12, 4096])  # 7 // B = 2 positions (10 = 5 chunks), 12 → 4 (pads to 12), one chunk
@@ -44,39 +49,40 @@ def test_values_and_gradients_match_the_plain_path_in_fp32(chunk):
     h, w, targets = inputs()
     weights = jax.random.normal(jax.random.key(1), (B, T))  # per-token cotangents, as the policy gradient's
 
-    def fused(h, w):
-        return jnp.sum(weights * softcap_cross_entropy(h, w, targets, chunk=chunk))
+    def fused(h, w, weights):
+        return 0.5 * softcap_cross_entropy(h, w, targets, weights, chunk=chunk)  # an outer cotangent of 0.5
 
-    def plain(h, w):
-        return jnp.sum(weights * plain_nll(h, w, targets))
+    def plain(h, w, weights):
+        return 0.5 * jnp.sum(weights * plain_nll(h, w, targets))
 
-    np.testing.assert_allclose(softcap_cross_entropy(h, w, targets, chunk=chunk), plain_nll(h, w, targets),
+    np.testing.assert_allclose(token_losses(h, w, targets, chunk=chunk).nll, plain_nll(h, w, targets),
                                atol=1e-5, rtol=1e-5)
-    (fv, (fdh, fdw)), (pv, (pdh, pdw)) = (jax.value_and_grad(f, argnums=(0, 1))(h, w) for f in (fused, plain))
+    (fv, (fdh, fdw, fda)), (pv, (pdh, pdw, pda)) = (jax.value_and_grad(f, argnums=(0, 1, 2))(h, w, weights)
+                                                    for f in (fused, plain))
     np.testing.assert_allclose(fv, pv, rtol=1e-5)
     np.testing.assert_allclose(fdh, pdh, atol=1e-5)
     np.testing.assert_allclose(fdw, pdw, atol=1e-5)
+    np.testing.assert_allclose(fda, pda, atol=1e-5)
     assert fdh.dtype == h.dtype and fdw.dtype == w.dtype
 
 
 def test_masked_targets_score_nothing_and_get_no_gradient():
     h, w, targets = inputs()
-    nll = softcap_cross_entropy(h, w, targets, chunk=7)
+    nll = token_losses(h, w, targets, chunk=7).nll
     assert np.all(np.asarray(nll)[np.asarray(targets) < 0] == 0.0)
     assert np.all(np.asarray(nll)[np.asarray(targets) >= 0] > 0.0)
-    dh = jax.grad(lambda h: softcap_cross_entropy(h, w, targets, chunk=7, reduction="sum"))(h)
+    dh = jax.grad(lambda h: softcap_cross_entropy(h, w, targets, chunk=7))(h)
     assert np.all(np.asarray(dh)[0, :4] == 0.0) and np.all(np.asarray(dh)[2, 7] == 0.0)
     assert np.all(np.abs(np.asarray(dh)[1]).sum(-1) > 0.0)
     all_masked = jnp.full((B, T), -1)
-    assert float(softcap_cross_entropy(h, w, all_masked, reduction="sum")) == 0.0
-    assert float(jnp.abs(jax.grad(lambda w: softcap_cross_entropy(h, w, all_masked, reduction="sum"))(w)).sum()) == 0
+    assert float(softcap_cross_entropy(h, w, all_masked)) == 0.0
+    assert float(jnp.abs(jax.grad(lambda w: softcap_cross_entropy(h, w, all_masked))(w)).sum()) == 0
 
 
-def test_sum_reduction_is_the_sum_of_per_token_losses():
+def test_the_loss_is_the_sum_of_per_token_losses():
     h, w, targets = inputs()
-    per_token = softcap_cross_entropy(h, w, targets, chunk=7)
-    np.testing.assert_allclose(softcap_cross_entropy(h, w, targets, chunk=7, reduction="sum"), per_token.sum(),
-                               rtol=1e-6)
+    per_token = token_losses(h, w, targets, chunk=7).nll
+    np.testing.assert_allclose(softcap_cross_entropy(h, w, targets, chunk=7), per_token.sum(), rtol=1e-6)
     # the sum over scored targets divided by their count is the model's mean cross-entropy
     mean = per_token.sum() / (targets >= 0).sum()
     np.testing.assert_allclose(mean, cross_entropy(SOFTCAP * jnp.tanh((h @ w) / SOFTCAP), targets), rtol=1e-5)
@@ -84,13 +90,13 @@ def test_sum_reduction_is_the_sum_of_per_token_losses():
 
 def test_bf16_compute_inputs_stay_close_to_the_plain_path():
     h, w, targets = inputs(jnp.bfloat16)
-    fused = softcap_cross_entropy(h, w, targets, chunk=7)
+    fused = token_losses(h, w, targets, chunk=7).nll
     assert fused.dtype == jnp.float32
     # the plain path rounds the logits to bf16 before the softcap; the fused path keeps the fp32 accumulator
     np.testing.assert_allclose(fused, plain_nll(h, w, targets), atol=0.1, rtol=0.02)
     exact = plain_nll(h.astype(jnp.float32), w.astype(jnp.bfloat16).astype(jnp.float32), targets)
     np.testing.assert_allclose(fused, exact, atol=1e-4, rtol=1e-5)
-    fdh, fdw = jax.grad(lambda h, w: softcap_cross_entropy(h, w, targets, chunk=7, reduction="sum"), (0, 1))(h, w)
+    fdh, fdw = jax.grad(lambda h, w: softcap_cross_entropy(h, w, targets, chunk=7), (0, 1))(h, w)
     pdh, pdw = jax.grad(lambda h, w: plain_nll(h, w, targets).sum(), (0, 1))(h, w)
     assert fdh.dtype == jnp.bfloat16 and fdw.dtype == jnp.float32
     np.testing.assert_allclose(fdh.astype(jnp.float32), pdh.astype(jnp.float32), atol=0.05, rtol=0.05)
@@ -116,8 +122,8 @@ def test_bad_shapes_and_options_are_refused_in_one_sentence():
         softcap_cross_entropy(h[0], w, targets)
     with pytest.raises(LossInputError, match="at least one token"):
         softcap_cross_entropy(h, w, targets, chunk=0)
-    with pytest.raises(LossInputError, match="reduction"):
-        softcap_cross_entropy(h, w, targets, reduction="mean")
+    with pytest.raises(LossInputError, match="weights must be"):
+        softcap_cross_entropy(h, w, targets, jnp.ones((B, T + 1)))
 
 
 @pytest.mark.parametrize("loss", [next_token_loss, policy_gradient_loss])

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from revjax import sharding as shd
-from revjax.losses import model_token_nll
+from revjax.losses import model_loss
 from revjax.model import GPT
 from revjax.optim import LR_MULTIPLIER, MUON_MOMENTUM, set_schedule
 from revjax.state import TrainState
@@ -33,13 +33,12 @@ LossFn = Callable[[GPT, Batch], jax.Array]
 def next_token_loss(model: GPT, batch: Batch) -> jax.Array:
     """Summed cross-entropy over the scored targets of one micro-batch (base, mid, SFT); fused and chunked
     unless ``model.loss_chunk`` is 0."""
-    return jnp.sum(model_token_nll(model, batch["inputs"], batch["targets"]))
+    return model_loss(model, batch["inputs"], batch["targets"])
 
 
 def policy_gradient_loss(model: GPT, batch: Batch) -> jax.Array:
     """−Σ advantage · log p(sampled token) over the sampled tokens (RL; ``advantages`` per token, 0 elsewhere)."""
-    nll = model_token_nll(model, batch["inputs"], batch["targets"])
-    return jnp.sum(batch["advantages"] * nll)
+    return model_loss(model, batch["inputs"], batch["targets"], batch["advantages"])
 
 
 LOSSES: dict[str, LossFn] = {"next_token": next_token_loss, "policy_gradient": policy_gradient_loss}
