@@ -93,7 +93,7 @@ class TokenizerConfig:
 @dataclass
 class DataConfig:
     corpus: Literal["default", "fineweb", "parquet"] = "default"
-    dir: str | None = None  # None: <base_dir>/data/<corpus>; required for corpus=parquet
+    dir: str | None = None  # None: <base_dir>/data/<corpus>; required for corpus=parquet ({base_dir}/... allowed)
     fineweb_shards: int = 240  # the first N FineWeb-Edu shards, 2..FINEWEB_SHARDS (the last one is val)
     fineweb_url: str | None = None
     tokenizer_threads: int = 4
@@ -264,20 +264,22 @@ class Config:
             return Path(self.base_dir).expanduser()
         return Path(os.environ.get("REVJAX_BASE_DIR", "~/.cache/revjax")).expanduser()
 
+    def resolve(self, path: str) -> Path:
+        """A configured folder as a path: ``{base_dir}`` stands for the base dir, ``~`` for the home folder."""
+        return Path(path.replace("{base_dir}", str(self.base_path()))).expanduser()
+
     def tokenizer_path(self) -> Path:
-        return Path(self.tokenizer.dir).expanduser() if self.tokenizer.dir else self.base_path() / "tokenizer"
+        return self.resolve(self.tokenizer.dir) if self.tokenizer.dir else self.base_path() / "tokenizer"
 
     def tasks_path(self) -> Path:
-        return Path(self.tasks.cache_dir).expanduser() if self.tasks.cache_dir else self.base_path() / "tasks"
+        return self.resolve(self.tasks.cache_dir) if self.tasks.cache_dir else self.base_path() / "tasks"
 
     def data_path(self) -> Path:
-        if self.data.dir:
-            return Path(self.data.dir).expanduser()
-        return self.base_path() / "data" / self.data.corpus
+        return self.resolve(self.data.dir) if self.data.dir else self.base_path() / "data" / self.data.corpus
 
     def checkpoint_path(self) -> Path:
         if self.checkpoint.dir:
-            return Path(self.checkpoint.dir).expanduser()
+            return self.resolve(self.checkpoint.dir)
         return self.base_path() / "checkpoints" / self.run_name
 
     # ---- serialisation -------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ class Config:
         for section, key in (("data", "dir"), ("tokenizer", "dir"), ("checkpoint", "dir"), ("tasks", "cache_dir"),
                              ("training", "init_from")):
             if data[section][key]:
-                data[section][key] = str(Path(data[section][key]).expanduser().resolve())
+                data[section][key] = str(self.resolve(data[section][key]).resolve())
         return Config.from_dict(data, source="the resolved configuration")
 
     def to_yaml(self) -> str:

@@ -133,6 +133,13 @@ def test_paths_follow_base_dir(tmp_path, monkeypatch):
     assert config.data_path() == tmp_path / "data" / "default"
     assert config.checkpoint_path() == tmp_path / "checkpoints" / "r1"
     assert load_config(overrides=["data.dir=/x/y"]).data_path() == Path("/x/y")
+    placed = load_config(overrides=["data.dir={base_dir}/data/facts", "checkpoint.dir={base_dir}/runs/a"])
+    assert placed.data_path() == tmp_path / "data" / "facts" and placed.checkpoint_path() == tmp_path / "runs" / "a"
+    assert placed.with_absolute_paths().data.dir == str(tmp_path.resolve() / "data" / "facts")
+    from revjax.experiments.spec import load_sweep
+
+    reversal = load_sweep("reversal", tmp_path / "exp").runs[0].config
+    assert reversal.data_path() == tmp_path / "data" / "reversal"  # where scripts/reversal_study.py prepare writes
 
 
 def test_phase_names_are_the_phase_tables():

@@ -238,7 +238,7 @@ def _place(config: Config, run_dir: Path, folder: str, parent: Run | None) -> No
         section, name = key.split(".")
         owner = getattr(config, section)
         if getattr(owner, name):
-            setattr(owner, name, str(Path(getattr(owner, name)).expanduser().resolve()))
+            setattr(owner, name, str(config.resolve(getattr(owner, name)).resolve()))
 
 
 # ---- expanding ----------------------------------------------------------------------------------------------
