@@ -386,11 +386,12 @@ def test_full_queue_is_429_and_waiting_requests_are_batched(served, model, monke
     body = ask([{"role": "user", "content": Q}])
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # generous: a loaded 2-core machine is slow to start the requests
         while batcher.active != 1:  # the first request is running (held at the gate)
             assert time.monotonic() < deadline
             time.sleep(0.01)
         waiting = [pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=60) for _ in range(2)]
+        deadline = time.monotonic() + 30
         while batcher.queued != 2:
             assert time.monotonic() < deadline
             time.sleep(0.01)
