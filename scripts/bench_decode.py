@@ -25,7 +25,7 @@ from flax import nnx
 from revjax.config import load_config
 from revjax.config_args import find_config
 from revjax.engine import Engine
-from revjax.interop.state_dict import model_params, to_torch_layout
+from revjax.interop.state_dict import to_torch_layout
 from revjax.model import GPT, num_params
 
 

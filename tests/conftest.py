@@ -29,3 +29,18 @@ def golden_dir() -> Path:
             f"golden data not found at {GOLDEN_DIR}; set REVJAX_GOLDEN_DIR to a copy of onanchat's golden outputs"
         )
     return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def tok(golden_dir):
+    """onanchat's tiny golden tokenizer (a test module may define its own ``tok``)."""
+    from revjax.tokenizer import Tokenizer
+
+    return Tokenizer.load(golden_dir / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def specials(tok):
+    from revjax.direction import Specials
+
+    return Specials.from_tokenizer(tok)

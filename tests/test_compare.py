@@ -17,7 +17,6 @@ from revjax.eval.compare import compare_runs, main, pieces, validation_documents
 from revjax.eval.run import evaluate_run
 from revjax.interop.state_dict import load_params, model_params
 from revjax.model import GPT
-from revjax.tokenizer import Tokenizer
 from tests.test_eval import write_bundle
 
 CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
@@ -25,11 +24,6 @@ CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv
 PAD = 128
 DOCS = [f"document {i} says hello to the world and counts {i}, {i + 1}, {i + 2}." * (1 + 3 * (i % 3))
         for i in range(30)]
-
-
-@pytest.fixture(scope="module")
-def tok(golden_dir) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
 
 
 def make_run(base, golden_dir, tok, direction: str, seed: int):

@@ -8,7 +8,6 @@ import pytest
 from revjax.config import Config
 from revjax.data.conversations import ConversationBatches, ConversationDataError
 from revjax.direction import Specials, choose_direction, restore_conversation
-from revjax.tokenizer import Tokenizer
 
 # The golden tokenizer's ids (tests/golden/tokenizer/special_ids.json).
 B, US, UE, AS, AE, F, K = 2037, 2038, 2039, 2040, 2041, 2046, 2047
@@ -32,11 +31,6 @@ def _source(n: int) -> list[dict]:
 
 
 SOURCE = _source(7)
-
-
-@pytest.fixture(scope="module")
-def tok(golden_dir) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
 
 
 def _config(direction="forward", layout="document", conversation="sequence", seed=0) -> Config:

@@ -19,7 +19,6 @@ from flax import nnx
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import MeshConfig, ModelConfig, load_config
 from revjax.data.shards import write_shards
-from revjax.direction import Specials
 from revjax.eval import Scorer, TaskSpec, build_examples, centered, model_order, render_prompts, score_examples
 from revjax.eval.bpb import document_rows
 from revjax.eval.chat import evaluate_chat, joint_answers, letter_answers
@@ -35,7 +34,6 @@ from revjax.model import GPT
 from revjax.sharding import make_mesh
 from revjax.tasks import ListTask, get_task, render_mc
 from revjax.tasks.graders import grade_choice, run_program
-from revjax.tokenizer import Tokenizer
 
 CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
                      compute_dtype="float32")
@@ -68,16 +66,6 @@ def specs() -> list[TaskSpec]:
     return [TaskSpec("mini_mc", "multiple_choice", 1, " ", 0.3, MC_ITEMS),
             TaskSpec("mini_schema", "schema", 0, " ", 0.5, SCHEMA_ITEMS),
             TaskSpec("mini_lm", "language_modeling", 1, "\nAnswer: ", 0.0, LM_ITEMS)]
-
-
-@pytest.fixture(scope="module")
-def tok(golden_dir) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def specials(tok) -> Specials:
-    return Specials.from_tokenizer(tok)
 
 
 @pytest.fixture(scope="module")

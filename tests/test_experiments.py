@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from revjax.data.shards import write_shards
 from revjax.experiments import SweepError, load_sweep, main
 from revjax.experiments.cluster import slurm_script
 from revjax.experiments.lineage import read_status
-from revjax.tokenizer import train_tokenizer
+from tests.tiny_corpus import write_tiny_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("in the beginning god created heaven and earth and the earth was without form and void and darkness was "
-         "upon the face of the deep to be or not to be that is the question whether tis nobler").split()
 
 
 def tiny(base: Path, **extra) -> dict:
@@ -50,9 +47,7 @@ def base(tmp_path_factory):
     """A tiny corpus and tokenizer, and an environment for the training processes: one CPU device and a shared
     compilation cache (the runs share their shapes, so only the first ones compile)."""
     base = tmp_path_factory.mktemp("sweeps")
-    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(30 + i % 17)) for i in range(400)]
-    write_shards(docs, base / "corpus", docs_per_shard=200, row_group_size=16)
-    train_tokenizer(docs, base / "tokenizer", 320, progress=False)
+    write_tiny_corpus(base)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
         patch.setenv("JAX_COMPILATION_CACHE_DIR", str(base / "jax-cache"))

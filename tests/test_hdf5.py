@@ -13,7 +13,6 @@ from flax import nnx
 
 from revjax.checkpoint import read_params
 from revjax.config import ConfigError, MeshConfig, ModelConfig, OptimizerConfig, load_config
-from revjax.model import GPT
 from revjax.optim import build_optimizer
 from revjax.sharding import make_mesh
 from revjax.state import TrainState, init_train_state

@@ -16,8 +16,7 @@ from revjax.config import Config, ConfigError
 from revjax.data.packing import best_fit_rows
 from revjax.data.pipeline import TokenBatchDataset, build_pipeline, global_batch
 from revjax.data.shards import ShardError, write_shards
-from revjax.direction import Specials, inputs_and_targets, orient_document, orient_documents, restore_document
-from revjax.tokenizer import Tokenizer
+from revjax.direction import inputs_and_targets, orient_document, orient_documents, restore_document
 
 DIRECTIONS = ["forward", "backward", "bidirectional"]
 WORDS = "the of and to in that it was his with for as he on be at by had not but from they which you were".split()
@@ -36,16 +35,6 @@ def _make_docs() -> list[str]:
 
 DOCS = _make_docs()
 TRAIN_DOCS = DOCS[: DOCS_PER_SHARD * (SHARDS - 1)]
-
-
-@pytest.fixture(scope="module")
-def tok(golden_dir) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
-
-
-@pytest.fixture(scope="module")
-def specials(tok) -> Specials:
-    return Specials.from_tokenizer(tok)
 
 
 @pytest.fixture(scope="module")

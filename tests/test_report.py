@@ -10,11 +10,10 @@ import pytest
 from revjax.analysis.report import chains, find_runs, main, make_report, summary_rows, to_html
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import load_config
-from revjax.data.shards import write_shards
-from revjax.tokenizer import train_tokenizer
 from revjax.train.loop import train
 from tests.test_eval import write_bundle
-from tests.test_train import WORDS, overrides
+from tests.test_train import overrides
+from tests.tiny_corpus import write_tiny_corpus
 
 
 def fake_phase(folder: Path, phase: str, direction: str, step: int, rows: list[dict], parent: Path | None,
@@ -43,11 +42,7 @@ def chat_result(way: str, arc: float, score: float) -> dict:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    base = tmp_path_factory.mktemp("report-tok")
-    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(30 + i % 17)) for i in range(400)]
-    write_shards(docs, base / "corpus", docs_per_shard=200, row_group_size=16)
-    train_tokenizer(docs, base / "tokenizer", 320, progress=False)
-    return base
+    return write_tiny_corpus(tmp_path_factory.mktemp("report-tok"))
 
 
 def test_report_gathers_a_chain_from_its_logs(tmp_path, tokenizer_dir, capsys):

@@ -24,14 +24,8 @@ from revjax.tasks.facts import (
     probe_facts,
     wilson_interval,
 )
-from revjax.tokenizer import Tokenizer
 
 FACT = Fact("Ana Bel", "mentor", "Cor Dun")
-
-
-@pytest.fixture(scope="module")
-def tok(golden_dir) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
 
 
 def test_facts_are_seeded_with_distinct_names():

@@ -34,11 +34,6 @@ from revjax.tokenizer import Tokenizer
 FIX = Path(__file__).resolve().parent / "fixtures" / "tasks"
 
 
-@pytest.fixture(scope="module")
-def tok(golden_dir: Path) -> Tokenizer:
-    return Tokenizer.load(golden_dir / "tokenizer")
-
-
 def renders(tok: Tokenizer, conversation: dict) -> None:
     ids, mask = tok.render_conversation(conversation, max_tokens=100_000)
     assert ids[0] == tok.bos_id and ids[-1] == tok.assistant_end_id and len(ids) == len(mask)

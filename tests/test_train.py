@@ -13,13 +13,10 @@ import pytest
 
 from revjax.checkpoint import Checkpointer, CheckpointMismatch
 from revjax.config import load_config
-from revjax.data.shards import write_shards
-from revjax.tokenizer import train_tokenizer
 from revjax.train.loop import TrainingError, train
+from tests.tiny_corpus import write_tiny_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("in the beginning god created heaven and earth and the earth was without form and void and darkness was "
-         "upon the face of the deep to be or not to be that is the question whether tis nobler").split()
 STEPS, SAVE_EVERY = 8, 3
 
 
@@ -42,11 +39,7 @@ def overrides(base: Path, run: str, **extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(30 + i % 17)) for i in range(400)]
-    write_shards(docs, base / "corpus", docs_per_shard=200, row_group_size=16)
-    train_tokenizer(docs, base / "tokenizer", 320, progress=False)
-    return base
+    return write_tiny_corpus(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="module")
