@@ -21,7 +21,7 @@ import numpy as np
 
 from revjax.config import Config, DataConfig
 from revjax.data.corpus import default_data_dir
-from revjax.data.pipeline import build_pipeline
+from revjax.data.batches import build_pipeline
 from revjax.data.shards import iter_documents, list_shards, write_shards
 from revjax.tokenizer import Tokenizer
 

@@ -14,7 +14,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from revjax.config import Config, ConfigError
 from revjax.data.packing import best_fit_rows
-from revjax.data.pipeline import TokenBatchDataset, build_pipeline, global_batch
+from revjax.data.batches import build_pipeline, global_batch
+from revjax.data.pipeline import TokenBatchDataset
 from revjax.data.shards import ShardError, write_shards
 from revjax.direction import inputs_and_targets, orient_document, orient_documents, restore_document
 

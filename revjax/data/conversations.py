@@ -38,7 +38,7 @@ SFT (``kind="sft"``)
 Processes
     All processes see one global stream of ``rows · process_count`` rows per batch; process ``p`` yields global
     rows ``p·rows … (p+1)·rows − 1``, so the local batches concatenated in process order (what
-    :func:`revjax.data.pipeline.global_batch` assembles) are the same for any process count. SFT renders only
+    :func:`revjax.data.batches.global_batch` assembles) are the same for any process count. SFT renders only
     its own rows; mid renders the whole stream on every process (it needs every conversation's length).
 
 State

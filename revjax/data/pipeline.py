@@ -33,10 +33,8 @@ State
     No tokens are stored: restoring re-reads and re-tokenizes those documents, which gives the same stream.
     The train split cycles forever; val stops at its end unless ``cycle=True``.
 
-Multi-host
-    Process ``p`` of ``P`` reads row groups ``p, p+P, …`` of every shard and yields its local batch;
-    :func:`global_batch` assembles the global ``jax.Array`` (the concatenation of the local batches in
-    process order) for a batch sharding.
+Process ``p`` of ``P`` reads row groups ``p, p+P, …`` of every shard (:func:`revjax.data.shards.plan_row_groups`);
+:mod:`revjax.data.batches` builds the pipelines of a config and assembles the global batch.
 """
 
 from __future__ import annotations
@@ -45,17 +43,14 @@ import collections
 import itertools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import grain
-import jax
 import numpy as np
 import pyarrow.parquet as pq
 
-from revjax.config import Config
 from revjax.data.packing import PACKINGS, BestFitBuffer, Packing, expand_runs
-from revjax.data.shards import Split, open_shard, read_texts, split_shards
+from revjax.data.shards import Split, open_shard, plan_row_groups, read_texts, split_shards
 from revjax.direction import (
     Direction,
     Specials,
@@ -76,16 +71,6 @@ _FINGERPRINT = ("split", "layout", "packing", "direction", "seed", "process_inde
 
 
 @dataclass(frozen=True)
-class _Unit:
-    """One row group that this process reads."""
-
-    shard: int
-    row_group: int
-    rows: int
-    first_doc: int  # index in the split of its first document
-
-
-@dataclass(frozen=True)
 class _Piece:
     """Consecutive model-order documents: flat ids and mask, each document's start and stream position."""
 
@@ -99,20 +84,6 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _plan_units(shards: list[Path], process_index: int, process_count: int) -> tuple[list[_Unit], int]:
-    """Return this process's row groups in reading order and the number of documents in the whole split."""
-    units: list[_Unit] = []
-    first_doc = 0
-    for shard, path in enumerate(shards):
-        meta = open_shard(path)
-        for row_group in range(meta.num_row_groups):
-            rows = meta.metadata.row_group(row_group).num_rows
-            if row_group % process_count == process_index:
-                units.append(_Unit(shard, row_group, rows, first_doc))
-            first_doc += rows
-    return units, first_doc
 
 
 class TokenBatchDataset(grain.IterDataset):
@@ -166,7 +137,7 @@ class TokenBatchDataset(grain.IterDataset):
                 f"got {tokenizer_threads} and {tokenizer_batch_size}"
             )
         self.shards = split_shards(data_dir, split)
-        self.units, self.split_docs = _plan_units(self.shards, process_index, process_count)
+        self.units, self.split_docs = plan_row_groups(self.shards, process_index, process_count)
         if not any(unit.rows for unit in self.units):
             total = sum(pq.ParquetFile(p).num_row_groups for p in self.shards)
             raise ValueError(
@@ -449,91 +420,3 @@ class TokenBatchIterator(grain.DatasetIterator):
 
     def __str__(self) -> str:
         return f"TokenBatchIterator({self._ds})"
-
-
-def build_pipeline(
-    config: Config,
-    tokenizer: Tokenizer,
-    split: Split,
-    *,
-    batch_size: int,
-    seq_len: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    cycle: bool | None = None,
-    prefetch: int = 2,
-) -> grain.DatasetIterator:
-    """Return the batch iterator of ``split`` described by ``config``, prefetching ``prefetch`` batches in a thread.
-
-    The iterator's ``get_state`` reflects the batches it has yielded, not those prefetched.
-    """
-    dataset: grain.IterDataset = TokenBatchDataset(
-        config.data_path(),
-        split,
-        tokenizer,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        direction=config.direction.direction,
-        layout=config.direction.layout,
-        packing=config.data.packing if split == "train" else config.data.val_packing,
-        packing_buffer=config.data.packing_buffer,
-        seed=config.direction.seed,
-        process_index=process_index,
-        process_count=process_count,
-        cycle=cycle,
-        tokenizer_threads=config.data.tokenizer_threads,
-        tokenizer_batch_size=config.data.tokenizer_batch_size,
-    )
-    if prefetch > 0:
-        dataset = grain.experimental.ThreadPrefetchIterDataset(dataset, prefetch_buffer_size=prefetch)
-    return iter(dataset)
-
-
-def global_batch(local: Batch, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
-    """Return the global ``(inputs, targets)`` arrays whose rows are every process's local batch, in process order."""
-    inputs, targets = (jax.make_array_from_process_local_data(sharding, x) for x in local)
-    return inputs, targets
-
-
-class SlicedBatches:
-    """A process's share of the global batch: the rows of its document slices, concatenated in slice order.
-
-    With ``slices`` S fixed, the global batch is the same for every process count P that divides S: process p
-    reads slices ``p·S/P … (p+1)·S/P − 1``, each slice a pipeline over row groups ``s, s+S, …``.
-    """
-
-    def __init__(self, config: Config, tokenizer: Tokenizer, split: Split, *, rows: int, seq_len: int,
-                 process_index: int = 0, process_count: int = 1, cycle: bool | None = None) -> None:
-        total = config.data.slices or process_count
-        if total % process_count:
-            raise ValueError(f"data.slices={total} must be a multiple of the {process_count} processes")
-        per_process = total // process_count
-        if rows % per_process:
-            raise ValueError(f"{rows} rows per process cannot be split over {per_process} data slices; "
-                             "change data.slices or the batch size")
-        self.iterators = [
-            build_pipeline(config, tokenizer, split, batch_size=rows // per_process, seq_len=seq_len,
-                           process_index=s, process_count=total, cycle=cycle)
-            for s in range(process_index * per_process, (process_index + 1) * per_process)
-        ]
-
-    def __iter__(self) -> "SlicedBatches":
-        return self
-
-    def __next__(self) -> Batch:
-        parts = [next(it) for it in self.iterators]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    def get_state(self) -> dict:
-        return {"slices": [it.get_state() for it in self.iterators]}
-
-    def set_state(self, state: dict) -> None:
-        if len(state.get("slices", [])) != len(self.iterators):
-            raise ValueError(f"the saved data state has {len(state.get('slices', []))} slice(s) for this process but "
-                             f"{len(self.iterators)} are configured; keep data.slices and the process count as saved")
-        for it, st in zip(self.iterators, state["slices"]):
-            it.set_state(st)
-
-    def close(self) -> None:
-        for it in self.iterators:
-            it.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -182,3 +183,28 @@ def iter_documents(
             yield doc
             if max_chars is not None and total > max_chars:
                 return
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a split that a process reads."""
+
+    shard: int
+    row_group: int
+    rows: int
+    first_doc: int  # index in the split of its first document
+
+
+def plan_row_groups(shards: list[Path], process_index: int, process_count: int) -> tuple[list[RowGroup], int]:
+    """Return process ``p``'s row groups (``p, p+P, …`` of every shard, ``P = process_count``) in reading order,
+    and the number of documents in the whole split."""
+    units: list[RowGroup] = []
+    first_doc = 0
+    for shard, path in enumerate(shards):
+        meta = open_shard(path)
+        for row_group in range(meta.num_row_groups):
+            rows = meta.metadata.row_group(row_group).num_rows
+            if row_group % process_count == process_index:
+                units.append(RowGroup(shard, row_group, rows, first_doc))
+            first_doc += rows
+    return units, first_doc

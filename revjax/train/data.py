@@ -17,7 +17,7 @@ import numpy as np
 from revjax import sharding as shd
 from revjax.config import Config
 from revjax.data.conversations import ConversationBatches
-from revjax.data.pipeline import SlicedBatches, global_batch
+from revjax.data.batches import SlicedBatches, global_batch
 from revjax.phases import Phase
 from revjax.tasks import build_mixture
 from revjax.tokenizer import Tokenizer

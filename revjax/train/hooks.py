@@ -16,7 +16,7 @@ import jax
 
 from revjax import sharding as shd
 from revjax.checkpoint import build_metadata
-from revjax.data.pipeline import global_batch
+from revjax.data.batches import global_batch
 from revjax.direction import (
     Direction,
     Specials,
