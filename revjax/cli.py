@@ -196,7 +196,7 @@ def run_delegated(name: str, argv: list[str]) -> int:
     if name == "train":
         exit_on_interrupt("revjax.train")
     if name in CACHED:
-        from revjax.eval.run import use_compilation_cache
+        from revjax.compilation import use_compilation_cache
 
         use_compilation_cache()
     module, _, function = DELEGATED[name][0].partition(":")

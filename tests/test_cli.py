@@ -61,14 +61,14 @@ def test_configs_are_package_data_found_from_any_folder(tmp_path, monkeypatch):
         assert find_config(name).is_relative_to(Path(revjax.__file__).parent / "configs")
 
 
-def test_eval_commands_keep_a_compilation_cache_under_the_base_dir(tmp_path):
-    """``revjax eval``/``compare`` put jax's persistent compilation cache in <base dir>/jax_cache, unless jax's own
-    JAX_COMPILATION_CACHE_DIR names one."""
+def test_commands_keep_a_compilation_cache_under_the_base_dir(tmp_path):
+    """``revjax eval``/``compare`` and training put jax's persistent compilation cache in <base dir>/jax_cache,
+    unless jax's own JAX_COMPILATION_CACHE_DIR names one."""
     import os
     import subprocess
     import sys
 
-    code = ("import jax; from revjax.eval.run import use_compilation_cache; use_compilation_cache(); "
+    code = ("import jax; from revjax.compilation import use_compilation_cache; use_compilation_cache(); "
             "print(jax.config.jax_compilation_cache_dir)")
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,
@@ -76,3 +76,14 @@ def test_eval_commands_keep_a_compilation_cache_under_the_base_dir(tmp_path):
     assert run({"REVJAX_BASE_DIR": str(tmp_path)}) == str(tmp_path / "jax_cache")
     assert run({"REVJAX_BASE_DIR": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "own")}) \
         == str(tmp_path / "own")
+
+    # training, in a process that has compiled before: the run's base dir, and new programs are written there
+    train = ("import jax, jax.numpy as jnp; import revjax.train.loop as loop; from revjax.config import Config\n"
+             "jax.jit(lambda x: x + 1)(jnp.ones(3))\n"
+             "def stop(config): raise SystemExit(0)\n"
+             "loop.prepare_run = stop\n"
+             "try:\n    loop.train(Config(base_dir=%r))\n"
+             "finally:\n    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+             "    jax.jit(lambda x: x * 3 - 1)(jnp.ones(5)).block_until_ready()\n") % str(tmp_path / "run-base")
+    subprocess.run([sys.executable, "-c", train], env={**env, "REVJAX_BASE_DIR": str(tmp_path)}, check=True)
+    assert any((tmp_path / "run-base" / "jax_cache").iterdir())

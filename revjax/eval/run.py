@@ -17,9 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jax
 
-from revjax.config import Config
 from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
 from revjax.eval.core import evaluate_core
@@ -233,17 +231,6 @@ def format_markdown(results: dict) -> str:
             lines += _task_table(out["suite"], out["suite"], out["ways"])
         lines.append("")
     return "\n".join(lines)
-
-
-def use_compilation_cache(base_dir: str | os.PathLike[str] | None = None) -> None:
-    """Keep the scorer's compiled programs in ``<base dir>/jax_cache`` (jax's persistent compilation cache), so a
-    second evaluation of a model of the same size skips compiling; a cache folder set through jax's own
-    ``JAX_COMPILATION_CACHE_DIR`` is left as it is."""
-    if jax.config.jax_compilation_cache_dir:
-        return
-    folder = Path(base_dir) if base_dir is not None else Config().base_path()
-    jax.config.update("jax_compilation_cache_dir", str(folder / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

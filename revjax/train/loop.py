@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from revjax.compilation import use_compilation_cache
 from revjax.config import Config
 from revjax.model import flops_per_token
 from revjax.optim import lr_multiplier, muon_momentum
@@ -218,6 +219,7 @@ def _trackers(run: RunSetup) -> Trackers | None:
 def train(config: Config, *, progress: bool | None = None) -> RunResult:
     """Run (or continue) the configured training run; returns where it ended and what it measured."""
     maybe_initialize_distributed()
+    use_compilation_cache(config.base_path())
     start_time = time.time()
     show = config.logging.progress if progress is None else progress
     lock = RunLock(config.checkpoint_path(), "training", create=True) if jax.process_index() == 0 else contextlib.nullcontext()
