@@ -19,7 +19,8 @@ from revjax.interop.state_dict import (
     model_params,
     to_torch_layout,
 )
-from revjax.model import GPT, KVCache, cross_entropy, flops_per_token, loss_fn, num_params
+from revjax.model import (GPT, NORM_EPS, KVCache, cross_entropy, flops_per_token, loss_fn, num_params,
+                          relu_squared_matmul, rms_norm)
 from tests.torch_reference import RefConfig, RefGPT
 
 # The two golden configurations (onanchat's own outputs exist for both): MHA and GQA.
@@ -192,6 +193,47 @@ def test_bf16_compute_close_to_fp32_and_remat_exact():
     grad = nnx.jit(nnx.grad(lambda m: loss_fn(m, ids, ids)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  model_params(grad(variants["remat"])), model_params(grad(model)))
+
+
+def plain_rms_norm(x):
+    x32 = x.astype(jnp.float32)
+    return (x32 / jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + NORM_EPS)).astype(x.dtype)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_lean_backward_passes_equal_autodiff_of_the_plain_expressions(dtype, rtol):
+    """RMSNorm and relu(h)²·W have hand-written backward passes; their gradients are those of the expressions."""
+    kx, kh, kw, kg = jax.random.split(jax.random.key(3), 4)
+    x = (3 * jax.random.normal(kx, (2, 5, 64))).astype(dtype)
+    h, w = jax.random.normal(kh, (2, 5, 256)).astype(dtype), (0.1 * jax.random.normal(kw, (256, 64))).astype(dtype)
+    g = jax.random.normal(kg, (2, 5, 64)).astype(dtype)
+
+    def close(ours, plain, *args):
+        for a, b in zip(jax.vjp(ours, *args)[1](g), jax.vjp(plain, *args)[1](g)):
+            assert a.dtype == b.dtype == dtype
+            assert rel_err(a, b) < rtol
+        np.testing.assert_allclose(np.asarray(ours(*args), np.float32), np.asarray(plain(*args), np.float32),
+                                   rtol=rtol, atol=rtol)
+
+    close(rms_norm, plain_rms_norm, x)
+    close(relu_squared_matmul, lambda h, w: jnp.square(jax.nn.relu(h)) @ w, h, w)
+    assert float(jnp.min(h)) < 0 < float(jnp.max(h))  # both sides of the relu are exercised
+
+
+def test_bf16_backward_keeps_no_fp32_activation_copies():
+    """What a bf16 loss keeps for its backward pass, per layer: no fp32 array of the residual width (fp32 stats
+    of one value per row only), and one array of the MLP's hidden width (its input, in bf16)."""
+    config = ModelConfig(**{**CONFIGS["gqa"].__dict__, "compute_dtype": "bfloat16", "attention": "xla"})
+    model = perturbed_model(config)
+    graphdef, params = nnx.split(model, nnx.Param)
+    ids = jax.random.randint(jax.random.key(1), (2, config.sequence_len), 0, config.vocab_size)
+    kept = jax.tree.leaves(jax.vjp(lambda p: loss_fn(nnx.merge(graphdef, p), ids, ids), params)[1])
+    known = {id(leaf) for leaf in jax.tree.leaves(params)}
+    activations = [a for a in kept if id(a) not in known and a.ndim >= 3 and a.shape[:1] == (2,)]
+    B, T, D = 2, config.sequence_len, config.n_embd
+    wide = [a for a in activations if a.shape[-1] == 4 * D]
+    assert [(a.shape, a.dtype) for a in wide] == [((B, T, 4 * D), jnp.bfloat16)] * config.n_layer
+    assert not [a.shape for a in activations if a.dtype == jnp.float32 and a.shape[-1] in (D, 4 * D)]
 
 
 def test_features_feed_the_head_and_stats_are_residual_rms(case):
