@@ -179,8 +179,10 @@ def masked_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, ma
     q = q_BTHD.transpose(0, 2, 1, 3)
     k, v = (jnp.repeat(x.transpose(0, 2, 1, 3), H // x.shape[2], axis=1) for x in (k_BTKD, v_BTKD))
     logits = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask_BTS[:, None], logits * jnp.float32(1.0 / math.sqrt(D)), -jnp.inf)
-    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    # an additive mask and a shift that is a constant to differentiation (the softmax does not depend on it): the
+    # backward pass keeps the weights only, not the logits or a per-head copy of the mask
+    logits = logits * jnp.float32(1.0 / math.sqrt(D)) + jnp.where(mask_BTS, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     y = jnp.einsum("bhts,bhsd->bhtd", weights.astype(q.dtype), v, preferred_element_type=jnp.float32)
     y = y / jnp.sum(weights, axis=-1, keepdims=True)
     return y.astype(q.dtype).transpose(0, 2, 1, 3).reshape(B, T, H * D)

@@ -222,18 +222,25 @@ def test_lean_backward_passes_equal_autodiff_of_the_plain_expressions(dtype, rto
 
 def test_bf16_backward_keeps_no_fp32_activation_copies():
     """What a bf16 loss keeps for its backward pass, per layer: no fp32 array of the residual width (fp32 stats
-    of one value per row only), and one array of the MLP's hidden width (its input, in bf16)."""
+    of one value per row only), one array of the MLP's hidden width (its input, in bf16), and one fp32 array of
+    attention scores."""
     config = ModelConfig(**{**CONFIGS["gqa"].__dict__, "compute_dtype": "bfloat16", "attention": "xla"})
     model = perturbed_model(config)
     graphdef, params = nnx.split(model, nnx.Param)
-    ids = jax.random.randint(jax.random.key(1), (2, config.sequence_len), 0, config.vocab_size)
+    B, T, D = 2, config.sequence_len // 2, config.n_embd  # T ≠ head_dim, so T×T arrays are the scores
+    ids = jax.random.randint(jax.random.key(1), (B, T), 0, config.vocab_size)
     kept = jax.tree.leaves(jax.vjp(lambda p: loss_fn(nnx.merge(graphdef, p), ids, ids), params)[1])
     known = {id(leaf) for leaf in jax.tree.leaves(params)}
-    activations = [a for a in kept if id(a) not in known and a.ndim >= 3 and a.shape[:1] == (2,)]
-    B, T, D = 2, config.sequence_len, config.n_embd
+    activations = [a for a in kept if id(a) not in known and a.ndim >= 3 and a.shape[:1] == (B,)]
     wide = [a for a in activations if a.shape[-1] == 4 * D]
     assert [(a.shape, a.dtype) for a in wide] == [((B, T, 4 * D), jnp.bfloat16)] * config.n_layer
     assert not [a.shape for a in activations if a.dtype == jnp.float32 and a.shape[-1] in (D, 4 * D)]
+    # attention scores: no per-head copy of the mask, and one fp32 T×T array per layer (the softmax weights), not
+    # the logits and the shifted logits besides
+    scores = [a for a in activations if a.shape[-2:] == (T, T)]
+    assert T != config.head_dim and scores
+    assert not [a.shape for a in scores if a.dtype == jnp.bool_]
+    assert len([a for a in scores if a.dtype == jnp.float32]) == config.n_layer
 
 
 def test_features_feed_the_head_and_stats_are_residual_rms(case):
