@@ -117,24 +117,25 @@ def test_newton_schulz_matches_float64_iteration():
 
 
 class Golden:
-    """One optim_*.npz file as revjax parameters, with the jitted loss gradient and optimizer update."""
+    """One optim_<name>.npz file as revjax parameters, with the jitted loss gradient and optimizer update. The
+    steps start from model_<name>.npz's weights and batch (the same model), which the file does not repeat."""
 
     def __init__(self, path):
-        data = np.load(path)
+        data, model = np.load(path), np.load(path.with_name(path.name.replace("optim_", "model_")))
         self.config = ModelConfig(**json.loads(str(data["config"])), compute_dtype="float32")
 
-        def weights(prefix: str) -> dict:
-            state_dict = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+        def weights(npz, prefix: str) -> dict:
+            state_dict = {k[len(prefix):]: npz[k] for k in npz.files if k.startswith(prefix)}
             return from_torch_layout(state_dict, self.config)
 
-        self.before, self.after1, self.after2 = weights("before/"), weights("after1/"), weights("after2/")
-        self.grad1 = weights("grad/")
+        self.before, self.after1, self.after2 = weights(model, "w/"), weights(data, "after1/"), weights(data, "after2/")
+        self.grad1 = weights(data, "grad/")
         # onanchat's Muon mixes Nesterov momentum into p.grad in place, so the stored block gradients are
         # (1-m)·g + m·(1-m)·g = (1-m²)·g.
         self.grad1["blocks"] = jax.tree.map(lambda g: g / np.float32(1 - GOLDEN_MOMENTUM**2), self.grad1["blocks"])
         self.loss1, self.loss2 = float(data["loss1"]), float(data["loss2"])
         graphdef, _ = nnx.split(build_model(self.config, self.before))
-        ids, targets = jnp.asarray(data["ids"]), jnp.asarray(data["targets"])
+        ids, targets = jnp.asarray(model["ids"]), jnp.asarray(model["targets"])
         self.value_and_grad = jax.jit(jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), ids, targets)))
         self.tx = build_optimizer(OptimizerConfig(grad_clip=0.0), self.config)
         self.update = jax.jit(self.tx.update)
