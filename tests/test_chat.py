@@ -493,6 +493,9 @@ def test_browser_streams_stops_edits_and_regenerates(served, model, monkeypatch,
         find(By.ID, "send").click()
         reply = lambda b: b.find_elements(By.CSS_SELECTOR, ".message.generated .content")  # noqa: E731
         wait.until(lambda b: reply(b) and reply(b)[-1].text.strip())  # streamed text appears while writing
+        node = reply(browser)[-1]
+        seen = node.text
+        wait.until(lambda b: len(node.text) > len(seen))  # in place: the same node grows, nothing is rebuilt
         assert find(By.CSS_SELECTOR, ".message.generated").get_attribute("class").count("streaming")
         find(By.ID, "stop").click()
         wait.until(lambda b: b.find_element(By.ID, "status").text == "stopped")
