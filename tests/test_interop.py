@@ -20,6 +20,7 @@ from revjax.interop.export import InteropError, export_checkpoint, main as expor
 from revjax.interop.importer import import_checkpoint, main as import_main
 from revjax.interop.state_dict import StateDictError, build_model, expected_shapes
 from revjax.optim import build_optimizer
+from revjax.runlock import RunLock
 from revjax.sharding import make_mesh
 from revjax.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 from revjax.train.setup import _init_from
@@ -90,7 +91,8 @@ def test_layouts_names_dtypes_and_meta(run, exported):
     assert default == root / "mid_checkpoints" / "d2_backward" / f"model_{STEP:06d}.pt"
     assert sorted(p.name for p in default.parent.iterdir()) == [f"meta_{STEP:06d}.json", f"model_{STEP:06d}.pt"]
     assert sorted(p.name for p in (root / "tokenizer").iterdir()) == ["token_bytes.pt", "tokenizer.pkl"]
-    assert sorted(p.name for p in flat.parent.iterdir()) == ["meta.json", "model.pt", "token_bytes.pt", "tokenizer.pkl"]
+    assert sorted(p.name for p in flat.parent.iterdir()) == [".revjax-output.json", "meta.json", "model.pt",
+                                                             "token_bytes.pt", "tokenizer.pkl"]
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
     shapes = expected_shapes(config.model)
     for path, wte_dtype in ((default, torch.bfloat16), (flat, torch.float32)):
@@ -177,7 +179,7 @@ def test_cli_and_overwrite_refusal(run, exported, tmp_path, capsys):
     config, _, _ = run
     _, flat = exported
     assert export_main([str(config.checkpoint_path()), str(flat.parent), "--flat"]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert "pass --force to replace it" in capsys.readouterr().err
     assert export_main([str(config.checkpoint_path()), str(tmp_path / "x"), "--phase", "sft", "--tag", "t",
                         "--fp32"]) == 0
     assert (tmp_path / "x" / "chatsft_checkpoints" / "t" / f"model_{STEP:06d}.pt").is_file()
@@ -186,7 +188,66 @@ def test_cli_and_overwrite_refusal(run, exported, tmp_path, capsys):
                         "--force"]) == 0
     assert import_main([str(flat.parent), str(tmp_path / "r")]) == 0
     assert import_main([str(flat.parent), str(tmp_path / "r")]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert "already holds an earlier revjax import; pass --force" in capsys.readouterr().err
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes but the run lock's (the lock taken for the swap moves aside with the folder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _asides(parent: Path, name: str) -> list[Path]:
+    return sorted(parent.glob(f".{name}.replaced-*"))
+
+
+def test_force_replaces_only_its_own_output_and_moves_it_aside(run, exported, tmp_path, capsys):
+    config, _, _ = run
+    _, flat = exported
+    source = config.checkpoint_path()
+    before = _digest(source)
+    # someone else's folder, the run being exported, a folder inside it, a folder holding it: refused, untouched
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    for out, words in ((foreign, "did not write (thesis.tex)"), (source, "reads from"),
+                       (source / "inside", "reads from"), (source.parent, "reads from")):
+        assert export_main([str(source), str(out), "--flat", "--force"]) == 1, out
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    assert (foreign / "thesis.tex").read_text() == "years of work" and _digest(source) == before
+    assert not (source / "inside").exists()
+    assert export_main([str(source), str(source), "--force"]) == 1  # onanchat's layout into the run itself
+    assert "being exported" in capsys.readouterr().err and _digest(source) == before
+
+    # an earlier export is replaced with --force, moved aside (printed), never deleted
+    out = tmp_path / "release"
+    assert export_main([str(source), str(out), "--flat"]) == 0
+    first = _digest(out)
+    capsys.readouterr()
+    assert export_main([str(source), str(out), "--flat", "--fp32", "--force"]) == 0
+    printed = capsys.readouterr().out
+    [aside] = _asides(tmp_path, "release")
+    assert str(aside) in printed and _digest(aside) == first and _digest(out) != first
+    # an export made before the marker existed: one sentence saying how to replace it deliberately
+    (out / ".revjax-output.json").unlink()
+    assert export_main([str(source), str(out), "--flat", "--force"]) == 1
+    assert f"mv {out} {out}.old" in capsys.readouterr().err and len(_asides(tmp_path, "release")) == 1
+
+    # import: over a folder it did not write, refused; over a run a training holds, refused; its own, moved aside
+    assert import_main([str(flat.parent), str(foreign), "--force"]) == 1
+    assert "did not write" in capsys.readouterr().err and (foreign / "thesis.tex").exists()
+    target = tmp_path / "imported"
+    assert import_main([str(flat.parent), str(target)]) == 0
+    imported = _digest(target)
+    with RunLock(target, "training"):
+        assert import_main([str(flat.parent), str(target), "--force"]) == 1
+        assert "is in use by" in capsys.readouterr().err
+    assert _digest(target) == imported and not _asides(tmp_path, "imported")
+    assert import_main([str(flat.parent), str(target), "--force"]) == 0
+    [aside] = _asides(tmp_path, "imported")
+    assert str(aside) in capsys.readouterr().out
+    assert _digest(aside) == imported
 
 
 def _edit_model(folder: Path, change) -> None:

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -26,6 +25,7 @@ from revjax.config import Config
 from revjax.errors import RevjaxError, require, run_command
 from revjax.interop.state_dict import check_finite, to_torch_layout
 from revjax.phases import EXPORT_DIRS
+from revjax.replace import check_replaceable, move_aside, output_path, overlaps, publish_folder, temp_dir
 from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer, TokenizerError
 
@@ -131,26 +131,37 @@ def export_checkpoint(
 ) -> Path:
     """Export step ``step`` (default: newest) of the revjax checkpoint folder ``run_dir``; returns the model file.
 
-    Everything is written into a temporary folder first and moved into place only when complete; an existing
-    export of the same step (or flat folder) is replaced only with ``force``.
+    Everything is written into a temporary folder first and moved into place only when complete. A flat folder is
+    replaced only with ``force`` and only when an earlier ``revjax export`` wrote it (:mod:`revjax.replace`); in
+    onanchat's layout ``force`` replaces the same step's files and a different tokenizer. What is replaced is
+    moved aside, never deleted, and the output may not overlap the run being read.
     """
     torch_for("revjax export")  # fail before reading anything when torch is missing
     if layout not in ("onanchat", "flat"):
         raise InteropError(f"layout must be 'onanchat' or 'flat', not {layout!r}")
     if safetensors and importlib.util.find_spec("safetensors") is None:
         raise InteropError("safetensors export needs the safetensors package, which is not installed")
-    out = Path(out).expanduser().resolve()
-    if layout == "flat" and out.exists() and not force:
-        raise InteropError(f"{out} already exists; pass force to replace it")
-    if not Path(run_dir).expanduser().is_dir():
+    out = output_path(out)
+    source = Path(run_dir).expanduser().resolve()
+    if not source.is_dir():
         raise InteropError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
-    with RunLock(run_dir, "export"):  # no training may save or set steps aside while they are read
-        params, meta, config = read_params(run_dir, step)
-        return _export(params, meta, config, out, layout=layout, phase=phase, tag=tag, all_fp32=all_fp32,
+    if layout == "flat":
+        check_replaceable(out, "export", force=force, sources=[source], looks_like_old_output=is_flat_export)
+    elif overlaps(out.resolve(), source):  # onanchat's layout writes files into a base folder: no marker there
+        raise InteropError(f"{out} is (or holds, or lies inside) the run {source} being exported; choose another "
+                           "output folder")
+    with RunLock(source, "export"):  # no training may save or set steps aside while they are read
+        params, meta, config = read_params(source, step)
+        return _export(params, meta, config, out, source, layout=layout, phase=phase, tag=tag, all_fp32=all_fp32,
                        safetensors=safetensors, force=force)
 
 
-def _export(params, meta: dict, config: Config, out: Path, *, layout: Layout, phase: str | None, tag: str | None,
+def is_flat_export(folder: Path) -> bool:
+    """True for a folder laid out as a flat export (``model.pt`` and ``meta.json`` side by side)."""
+    return (folder / "model.pt").is_file() and (folder / "meta.json").is_file()
+
+
+def _export(params, meta: dict, config: Config, out: Path, source: Path, *, layout: Layout, phase: str | None, tag: str | None,
             all_fp32: bool, safetensors: bool, force: bool) -> Path:
     torch = torch_for("revjax export")
     phase = phase or meta.get("phase") or config.training.phase
@@ -175,66 +186,53 @@ def _export(params, meta: dict, config: Config, out: Path, *, layout: Layout, ph
     meta_text = json.dumps(onanchat_meta(meta, config), indent=2)
     if layout == "flat":
         files = {"meta.json": meta_text, **tok_files}
-        return _publish_flat(out, files, state_dict, safetensors, force) / "model.pt"
+        publish_folder(out, "export", lambda tmp: _write_files(tmp, files, state_dict, "model.pt", safetensors),
+                       force=force, sources=[source], looks_like_old_output=is_flat_export)
+        return out / "model.pt"
     _publish_onanchat(out, folder, f"model_{n:06d}.pt", {f"meta_{n:06d}.json": meta_text}, tok_files, state_dict,
                       safetensors, force)
     return folder / f"model_{n:06d}.pt"
 
 
-def temp_dir(parent: Path, prefix: str) -> Path:
-    """A new folder in ``parent`` with the permissions ``mkdir`` would give it (``mkdtemp`` makes it private)."""
-    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod(0o777 & ~mask)
-    return path
-
-
-def _publish_flat(out: Path, files: dict, state_dict: dict, safetensors: bool, force: bool) -> Path:
-    """Write the flat folder beside ``out`` and rename it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, f".{out.name}.export-")
-    try:
-        _write_files(tmp, files, state_dict, "model.pt", safetensors)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "previous")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def _publish_onanchat(out: Path, folder: Path, model_name: str, files: dict, tok_files: dict, state_dict: dict,
                       safetensors: bool, force: bool) -> None:
-    """Move the tokenizer, then the metadata, then the model into place (onanchat lists steps by model file)."""
+    """Move the tokenizer, then the metadata, then the model into place (onanchat lists steps by model file); with
+    ``force``, a file replaced is first moved aside (:func:`move_aside`)."""
     tok_dir = out / "tokenizer"
     existing = tok_dir / "tokenizer.pkl"
-    if existing.exists() and existing.read_bytes() != tok_files["tokenizer.pkl"]:
+    new_tokenizer = existing.exists() and existing.read_bytes() != tok_files["tokenizer.pkl"]
+    if new_tokenizer:
         try:
             same = Tokenizer.load(tok_dir).identity() == Tokenizer(pickle.loads(tok_files["tokenizer.pkl"])).identity()
         except TokenizerError:
             same = False
-        if not same and not force:
-            raise InteropError(f"{tok_dir} already holds a different tokenizer; pass force to replace it")
+        if same:
+            new_tokenizer = False
+        elif not force:
+            raise InteropError(f"{tok_dir} already holds a different tokenizer; pass --force to replace it (the old "
+                               "one is moved aside, not deleted)")
     out.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out, ".export-")
     try:
         _write_files(tmp / "model", files, state_dict, model_name, safetensors)
         for name, data in tok_files.items():
             _write(tmp / "tokenizer" / name, data)
+        if new_tokenizer:
+            _report_aside(move_aside(tok_dir))
         tok_dir.mkdir(parents=True, exist_ok=True)
         for name in tok_files:
             os.replace(tmp / "tokenizer" / name, tok_dir / name)
         folder.mkdir(parents=True, exist_ok=True)
-        model_last = sorted((tmp / "model").iterdir(), key=lambda p: p.name.startswith("model_"))
-        for path in model_last:
+        for path in sorted((tmp / "model").iterdir(), key=lambda p: p.name.startswith("model_")):
+            if (folder / path.name).exists():
+                _report_aside(move_aside(folder / path.name))
             os.replace(path, folder / path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _report_aside(path: Path) -> None:
+    print(f"moved what this export replaces aside to {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -248,7 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tag", help="model tag folder (default: d<n_layer>_<direction>)")
     parser.add_argument("--fp32", action="store_true", help="store wte as fp32 too (default: bf16 wte)")
     parser.add_argument("--safetensors", action="store_true", help="also write a .safetensors copy of the model")
-    parser.add_argument("--force", action="store_true", help="replace an existing export")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an earlier revjax export at OUT (with --flat: the whole folder, only if an "
+                             "earlier revjax export wrote it; otherwise: the same step's files and a different "
+                             "tokenizer); what is replaced is moved aside to .<name>.replaced-<UTC time>, never "
+                             "deleted")
     args = parser.parse_args(argv)
 
     def run() -> None:

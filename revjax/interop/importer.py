@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +22,8 @@ import numpy as np
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import Config, MeshConfig
 from revjax.errors import run_command
-from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, temp_dir, torch_for
+from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, torch_for
+from revjax.replace import check_replaceable, output_path, publish_folder
 from revjax.interop.state_dict import StateDictError, from_torch_layout
 from revjax.tokenizer import Tokenizer
 
@@ -75,6 +74,13 @@ def read_meta(path: Path) -> dict:
         raise InteropError(f"{path} lacks model_config key(s) {', '.join(missing)}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in model_config.values()):
         raise InteropError(f"{path} has a model_config with non-positive or non-integer values: {model_config}")
+    from revjax.memory import SizeError, check_dimensions, check_fits
+
+    try:  # before anything is built: absurd sizes and models this machine cannot hold are refused here
+        check_dimensions(model_config, f"the model_config of {path}")
+        check_fits(model_config, "import", where=f"the model of {path}")
+    except SizeError as err:
+        raise InteropError(str(err)) from None
     direction = meta.get("direction", "forward")
     if direction not in DIRECTIONS:
         raise InteropError(f"{path} has direction {direction!r}; expected one of {', '.join(DIRECTIONS)}")
@@ -102,6 +108,11 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def is_run_folder(folder: Path) -> bool:
+    """True for a folder laid out as a revjax run (numbered step folders or a metrics log)."""
+    return (folder / "metrics.jsonl").exists() or any(p.name.isdigit() and p.is_dir() for p in folder.iterdir())
+
+
 def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path) -> Config:
     """A full revjax config for the imported model: explicit dims, its tokenizer in ``<out_run_dir>/tokenizer``."""
     T = model_config["sequence_len"]
@@ -120,15 +131,15 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
     """Convert the onanchat checkpoint at ``src`` into a revjax run folder ``out_run_dir``; returns that folder.
 
     Nothing is written unless every check passes; the folder is assembled beside its destination and renamed
-    into place, replacing an existing one only with ``force``.
+    into place. An existing folder is replaced only with ``force``, only when an earlier ``revjax import`` wrote it
+    and no training holds it, and it is moved aside, never deleted (:mod:`revjax.replace`).
     """
     from revjax import sharding as shd
     from revjax.optim import build_optimizer
     from revjax.state import init_train_state
 
-    out = Path(out_run_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not force:
-        raise InteropError(f"{out} already exists and is not empty; pass force to replace it")
+    out = output_path(out_run_dir)
+    check_replaceable(out, "import", force=force, sources=[src], looks_like_old_output=is_run_folder)
     model_path, meta_path, tok_dir, folder_phase = locate(src, step)
     phase = phase or folder_phase or "base"
     if phase not in PHASE_DIRS:
@@ -153,22 +164,14 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
         step=number, direction=direction, phase=phase, model_config=config.model.gpt_config(),
         config=config.to_dict(), tokenizer_identity=tokenizer.identity(), tokenizer_path=str(out / "tokenizer"),
         val_bpb=val_bpb if isinstance(val_bpb, (int, float)) and np.isfinite(val_bpb) else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, f".{out.name}.import-")
-    try:
+
+    def fill(tmp: Path) -> None:
         tokenizer.save(tmp / "tokenizer", token_bytes_method=config.tokenizer.token_bytes)
         with Checkpointer(tmp, async_save=False) as checkpointer:
             checkpointer.save(number, {"params": state.params, "opt_state": state.opt_state}, data_state=None,
                               metadata=metadata)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "previous")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    publish_folder(out, "import", fill, force=force, sources=[src], looks_like_old_output=is_run_folder)
     return out
 
 
@@ -179,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_run_dir", help="the revjax run folder to create")
     parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="phase (default: from the folder name, else base)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--force", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT_RUN_DIR if an earlier revjax import wrote it and no training holds it; "
+                             "it is moved aside to .<name>.replaced-<UTC time>, never deleted")
     args = parser.parse_args(argv)
 
     def run() -> None:
