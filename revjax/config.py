@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from revjax.yamlio import load_yaml, safe_load
 from revjax.config_schema import (  # noqa: F401  (re-exported: the schema is part of this module's API)
     AUTO_ITERATIONS, DEFAULT_DEPTH, FINEWEB_SHARDS, ChainConfig, CheckpointConfig, Config, ConfigError, DataConfig,
     DirectionConfig, DirectionName, Dtype, LoggingConfig, MeshConfig, ModelConfig, OptimizerConfig, RLConfig,
@@ -265,35 +266,6 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
 # ---- loading -----------------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses a key given twice in one mapping (PyYAML alone keeps the last silently)."""
-
-    source: Path
-
-    @classmethod
-    def load(cls, path: Path) -> Any:
-        loader = cls(path.read_text())
-        loader.source = path
-        try:
-            return loader.get_single_data()
-        finally:
-            loader.dispose()
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        lines: dict[str, int] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue
-            line = key_node.start_mark.line + 1
-            if key_node.value in lines:
-                raise ConfigError(
-                    f"config file {self.source} sets the key '{key_node.value}' twice, on lines "
-                    f"{lines[key_node.value]} and {line}; keep one of them (YAML would silently use the last)"
-                )
-            lines[key_node.value] = line
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict[str, Any], str]]:
     """Read one YAML file and the files it includes, as (mapping, source) pairs in merge order."""
     path = path.expanduser().resolve()
@@ -302,9 +274,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict[str, 
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; check the path given to --config")
     try:
-        data = _UniqueKeyLoader.load(path) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        data = load_yaml(path, f"config file {path}", ConfigError) or {}
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror}); check its permissions") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     includes = data.pop("include", None) or []
@@ -324,7 +296,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw, f"override '{text}'", ConfigError) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

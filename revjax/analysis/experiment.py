@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import yaml
 
 from revjax.errors import RevjaxError
+from revjax.yamlio import load_yaml
 
 LEVEL = 0.95
 TAIL = 0.25  # a run's loss-by-position curve: the /tokens rows of the last quarter of its logged steps
@@ -159,12 +159,23 @@ class Group:
 def read_run(run_dir: Path) -> RunData:
     from revjax.tracking import TrackingError, read_metrics
 
+    config_path, status_path = run_dir / "config.yaml", run_dir / "status.json"
     try:
-        settings = _flat(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-        status_path = run_dir / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.is_file() else {}
-    except (OSError, ValueError, yaml.YAMLError) as err:
+        config = load_yaml(config_path, f"the run's config file {config_path}", AnalysisError) or {}
+    except OSError as err:
         raise AnalysisError(f"the run folder {run_dir} cannot be read ({err}); fix or remove it") from None
+    try:
+        status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise AnalysisError(f"the status file {status_path} cannot be read ({err}); delete it (run the sweep again "
+                            "to write it anew) or remove the run folder") from None
+    if not isinstance(config, dict):
+        raise AnalysisError(f"the run's config file {config_path} holds a {type(config).__name__}, not a mapping of "
+                            "settings; fix it or remove the run folder")
+    if not isinstance(status, dict):
+        raise AnalysisError(f"the status file {status_path} holds a JSON {type(status).__name__}, not an object; "
+                            "delete it (run the sweep again to write it anew) or remove the run folder")
+    settings = _flat(config)
     metrics = run_dir / "metrics.jsonl"
     try:
         rows = read_metrics(metrics) if metrics.is_file() else []

@@ -8,11 +8,19 @@ runs (``pod``). Running it again skips finished runs and resumes the others. ``-
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Sequence
 
 from revjax.errors import run_command
-from revjax.experiments.cluster import pod_command, pod_instructions, run_pod_command, submit, write_slurm_script
+from revjax.experiments.cluster import (
+    check_backend,
+    pod_command,
+    pod_instructions,
+    run_pod_command,
+    submit,
+    write_slurm_script,
+)
 from revjax.experiments.execute import RunsFailed
 from revjax.experiments.runner import describe_plan, plan, prepare, run_local
 from revjax.experiments.spec import load_sweep
@@ -42,6 +50,7 @@ def sweep(args: argparse.Namespace) -> int:
     if args.status:
         print_table(spec.runs, title)
         return 0
+    check_backend(spec, args.backend)
     prepare(spec)
     chains, left = plan(spec, args.retry_failed)
     if args.backend == "pod":
@@ -61,12 +70,12 @@ def sweep(args: argparse.Namespace) -> int:
         path = write_slurm_script(spec, chains, retry_failed=args.retry_failed)
         if args.dry_run:
             print(path.read_text(), end="")
-            print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): sbatch {path}",
-                  file=sys.stderr)
+            print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): "
+                  f"sbatch {shlex.quote(str(path))}", file=sys.stderr)
             return 0
         job = submit(path, chains)
         print(f"submitted {path} as job {job}: {len(chains)} array tasks; "
-              f"follow them with revjax sweep {args.sweep} --status")
+              f"follow them with revjax sweep {shlex.quote(args.sweep)} --status")
         return 0
     if args.dry_run:
         describe_plan(spec, chains, left)

@@ -122,7 +122,12 @@ def _parent_problem(run_dir: Path) -> str | None:
         return None
     import json
 
-    parent = Path(json.loads(link.read_text())["parent_checkpoint_path"])
+    try:
+        record = json.loads(link.read_text())
+        parent = Path(record["parent_checkpoint_path"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ExperimentError(f"the parent link {link} cannot be read ({type(err).__name__}: {err}); delete it and "
+                              "run the sweep again to write it anew") from None
     state = read_status(parent)["state"]
     if state != "finished":
         return f"its parent run {parent.name} is {state}, not finished; run the sweep again to train the parent first"

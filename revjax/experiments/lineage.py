@@ -38,6 +38,11 @@ CONFIG_FILE, STATUS_FILE, LOG_FILE = "config.yaml", "status.json", "log.txt"
 PARENT_LINK, PARENT_JSON, EVALUATIONS = "parent", "parent_link.json", "evaluations"
 PLAN_FILE, SWEEP_COPY = "runs.json", "sweep.yaml"
 TAIL_LINES = 20
+# the types of the status fields that are read back (None is allowed for each)
+STATUS_FIELDS: dict[str, tuple[type, ...]] = {
+    "attempts": (int,), "created": (str,), "started": (str,), "ended": (str,), "exit_code": (int,),
+    "signal": (str,), "host": (str,), "pid": (int,), "step": (int,), "val_bpb": (int, float), "tail": (list,),
+    "name": (str,), "hash": (str,), "phase": (str,), "slurm_job": (str,)}
 
 
 class ExperimentError(RevjaxError):
@@ -66,9 +71,17 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {"state": "absent", "attempts": 0}
     except (OSError, ValueError) as err:
         raise ExperimentError(f"the status file {path} cannot be read ({err}); delete it to mark the run pending")
-    if status.get("state") not in STATES:
+    if not isinstance(status, dict):
+        raise ExperimentError(f"the status file {path} holds a JSON {type(status).__name__}, not an object; delete "
+                              "it to mark the run pending (the next revjax sweep writes it anew)")
+    if not isinstance(status.get("state"), str) or status["state"] not in STATES:
         raise ExperimentError(f"the status file {path} has an unknown state {status.get('state')!r}; delete it to "
                               "mark the run pending")
+    for key, kinds in STATUS_FIELDS.items():
+        value = status.get(key)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            raise ExperimentError(f"the status file {path} has {key}={value!r}, which is not a "
+                                  f"{' or '.join(k.__name__ for k in kinds)}; delete it to mark the run pending")
     return status
 
 
@@ -153,7 +166,12 @@ def read_plan(experiment_dir: Path) -> list[list[Path]]:
         plan = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ExperimentError(f"{path} cannot be read ({err}); run `revjax sweep SWEEP.yaml` once to write it")
-    return [[Path(experiment_dir) / folder for folder in chain] for chain in plan["chains"]]
+    chains = plan.get("chains") if isinstance(plan, dict) else None
+    if not isinstance(chains, list) or not all(isinstance(c, list) and all(isinstance(f, str) for f in c)
+                                               for c in chains):
+        raise ExperimentError(f"{path} does not hold the plan's chains of run folders; delete it and run "
+                              "`revjax sweep SWEEP.yaml` once to write it anew")
+    return [[Path(experiment_dir) / folder for folder in chain] for chain in chains]
 
 
 def log_tail(path: Path, start: int = 0, lines: int = TAIL_LINES) -> list[str]:

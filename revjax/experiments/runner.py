@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shlex
 import shutil
 import subprocess
 import sys
@@ -142,7 +143,7 @@ def describe_plan(sweep: Sweep, chains: list[list[Run]], left: list[Run], out: T
           f"{sum(map(len, chains))} to train in {len(chains)} chains", file=out)
     for chain in chains:
         for run in chain:
-            print(f"  {run.folder}  ({read_status(run.dir)['state']})\n    {' '.join(train_command(run.dir))}",
+            print(f"  {run.folder}  ({read_status(run.dir)['state']})\n    {shlex.join(train_command(run.dir))}",
                   file=out)
     for run in left:
         print(f"  {run.folder}  (failed; --retry-failed runs it again)", file=out)

@@ -36,11 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
-
 from revjax.config import Config, ConfigError, load_config
 from revjax.config_args import find_config
 from revjax.errors import RevjaxError
+from revjax.yamlio import load_yaml
 
 SWEEP_KEYS = ("name", "base", "overrides", "grid", "zip", "seeds", "chain", "dir", "slurm", "pod")
 PHASE_KEYS = ("name", "base", "overrides")
@@ -51,6 +50,9 @@ PATH_KEYS = ("tokenizer.dir", "data.dir", "tasks.cache_dir")
 HASH_LENGTH = 8
 MAX_NAME = 120
 _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# C0 control characters and DEL: a newline or carriage return in a value written into a script would start a new
+# command line there (and end SLURM's reading of the #SBATCH lines); NUL cannot be written into one at all
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SweepError(RevjaxError):
@@ -266,10 +268,13 @@ def _cells(path: Path, grid: dict[str, list], zipped: dict[str, list], seeds: li
 def load_sweep(source: str | Path, experiment_dir: str | Path | None = None) -> Sweep:
     """Read and expand a sweep file; every problem is a :class:`SweepError` in one sentence."""
     path = find_sweep(source)
+    if CONTROL.search(str(path)):
+        raise SweepError(f"the sweep file's path {str(path)!r} holds a control character (a newline or the like), "
+                         "which the scripts it writes cannot hold; rename the file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        _fail(path, f"not valid YAML: {str(err).splitlines()[0]}")
+        data = load_yaml(path, f"sweep file {path}", SweepError)
+    except OSError as err:
+        _fail(path, f"cannot be read ({err.strerror}); check its permissions")
     if not isinstance(data, dict):
         _fail(path, f"must hold a mapping of keys ({', '.join(SWEEP_KEYS)}), got {type(data).__name__}")
     _check_keys(path, data, SWEEP_KEYS, "the file")
@@ -293,6 +298,10 @@ def load_sweep(source: str | Path, experiment_dir: str | Path | None = None) -> 
     given = experiment_dir or data.get("dir")
     if given is not None and not isinstance(given, (str, Path)):
         _fail(path, f"'dir' must be a folder path, got {given!r}")
+    if given is not None and CONTROL.search(str(given)):
+        key = "--dir" if experiment_dir else "'dir'"
+        _fail(path, f"{key}={str(given)!r} holds a control character (a newline, carriage return, NUL or the "
+                    "like), which would break the scripts the sweep writes; remove it")
     where = Path(given).expanduser() if given else None
 
     runs, chains, folders, hashes = [], [], {}, {}
@@ -325,6 +334,9 @@ def load_sweep(source: str | Path, experiment_dir: str | Path | None = None) -> 
             chain.append(run)
             runs.append(run)
         chains.append(chain)
+    if CONTROL.search(str(where.resolve())):
+        _fail(path, f"the experiment folder {str(where.resolve())!r} (from base_dir) holds a control character (a "
+                    "newline or the like), which would break the scripts the sweep writes; set 'dir' to a plain path")
     slurm, pod = _mapping(path, data, "slurm"), _mapping(path, data, "pod")
     return Sweep(name=name, path=path, dir=where.resolve(), runs=runs, chains=chains, slurm=slurm, pod=pod, raw=data)
 

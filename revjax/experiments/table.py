@@ -16,10 +16,13 @@ COLUMNS = ("run", "state", "steps", "val bpb", "tries", "time", "note")
 def _seconds(status: dict[str, Any]) -> str:
     if not status.get("started"):
         return ""
-    start = datetime.datetime.fromisoformat(status["started"])
-    end = (datetime.datetime.fromisoformat(status["ended"]) if status.get("ended") and status["state"] != "running"
-           else datetime.datetime.now(datetime.timezone.utc))
-    seconds = int((end - start).total_seconds())
+    try:
+        start = datetime.datetime.fromisoformat(status["started"])
+        end = (datetime.datetime.fromisoformat(status["ended"]) if status.get("ended") and status["state"] != "running"
+               else datetime.datetime.now(datetime.timezone.utc))
+        seconds = int((end - start).total_seconds())
+    except (ValueError, TypeError):  # a hand-edited time: the table still shows the rest
+        return "?"
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
