@@ -322,12 +322,14 @@ class Checkpointer:
         self._verify(step, restored[STATE], data["data_state"], metadata)
         return restored[STATE], data["data_state"], metadata
 
-    def read_params(self, step: int | None = None) -> tuple[dict, dict, "Config"]:
+    def read_params(self, step: int | None = None, *, command: str = "export",
+                    batch: int = 1) -> tuple[dict, dict, "Config"]:
         """See the module-level :func:`read_params`."""
         from flax import nnx
         from jax.sharding import SingleDeviceSharding
 
         from revjax.config import Config
+        from revjax.memory import check_dimensions, check_fits
         from revjax.model import GPT
 
         candidates = [self._resolve(step)] if step is not None else list(reversed(self.steps()))
@@ -339,7 +341,12 @@ class Checkpointer:
                 where = f"the metadata of {self.step_path(candidate)}"
                 if "config" not in meta:
                     raise CheckpointError(f"{where} has no 'config'; it was not written by revjax's training loop")
+                stored = meta["config"].get("model") if isinstance(meta["config"], Mapping) else None
+                for dims in (meta.get("model_config"), stored):
+                    if isinstance(dims, Mapping):  # absurd sizes are refused before anything is built
+                        check_dimensions(dims, where)
                 config = Config.from_dict(meta["config"], source=where)
+                check_fits(config.model, command, batch=batch, where=f"the model of {self.step_path(candidate)}")
                 _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
                 cpu = SingleDeviceSharding(jax.devices("cpu")[0])
                 target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
@@ -448,14 +455,19 @@ class Checkpointer:
         self._manager.reload()
 
 
-def read_params(run_dir: str | Path, step: int | None = None) -> tuple[dict, dict, "Config"]:
+def read_params(run_dir: str | Path, step: int | None = None, *, command: str = "export",
+                batch: int = 1) -> tuple[dict, dict, "Config"]:
     """``(params, metadata, config)`` of step ``step`` of a revjax run folder, or of its newest intact step (damaged
     ones are skipped with a warning); only the parameters are read, as numpy fp32 arrays, and their checksums are
-    verified."""
+    verified.
+
+    Before any array is read, the metadata's model dimensions are checked and the memory ``command`` needs for the
+    model (``batch`` rows for chat/serve) is compared with what the machine has (:mod:`revjax.memory`); a
+    :class:`revjax.memory.SizeError` says so in one sentence."""
     if not Path(run_dir).expanduser().is_dir():
         raise CheckpointError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
     with Checkpointer(run_dir) as checkpointer:
-        return checkpointer.read_params(step)
+        return checkpointer.read_params(step, command=command, batch=batch)
 
 
 def check_compatible(

@@ -26,6 +26,7 @@ from revjax.config_schema import (  # noqa: F401  (re-exported: the schema is pa
     DirectionConfig, DirectionName, Dtype, LoggingConfig, MeshConfig, ModelConfig, OptimizerConfig, RLConfig,
     ScheduleConfig, TasksConfig, TokenizerConfig, TrainingConfig, dims_from_depth,
 )
+from revjax.memory import MAX_DIMS
 
 
 # ---- building ----------------------------------------------------------------------------------------------
@@ -167,6 +168,9 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
     if m.depth is not None:
         if m.depth < 1:
             fail(["model.depth"], f"model.depth={m.depth} must be at least 1")
+        if m.depth > MAX_DIMS["n_layer"]:
+            fail(["model.depth"], f"model.depth={m.depth:,} is above the largest depth revjax builds "
+                                  f"({MAX_DIMS['n_layer']:,}); lower it")
         for key, value in dims_from_depth(m.depth).items():
             current = getattr(m, key)
             if current is None:
@@ -187,6 +191,9 @@ def _resolve_and_validate(config: Config, sources: Mapping[str, str]) -> None:
     for key in ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "sequence_len"):
         if getattr(m, key) < 1:
             fail([f"model.{key}"], f"model.{key}={getattr(m, key)} must be positive")
+        if getattr(m, key) > MAX_DIMS[key]:
+            fail([f"model.{key}"], f"model.{key}={getattr(m, key):,} is above the largest {key} revjax builds "
+                                   f"({MAX_DIMS[key]:,}); lower it")
     if m.n_embd % m.n_head:
         fail(["model.n_embd", "model.n_head", "model.depth"],
              f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}")

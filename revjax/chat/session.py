@@ -109,8 +109,13 @@ class ChatModel:
         return self.tokenizer.decode(ids)
 
 
-def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int = 8) -> ChatModel:
-    """The chat model of a revjax run folder (the newest intact step, or ``step``); imported onanchat exports too."""
+def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int = 8, batch: int = 1,
+               command: str = "chat") -> ChatModel:
+    """The chat model of a revjax run folder (the newest intact step, or ``step``); imported onanchat exports too.
+
+    Before any array is read, the model's dimensions are checked and its parameters plus the KV cache of ``batch``
+    rows at its full ``sequence_len`` are compared with the machine's memory (``command``: ``chat``, or ``serve``
+    with the server's largest batch); a :class:`revjax.memory.SizeError` refuses in one sentence."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -120,7 +125,7 @@ def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int 
     from revjax.tokenizer import Tokenizer
 
     run_dir = Path(run_dir).expanduser()
-    params, meta, config = read_params(run_dir, step)
+    params, meta, config = read_params(run_dir, step, command=command, batch=batch)
     tokenizer_dir = meta.get("tokenizer_path") or str(config.tokenizer_path())
     if not Path(tokenizer_dir).is_dir():
         raise ChatError(f"the tokenizer of {run_dir} is not at {tokenizer_dir}; move it back or point the run at it")

@@ -29,11 +29,10 @@ CHOICES = (*SUITES, "all")
 
 
 def _read_params(run_dir: str | os.PathLike[str], step: int | None):
-    try:
-        from revjax.checkpoint import read_params
-    except ImportError:  # older layout: the reader lived with the exporter
-        from revjax.interop.export import read_params
-    return read_params(run_dir, step)
+    """The run's parameters, after its dimensions and the memory ``eval`` needs are checked (revjax.memory)."""
+    from revjax.checkpoint import read_params
+
+    return read_params(run_dir, step, command="eval")
 
 
 class LoadedRun:
