@@ -45,29 +45,32 @@ def train_tokenizer(config: Config):
     that checkpoints may reference is never overwritten), else a new one trained on the corpus's train split, its
     compression measured on the val split."""
     from revjax.data.shards import iter_documents
+    from revjax.runlock import RunLock
     from revjax.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError
     from revjax.tokenizer import train_tokenizer as train
 
     path = config.tokenizer_path()
-    if (path / TOKENIZER_FILE).exists():
-        existing = Tokenizer.load(path)
-        if existing.vocab_size != config.tokenizer.vocab_size:
-            raise TokenizerError(
-                f"a {existing.vocab_size}-token tokenizer already exists at {path} and checkpoints may use it; set "
-                f"tokenizer.dir to another folder to train a {config.tokenizer.vocab_size}-token one beside it"
-            )
-        print(f"using the {existing.vocab_size}-token tokenizer at {path} (delete that folder to train a new one)")
-        return existing
-    data = config.data_path()
-    return train(
-        iter_documents(data, "train"),
-        path,
-        config.tokenizer.vocab_size,
-        doc_cap=config.tokenizer.doc_cap,
-        max_chars=config.tokenizer.max_chars,
-        token_bytes_method=config.tokenizer.token_bytes,
-        eval_texts=iter_documents(data, "val"),
-    )
+    # one first run trains it; another started at the same time waits, then reuses or refuses what the first made
+    with RunLock(path, "tokenizer", create=True, beside=True, wait=True):
+        if (path / TOKENIZER_FILE).exists():
+            existing = Tokenizer.load(path)
+            if existing.vocab_size != config.tokenizer.vocab_size:
+                raise TokenizerError(
+                    f"a {existing.vocab_size}-token tokenizer already exists at {path} and checkpoints may use it; "
+                    f"set tokenizer.dir to another folder to train a {config.tokenizer.vocab_size}-token one beside it"
+                )
+            print(f"using the {existing.vocab_size}-token tokenizer at {path} (delete that folder to train a new one)")
+            return existing
+        data = config.data_path()
+        return train(
+            iter_documents(data, "train"),
+            path,
+            config.tokenizer.vocab_size,
+            doc_cap=config.tokenizer.doc_cap,
+            max_chars=config.tokenizer.max_chars,
+            token_bytes_method=config.tokenizer.token_bytes,
+            eval_texts=iter_documents(data, "val"),
+        )
 
 
 def show_directions(config: Config, tokenizer, text: str) -> None:

@@ -45,11 +45,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """``with RunLock(run_dir, "training"):`` — exclusive use of ``run_dir`` (created if missing with ``create``)."""
+    """``with RunLock(run_dir, "training"):`` — exclusive use of ``run_dir`` (created if missing with ``create``).
 
-    def __init__(self, run_dir: str | Path, purpose: str, *, create: bool = False):
-        self.path = Path(run_dir).expanduser().resolve() / LOCK_NAME
-        self.purpose, self.create = purpose, create
+    ``beside=True`` keeps the lock file next to the folder (``<parent>/.<name>.lock``), for a folder that is renamed
+    into place whole; ``wait=True`` waits for a live holder on this host instead of refusing (saying so once)."""
+
+    def __init__(self, run_dir: str | Path, purpose: str, *, create: bool = False, beside: bool = False,
+                 wait: bool = False):
+        folder = Path(run_dir).expanduser().resolve()
+        self.folder = folder
+        self.path = folder.parent / f".{folder.name}{LOCK_NAME}" if beside else folder / LOCK_NAME
+        self.purpose, self.create, self.wait = purpose, create, wait
         self._fd: int | None = None
 
     def _read_holder(self) -> dict:
@@ -64,32 +70,40 @@ class RunLock:
             if self.create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             elif not self.path.parent.is_dir():
-                raise RunFolderLocked(f"the run folder {self.path.parent} does not exist; check the path")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o664)
+                raise RunFolderLocked(f"the run folder {self.folder} does not exist; check the path")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o664)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RunFolderLocked(f"the lock file {self.path} is a symbolic link, which revjax never writes "
+                                      "through; delete the link and run the command again") from None
             raise RunFolderLocked(f"cannot open the lock file {self.path} ({err.strerror}); check the folder's "
                                   "permissions") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
                 raise RunFolderLocked(f"cannot lock {self.path} ({err.strerror})") from None
-            raise RunFolderLocked(
-                f"{self.path.parent} is in use by {_describe(self._read_holder())}; wait for it to finish or stop it"
-            ) from None
+            holder = self._read_holder()
+            if not self.wait or holder.get("host") != socket.gethostname():
+                os.close(fd)
+                raise RunFolderLocked(
+                    f"{self.folder} is in use by {_describe(holder)}; wait for it to finish or stop it"
+                ) from None
+            print(f"waiting for {_describe(holder)}, which holds {self.path}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         holder = self._read_holder()
         host = socket.gethostname()
         if holder and holder.get("host") != host:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
             raise RunFolderLocked(
-                f"{self.path.parent} is marked in use by {_describe(holder)}, which cannot be checked from {host}; "
+                f"{self.folder} is marked in use by {_describe(holder)}, which cannot be checked from {host}; "
                 f"if that process has ended, delete {self.path}"
             )
         if holder and holder.get("pid") != os.getpid():
             state = "has ended" if not _pid_alive(int(holder.get("pid", 0) or 0)) else "no longer holds it"
-            warnings.warn(f"taking over the lock of {self.path.parent} from {_describe(holder)}, which {state}",
+            warnings.warn(f"taking over the lock of {self.folder} from {_describe(holder)}, which {state}",
                           stacklevel=2)
         record = {"host": host, "pid": os.getpid(), "command": f"{self.purpose}: {' '.join(sys.argv)}"[:300],
                   "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

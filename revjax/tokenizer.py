@@ -7,10 +7,12 @@ The on-disk format is onanchat's: ``tokenizer.pkl`` is a pickled ``tiktoken.Enco
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import os
 import pickle
+import shutil
 import tempfile
 import time
 import warnings
@@ -88,22 +90,11 @@ class _EncodingUnpickler(pickle.Unpickler):
         )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename; the file gets the
-    permissions a plain ``open`` would give it (``mkstemp`` alone makes it private to its owner)."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _iter_training_docs(
@@ -235,14 +226,43 @@ class Tokenizer:
         return cls(obj)
 
     def save(self, directory: str | os.PathLike[str], *, token_bytes_method: TokenBytesMethod = "decode") -> None:
-        """Write ``tokenizer.pkl`` and ``token_bytes.npy`` (int32) into ``directory``, each atomically."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        pkl = pickle.dumps(self._enc)
+        """Write ``tokenizer.pkl`` and ``token_bytes.npy`` (int32) into ``directory`` as one unit, never replacing a
+        tokenizer (checkpoints may use it: :class:`TokenizerError`).
+
+        Both files go into a temporary folder beside ``directory``, which is renamed into place; where ``directory``
+        already holds other files, they are hard-linked in instead (each link fails rather than replace a file),
+        ``token_bytes.npy`` first, so a reader that finds ``tokenizer.pkl`` finds both. Callers that check for an
+        existing tokenizer before training one hold its lock (``RunLock(directory, "tokenizer", beside=True)``).
+        """
+        out = Path(directory).expanduser().absolute()
+        existing = [n for n in (TOKENIZER_FILE, TOKEN_BYTES_FILE) if (out / n).exists() or (out / n).is_symlink()]
+        if existing:
+            raise TokenizerError(f"{out} already holds a tokenizer ({existing[0]}), which revjax never replaces since "
+                                 "checkpoints may use it; save the new one into another folder")
         buf = io.BytesIO()
         np.save(buf, self.token_bytes(token_bytes_method))
-        _atomic_write_bytes(out / TOKENIZER_FILE, pkl)
-        _atomic_write_bytes(out / TOKEN_BYTES_FILE, buf.getvalue())
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            _write_synced(tmp / TOKEN_BYTES_FILE, buf.getvalue())
+            _write_synced(tmp / TOKENIZER_FILE, pickle.dumps(self._enc))
+            umask = os.umask(0)
+            os.umask(umask)
+            for path in (tmp, tmp / TOKEN_BYTES_FILE, tmp / TOKENIZER_FILE):  # what mkdir and open would give
+                path.chmod((0o777 if path == tmp else 0o666) & ~umask)
+            try:
+                os.rename(tmp, out)  # the whole folder appears at once; replaces nothing but an empty folder
+                return
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            for name in (TOKEN_BYTES_FILE, TOKENIZER_FILE):
+                os.link(tmp / name, out / name)
+        except FileExistsError:
+            raise TokenizerError(f"another process saved a tokenizer into {out} meanwhile; revjax never replaces "
+                                 "one, so use that one or save into another folder") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @property
     def encoding(self) -> tiktoken.Encoding:

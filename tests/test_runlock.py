@@ -46,3 +46,30 @@ def test_missing_folder_is_not_created_unless_asked(tmp_path):
     with pytest.raises(RunFolderLocked, match=rf"the run folder {tmp_path / 'absent'} does not exist"):
         RunLock(tmp_path / "absent", "export").acquire()
     assert not (tmp_path / "absent").exists()
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    run, target = tmp_path / "run", tmp_path / "precious.txt"
+    run.mkdir()
+    target.write_text("do not truncate me")
+    (run / LOCK_NAME).symlink_to(target)
+    with pytest.raises(RunFolderLocked, match=r"lock file .* is a symbolic link, which revjax never writes through; "
+                                              r"delete the link"):
+        RunLock(run, "training").acquire()
+    assert target.read_text() == "do not truncate me"
+
+
+def test_waiting_lock_beside_a_folder_waits_for_the_holder(tmp_path, capfd):
+    folder = tmp_path / "tokenizer"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from revjax.runlock import RunLock; import time; "
+                               f"l = RunLock({str(folder)!r}, 'tokenizer', create=True, beside=True).acquire(); "
+                               f"print('held', flush=True); time.sleep(1.5); l.release()"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert not folder.exists() and (tmp_path / f".tokenizer{LOCK_NAME}").is_file()
+    with pytest.raises(RunFolderLocked, match=rf"{folder} is in use by pid {holder.pid}"):
+        RunLock(folder, "tokenizer", beside=True).acquire()
+    with RunLock(folder, "tokenizer", beside=True, wait=True):
+        assert holder.wait(timeout=1) == 0 and holder.stdout.read() == ""  # got it only once the holder let go
+    holder.stdout.close()
+    assert f"waiting for pid {holder.pid}" in capfd.readouterr().err

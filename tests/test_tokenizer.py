@@ -295,19 +295,32 @@ def test_save_raw_token_bytes(golden_tok: Tokenizer, tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / TOKEN_BYTES_FILE), golden_tok.token_bytes("raw"))
 
 
-def test_save_is_atomic(tok: Tokenizer, golden_tok: Tokenizer, tmp_path: Path, monkeypatch) -> None:
-    golden_tok.save(tmp_path)
-    before = (tmp_path / TOKENIZER_FILE).read_bytes()
-
+def test_save_is_all_or_nothing_and_never_replaces(tok: Tokenizer, golden_tok: Tokenizer, tmp_path: Path,
+                                                  monkeypatch) -> None:
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tokmod.os, "fsync", crash)
-    with pytest.raises(OSError, match="disk full"):
-        tok.save(tmp_path)
-    assert (tmp_path / TOKENIZER_FILE).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [TOKEN_BYTES_FILE, TOKENIZER_FILE]
-    assert Tokenizer.load(tmp_path).identity() == golden_tok.identity()
+    with monkeypatch.context() as m:
+        m.setattr(tokmod.os, "fsync", crash)
+        with pytest.raises(OSError, match="disk full"):
+            tok.save(tmp_path / "tok")
+    assert list(tmp_path.iterdir()) == []  # neither a half-written folder nor a temporary one is left
+    golden_tok.save(tmp_path / "tok")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()}
+    with pytest.raises(TokenizerError, match=r"already holds a tokenizer \(tokenizer.pkl\), which revjax never "
+                                             r"replaces .* save the new one into another folder"):
+        tok.save(tmp_path / "tok")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tok").iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
+    # a folder holding other files gets both files linked in (a lone token_bytes.npy also counts as a tokenizer)
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "notes.txt").write_text("mine")
+    tok.save(tmp_path / "mixed")
+    assert Tokenizer.load(tmp_path / "mixed").identity() == tok.identity()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "tok"]
+    (tmp_path / "mixed" / TOKENIZER_FILE).unlink()
+    with pytest.raises(TokenizerError, match=r"\(token_bytes.npy\)"):
+        golden_tok.save(tmp_path / "mixed")
 
 
 def test_identity_changes_with_content(tok: Tokenizer, golden_tok: Tokenizer) -> None:
