@@ -223,7 +223,7 @@ def client(model):
     from fastapi.testclient import TestClient
 
     limits = Limits(max_body_bytes=4000, max_messages=5, max_prompt_tokens=100, max_tokens=64, max_temperature=1.5)
-    with TestClient(chat_server.create_app(model, limits)) as client:
+    with TestClient(chat_server.create_app(model, limits), base_url="http://localhost") as client:
         yield client
 
 

@@ -1,11 +1,12 @@
 """OpenAI's chat-completions protocol for a revjax model: request checks with OpenAI-style errors, response bodies.
 
-Accepted fields: ``model`` (any name; responses carry this server's model id), ``messages`` (``system`` /
+Accepted fields: ``model`` (the served model's id, or omitted; another name is 404 ``model_not_found``), ``messages`` (``system`` /
 ``developer`` messages at the start join the first user message), ``temperature`` (default 0.6), ``top_k``
-(extension, default 50, 0: off), ``top_p``, ``max_tokens`` or ``max_completion_tokens``, ``stream``,
-``stream_options.include_usage``, ``seed``, ``n`` (1 only), and the extension ``direction`` (``forward`` /
+(extension, default 50, 0: off, below 2³¹), ``top_p``, ``max_tokens`` or ``max_completion_tokens``, ``stream``,
+``stream_options.include_usage``, ``seed`` (a 64-bit signed integer), ``n`` (1 only), and the extension ``direction`` (``forward`` /
 ``backward``, for a bidirectional model; default: the model's own, forward for bidirectional). Other fields are
-ignored, except ``stop``, which is refused when set.
+ignored, except ``stop``, which is refused when set. The body must be UTF-8 JSON; one that is not, or is nested
+too deeply for the parser, is a 400 like any other bad request.
 
 Tasks (extension field ``task`` in every response): ``answer`` — ``messages`` alternate user/assistant, start with
 a user message and end with the user message to answer; ``reverse`` (a backward model in ``sequence`` mode) —
@@ -20,6 +21,7 @@ a client that only concatenates ``content`` still gets the right text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from revjax.direction import Direction
 
 DEFAULT_TEMPERATURE = 0.6
 DEFAULT_TOP_K = 50
+MAX_TOP_K = 2**31 - 1  # the engine holds top_k as int32
+SEED_RANGE = (-(2**63), 2**63 - 1)  # the engine's seed is an int64
 
 
 @dataclass
@@ -44,6 +48,14 @@ class Limits:
     max_queue: int = 32  # requests waiting for the engine; more get 429
     max_batch: int = 8  # requests run together in one engine batch
     batch_window_s: float = 0.01  # how long the worker waits for companions once a request arrives
+    body_timeout_s: float = 30.0  # a request body not received in full within this is refused with 408
+
+    def fit(self, model: ChatModel) -> Limits:
+        """These limits with ``max_tokens`` and ``max_prompt_tokens`` cut to what ``model``'s context can hold (one
+        token at least goes to the prompt): what the server enforces and what ``/v1/models`` reports."""
+        room = max(1, model.max_len - 1)
+        return dataclasses.replace(self, max_tokens=min(self.max_tokens, room),
+                                   max_prompt_tokens=min(self.max_prompt_tokens or room, room))
 
 
 class APIError(Exception):
@@ -78,14 +90,23 @@ class Completion:
     include_usage: bool
 
 
-def _number(body: dict, name: str, default: Any, *, integer: bool = False) -> Any:
+def _number(body: dict, name: str, default: Any, *, integer: bool = False,
+            bounds: tuple[int, int] | None = None) -> Any:
     value = body.get(name)
     if value is None:
         return default
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        raise _bad(f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}", name)
+        raise _bad(f"'{name}' must be {'an integer' if integer else 'a number'}, got {_short(value)}", name)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise _bad(f"'{name}' must be between {bounds[0]} and {bounds[1]}, got {value}", name)
     return value
+
+
+def _short(value: Any) -> str:
+    """``value`` as JSON, cut to 80 characters (an error message quotes what was sent, not all of it)."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(content: Any, where: str) -> str:
@@ -111,7 +132,7 @@ def _messages(body: dict, limits: Limits) -> list[tuple[str, str]]:
             raise _bad(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
         role = message.get("role")
         if role not in ("system", "developer", "user", "assistant"):
-            raise _bad(f"messages[{i}].role is {json.dumps(role)}; only system, developer, user and assistant "
+            raise _bad(f"messages[{i}].role is {_short(role)}; only system, developer, user and assistant "
                        "messages are supported", f"messages[{i}].role")
         out.append(("system" if role == "developer" else role, _text(message.get("content"), f"messages[{i}].content")))
     return out
@@ -150,15 +171,28 @@ def _order_hint(task: str) -> str:
 
 def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
     """Check a request body; raises :class:`APIError` (4xx) naming the field and the limit."""
+    limits = limits.fit(model)
     if len(raw) > limits.max_body_bytes:
         raise APIError(413, f"the request body is {len(raw)} bytes; this server takes at most {limits.max_body_bytes}",
                        code="request_too_large")
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _bad(f"the request body is not UTF-8 text (byte {err.start}); send JSON encoded as UTF-8") from None
+    try:
+        body = json.loads(text)
+    except ValueError:
         raise _bad("the request body is not valid JSON") from None
+    except RecursionError:
+        raise _bad("the request body nests JSON too deeply to parse; send a flat chat-completions object") from None
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object")
+    name = body.get("model")
+    if name is not None and not isinstance(name, str):
+        raise _bad(f"'model' must be a string, got {_short(name)}", "model")
+    if name is not None and name != model.name:
+        raise APIError(404, f"the model {_short(name)} is not served here; this server serves {json.dumps(model.name)} "
+                       "(GET /v1/models lists it)", param="model", code="model_not_found")
     try:
         way = model.way(body.get("direction"))
     except ChatError as err:
@@ -172,13 +206,11 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
     temperature = _number(body, "temperature", DEFAULT_TEMPERATURE)
     if not 0 <= temperature <= limits.max_temperature:
         raise _bad(f"'temperature' must be between 0 and {limits.max_temperature}, got {temperature}", "temperature")
-    top_k = _number(body, "top_k", DEFAULT_TOP_K, integer=True)
-    if top_k < 0:
-        raise _bad(f"'top_k' must be 0 (off) or positive, got {top_k}", "top_k")
+    top_k = _number(body, "top_k", DEFAULT_TOP_K, integer=True, bounds=(0, MAX_TOP_K))
     top_p = _number(body, "top_p", None)
     if top_p is not None and not 0 < top_p <= 1:
         raise _bad(f"'top_p' must be in (0, 1], got {top_p}", "top_p")
-    seed = _number(body, "seed", None, integer=True)
+    seed = _number(body, "seed", None, integer=True, bounds=SEED_RANGE)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _number(body, name, None, integer=True)
     if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
@@ -189,7 +221,7 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
         raise _bad("'stream' must be true or false and 'stream_options' an object", "stream")
 
     prompt = model.prompt([model.encode(t) for t in texts], way)
-    most = min(limits.max_prompt_tokens or model.max_len - 1, model.max_len - 1)
+    most = limits.max_prompt_tokens
     if len(prompt) > most:
         raise _bad(f"the prompt is {len(prompt)} tokens; this model takes at most {most}; shorten the messages",
                    "messages", "context_length_exceeded")

@@ -3,21 +3,36 @@
 Routes: ``POST /v1/chat/completions`` (SSE streaming or one JSON body; fields and the ``direction`` / ``task``
 extensions in :mod:`revjax.chat.protocol`), ``GET /v1/models``, ``GET /health``, and the UI at ``/``.
 
-It binds 127.0.0.1 unless ``--host`` says otherwise. Requests are checked against :class:`Limits` (body size,
-message count, prompt tokens, ``max_tokens``, temperature; 4xx with OpenAI's error object), then wait in a bounded
-queue (429 when full) for the worker thread that runs compatible requests as one engine batch
-(:mod:`revjax.chat.batcher`). A client that disconnects stops its generation: its row is dropped at the next
-chunk, and the engine stops once no row of the batch is wanted.
+It binds 127.0.0.1 unless ``--host`` says otherwise. Every request passes :class:`Guard` first: its ``Host``
+header must name an allowed host (loopback names, the bound host, ``--allowed-host``: a page on another site that
+re-points its DNS name at this machine is refused), it must carry the API key when one is set (``Authorization:
+Bearer KEY``; the page ``/`` and ``/health`` are open), and a POST must say ``Content-Type: application/json`` (so
+a cross-site form or "simple" request cannot start a generation). Requests are then checked against
+:class:`Limits` (body size and time, message count, prompt tokens, ``max_tokens`` cut to the model's context,
+temperature, integer ranges), then wait in a bounded queue (429 when full) for the worker thread that runs
+compatible requests as one engine batch (:mod:`revjax.chat.batcher`). A client that disconnects stops its
+generation: its row is dropped at the next chunk, and the engine stops once no row of the batch is wanted. Every
+refusal is a 4xx (5xx for the server's own state) in OpenAI's error object, 404 and 405 included.
+
+Connections (:func:`guarded_protocol`): one whose request head is not complete within ``--head-timeout`` seconds
+is closed, and above ``--max-connections`` open connections a request is answered 503. The port is bound before
+the model loads, so a port in use is one line, not a traceback after a long load.
 """
 
 import argparse
 import asyncio
 import contextlib
+import errno
+import hmac
+import ipaddress
+import json
+import os
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from revjax.chat.batcher import Batcher, Closed, Job, QueueFull
 from revjax.chat.protocol import (APIError, Completion, Limits, chunk_body, completion_body, parse_request, sse,
@@ -28,30 +43,133 @@ from revjax.errors import require, run_command
 
 STATIC = Path(__file__).resolve().parent / "static"
 POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+OPEN_PATHS = frozenset({"/", "/health"})  # served without the API key: the page (it asks for the key) and liveness
+HEAD_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 100
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 408 when it has
+    not arrived in full within ``timeout_s`` seconds (a client trickling its body holds no worker for long)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"the request body is {declared} bytes; this server takes at most {limit}",
                        code="request_too_large")
     parts, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise APIError(413, f"the request body exceeds {limit} bytes, the most this server takes",
-                           code="request_too_large")
-        parts.append(part)
+
+    async def read():
+        nonlocal size
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise APIError(413, f"the request body exceeds {limit} bytes, the most this server takes",
+                               code="request_too_large")
+            parts.append(part)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive in full within {timeout_s:g} s; send it at once",
+                       code="request_timeout") from None
     return b"".join(parts)
 
 
-def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool = False):
-    """The FastAPI application serving ``model``; its batcher starts and stops with the app (``app.state.batcher``)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+def host_name(host: str) -> str:
+    """``host`` as a ``Host`` header names it: lower case, IPv6 literals in brackets, no port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host.partition("]")
+        name += bracket
+    elif host.count(":") > 1:  # a bare IPv6 literal
+        return f"[{host}]"
+    else:
+        name, colon, rest = host.partition(":")
+        rest = colon + rest
+    return name if not rest or (rest[0] == ":" and rest[1:].isdigit()) else host  # anything else matches no name
 
-    limits = limits or Limits()
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server to this machine (a name other than ``localhost`` counts as not)."""
+    if host.strip().lower() == "localhost":
+        return True
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def allowed_hosts(bound: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The ``Host`` names a request may carry: loopback names, the bound host (unless a wildcard address), ``extra``
+    (``*``: any)."""
+    names = {*LOOPBACK_HOSTS, *(host_name(h) for h in extra)}
+    if host_name(bound) not in ("0.0.0.0", "[::]", ""):
+        names.add(host_name(bound))
+    return frozenset(names)
+
+
+class Guard:
+    """ASGI middleware run before any route: the ``Host`` allow-list (400), the API key (401) and, for POST,
+    ``Content-Type: application/json`` (415), each refused with OpenAI's error object."""
+
+    def __init__(self, app, *, api_key: str | None = None, hosts: Iterable[str] = LOOPBACK_HOSTS):
+        self.app, self.hosts = app, frozenset(hosts)
+        self.key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            error = self.check(scope)
+            if error is not None:
+                return await send_error(send, error)
+        await self.app(scope, receive, send)
+
+    def check(self, scope) -> APIError | None:
+        headers = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        host = headers.get("host")
+        if "*" not in self.hosts and (host is None or host_name(host) not in self.hosts):
+            return APIError(400, f"the Host header {json.dumps(host)} is not one this server answers to; open it as "
+                            f"http://localhost:PORT/ or start it with --allowed-host NAME", code="invalid_host")
+        if self.key is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if not given or scheme.lower() != "bearer":
+                return APIError(401, "this server needs its API key: send it as the header 'Authorization: Bearer "
+                                "KEY'", type="authentication_error", code="missing_api_key")
+            if not hmac.compare_digest(given.strip().encode(), self.key):
+                return APIError(401, "the API key sent is not this server's; send the key it was started with",
+                                type="authentication_error", code="invalid_api_key")
+        if scope["method"] == "POST":
+            kind, *params = [p.strip().lower() for p in headers.get("content-type", "").split(";")]
+            charset = next((p.partition("=")[2].strip('"') for p in params if p.startswith("charset=")), "utf-8")
+            if kind != "application/json" or charset != "utf-8":
+                return APIError(415, f"the request body must be sent as 'Content-Type: application/json' (UTF-8), "
+                                f"not {json.dumps(headers.get('content-type', ''))}", code="unsupported_media_type")
+        return None
+
+
+async def send_error(send, error: APIError, *, close: bool = False) -> None:
+    """Answer with ``error`` as OpenAI's error object straight through ASGI ``send``."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool = False, api_key: str | None = None,
+               hosts: Iterable[str] = LOOPBACK_HOSTS):
+    """The FastAPI application serving ``model``; its batcher starts and stops with the app (``app.state.batcher``).
+
+    Requests pass :class:`Guard` with ``api_key`` (None: none needed) and the ``Host`` names ``hosts``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    limits = (limits or Limits()).fit(model)
     batcher = Batcher(model, max_queue=limits.max_queue, max_batch=limits.max_batch,
                       batch_window_s=limits.batch_window_s)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -69,10 +187,33 @@ def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool =
 
     app = FastAPI(title="revjax chat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.model, app.state.limits = batcher, model, limits
+    app.add_middleware(Guard, api_key=api_key, hosts=hosts)
 
     @app.exception_handler(APIError)
     async def api_error(request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, err: HTTPException):  # no route (404), a method the route lacks (405)
+        where = f"{request.method} {request.url.path}"
+        if err.status_code == 404:
+            message = f"there is no {where} on this server; it serves POST /v1/chat/completions and GET /v1/models"
+        elif err.status_code == 405:
+            message = f"{where} is not allowed; this path takes {err.headers.get('Allow', 'another method')}"
+        else:
+            message = f"{where}: {err.detail}"
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(err.status_code, message, type=kind).body(), status_code=err.status_code,
+                            headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, err: RequestValidationError):
+        return JSONResponse(APIError(400, f"the request is not valid: {err.errors()[:1]}").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err: Exception):  # a bug: logged with its traceback by the server, no details out
+        return JSONResponse(APIError(500, "the server failed on this request; its log says why",
+                                     type="server_error").body(), status_code=500)
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -90,12 +231,14 @@ def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool =
             "direction": model.direction.value, "conversation_mode": model.mode.value, "step": model.step,
             "ways": [w.value for w in model.ways], "tasks": {w.value: model.task(w) for w in model.ways},
             "context_length": model.max_len,
-            "limits": {"max_tokens": limits.max_tokens, "max_temperature": limits.max_temperature,
-                       "max_messages": limits.max_messages}}]}
+            "limits": {"max_tokens": limits.max_tokens, "max_prompt_tokens": limits.max_prompt_tokens,
+                       "max_temperature": limits.max_temperature, "max_messages": limits.max_messages,
+                       "max_body_bytes": limits.max_body_bytes}}]}
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
-        parsed = parse_request(await read_body(request, limits.max_body_bytes), model, limits)
+        raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
+        parsed = parse_request(raw, model, limits)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
         def emit(kind, value):  # called from the worker thread
@@ -175,33 +318,173 @@ async def _events(model: ChatModel, batcher: Batcher, job: Job, events: asyncio.
         batcher.cancel(job)
 
 
+def guarded_protocol(head_timeout_s: float = HEAD_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
+    """uvicorn's h11 protocol, plus: a connection is closed when a request head it owes is not complete within
+    ``head_timeout_s`` seconds (counted from the connection's start or the end of the previous response), and a
+    request arriving while more than ``max_connections`` connections are open is answered 503 in OpenAI's error
+    object. (uvicorn times out idle keep-alive connections, but not one that sends its head slowly, and its own
+    ``limit_concurrency`` answers 503 in plain text.) Pass it as ``uvicorn.Config(http=...)``."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.head_timer: asyncio.TimerHandle | None = None
+            self.app = self.capped(self.app)
+
+        def capped(self, app):
+            async def capped_app(scope, receive, send):
+                if len(self.connections) > max_connections or len(self.tasks) > max_connections:
+                    return await send_error(send, APIError(
+                        503, f"the server has more than {max_connections} open connections; retry shortly",
+                        type="server_error", code="too_many_connections"), close=True)
+                return await app(scope, receive, send)
+
+            return capped_app
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.watch_head()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.watch_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.watch_head()
+
+        def connection_lost(self, exc):
+            self.stop_head_timer()
+            super().connection_lost(exc)
+
+        def watch_head(self) -> None:
+            """Run the head timer while the client owes a request (head, or a body nobody reads any more)."""
+            state = self.conn.their_state
+            owed = state is h11.IDLE or (state is h11.SEND_BODY and self.cycle is not None
+                                         and self.cycle.response_complete)
+            if owed and not self.transport.is_closing():
+                if self.head_timer is None:
+                    self.head_timer = self.loop.call_later(head_timeout_s, self.head_timed_out)
+            else:
+                self.stop_head_timer()
+
+        def stop_head_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def head_timed_out(self) -> None:
+            self.head_timer = None
+            if not self.transport.is_closing():
+                self.logger.info("closing a connection whose request did not arrive within %g s", head_timeout_s)
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (listening starts with the server); a port in use, or an address
+    this machine does not have, is a :class:`ChatError` of one sentence."""
+    from revjax.chat.session import ChatError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, OverflowError) as err:
+        raise ChatError(f"cannot bind --host {host!r} --port {port}: {err}; give an address of this machine "
+                        "(127.0.0.1 by default) and a port from 1 to 65535") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ChatError(f"port {port} on {host} is already in use; stop what is listening there or choose "
+                            "another with --port") from None
+        raise ChatError(f"cannot listen on {host} port {port}: {err.strerror or err}; choose another --host or "
+                        "--port") from None
+    return sock
+
+
+def make_server(app, sock: socket.socket | None = None, *, head_timeout_s: float = HEAD_TIMEOUT_S,
+                max_connections: int = MAX_CONNECTIONS, log_level: str = "info", **config):
+    """A ``uvicorn.Server`` for ``app`` with :func:`guarded_protocol`; run it with ``server.run(sockets=[sock])``."""
+    import uvicorn
+
+    if sock is not None:
+        host, port = sock.getsockname()[:2]
+        config = {"host": host, "port": port, **config}
+    return uvicorn.Server(uvicorn.Config(app, http=guarded_protocol(head_timeout_s, max_connections),
+                                         log_level=log_level, **config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``revjax serve RUN_DIR``: an OpenAI-compatible chat server with a web UI for a revjax run."""
     parser = argparse.ArgumentParser(prog="revjax serve", description=main.__doc__)
     parser.add_argument("run_dir", help="a revjax run folder (imported onanchat exports too)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only); another address needs "
+                             "--api-key or an explicit --no-auth")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000); checked before the model loads")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest intact one)")
+    parser.add_argument("--api-key", default=os.environ.get("REVJAX_API_KEY") or None,
+                        help="require this key as 'Authorization: Bearer KEY' on every route but the page / and "
+                             "/health (default: the environment variable REVJAX_API_KEY, which keeps it out of the "
+                             "process list); the page asks for it")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve an address beyond this machine without an API key (anyone who reaches it can "
+                             "use the model)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a Host name requests may carry besides localhost, 127.0.0.1, [::1] and --host "
+                             "(repeatable; a port suffix is always allowed; '*': any, e.g. behind a proxy that "
+                             "checks it); other names are refused, which stops DNS-rebinding pages")
+    parser.add_argument("--head-timeout", type=float, default=HEAD_TIMEOUT_S, metavar="SECONDS",
+                        help=f"close a connection whose request head is not complete within this (default "
+                             f"{HEAD_TIMEOUT_S:g})")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help=f"open connections above which requests get 503 (default {MAX_CONNECTIONS})")
     defaults = Limits()
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch, help="requests per engine batch")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="waiting requests before 429")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="largest max_tokens allowed")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="largest max_tokens allowed (cut to the model's context length)")
     args = parser.parse_args(argv)
 
     def run() -> None:
         require("fastapi", "serve", "revjax serve")
-        uvicorn = require("uvicorn", "serve", "revjax serve")
+        require("uvicorn", "serve", "revjax serve")
         from revjax.chat.session import ChatError, load_model
 
-        if args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1:
-            raise ChatError("--max-batch, --max-queue and --max-tokens must be at least 1")
-        model = load_model(args.run_dir, args.step)
-        limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens)
-        app = create_app(model, limits, warmup=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"revjax serve: listening on {args.host}: anyone who can reach it can use the model",
-                  file=sys.stderr)
-        print(f"revjax serve: {model.name} ({model.direction.value}) at http://{args.host}:{args.port}/", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        if args.max_batch < 1 or args.max_queue < 1 or args.max_tokens < 1 or args.max_connections < 1:
+            raise ChatError("--max-batch, --max-queue, --max-tokens and --max-connections must be at least 1")
+        if not args.head_timeout > 0:
+            raise ChatError(f"--head-timeout must be a positive number of seconds, not {args.head_timeout}")
+        if args.api_key is not None and not args.api_key.strip():
+            raise ChatError("--api-key is empty; give a key (e.g. from python -c 'import secrets; "
+                            "print(secrets.token_urlsafe())') or leave it out")
+        if args.api_key and args.no_auth:
+            raise ChatError("--api-key and --no-auth contradict each other; keep one")
+        if not is_loopback(args.host) and not args.api_key and not args.no_auth:
+            raise ChatError(f"--host {args.host} lets other machines use the model, so it needs --api-key (or "
+                            "REVJAX_API_KEY); pass --no-auth to serve it without one")
+        sock = bind(args.host, args.port)
+        try:
+            model = load_model(args.run_dir, args.step)
+            limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens)
+            hosts = allowed_hosts(args.host, args.allowed_host)
+            app = create_app(model, limits, warmup=True, api_key=args.api_key, hosts=hosts)
+            server = make_server(app, sock, head_timeout_s=args.head_timeout, max_connections=args.max_connections)
+            if not is_loopback(args.host):
+                print(f"revjax serve: listening on {args.host}: "
+                      + ("requests need the API key" if args.api_key else
+                         "no API key (--no-auth): anyone who can reach it can use the model"), file=sys.stderr)
+            shown = host_name(args.host) if host_name(args.host) in hosts else "localhost"
+            print(f"revjax serve: {model.name} ({model.direction.value}) at http://{shown}:{args.port}/ "
+                  f"(Host names answered: {', '.join(sorted(hosts))})", flush=True)
+            server.run(sockets=[sock])
+        finally:
+            sock.close()
 
     return run_command("revjax serve", run)
