@@ -219,6 +219,8 @@ def edit_metadata(run: Path, **dims) -> None:
     meta = json.loads(path.read_text())
     meta["model_config"].update(dims)
     meta["config"]["model"].update(dims)
+    if "sequence_len" in dims:  # consistent, as an import of such a model writes it
+        meta["config"]["training"]["total_batch_tokens"] = dims["sequence_len"]
     path.write_text(json.dumps(meta))
 
 
