@@ -159,3 +159,41 @@ def test_checkpoints_store_absolute_paths(tmp_path, monkeypatch):
     assert absolute.base_dir == str(tmp_path / "runs") and absolute.data.dir == str(tmp_path / "corpus" / "x")
     assert absolute.training.init_from == str(tmp_path.parent / "parent") and absolute.tokenizer.dir is None
     assert absolute.tokenizer_path() == config.tokenizer_path().resolve()
+
+
+# ---- the YAML loader: aliases bounded -------------------------------------------------------------------------
+
+
+def laughs(levels: int) -> str:
+    """A "billion laughs" list in flow style: level k holds nine aliases of level k-1, so the last level alone
+    expands to 9**levels strings, written in a few hundred characters."""
+    names = "abcdefghijklmnop"
+    parts = ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    parts += [f"&{names[k]} [{', '.join([f'*{names[k - 1]}'] * 9)}]" for k in range(1, levels)]
+    return f"[{', '.join(parts)}]"
+
+
+def test_an_alias_bomb_in_a_config_file_is_refused_at_once_with_little_memory(tmp_path):
+    import time
+    import tracemalloc
+
+    # a bounded bomb: read naively, its value alone is ~25 MB of text in the error message
+    path = write(tmp_path, "bomb.yaml", f"logging:\n  project: {laughs(7)}\n")
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match=r"config file .*bomb.yaml expands to more than 100,000 values through "
+                                              r"its aliases .*; write the values out") as err:
+            load_config([path])
+        elapsed, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5 and peak < 4 * 2**20 and len(str(err.value)) < 300
+    # the same bomb as a command-line override, and an alias inside its own value
+    with pytest.raises(ConfigError, match=r"override 'logging.project=\[&a .* expands to more than 100,000 values"):
+        load_config(overrides=[f"logging.project={laughs(7)}"])
+    with pytest.raises(ConfigError, match=r"loop.yaml holds an alias that refers to a value containing it"):
+        load_config([write(tmp_path, "loop.yaml", "logging:\n  project: &p [*p]\n")])
+    # ordinary aliases still work
+    shared = write(tmp_path, "shared.yaml", "optimizer:\n  matrix_lr: &lr 0.03\n  embedding_lr: *lr\n")
+    assert load_config([shared]).optimizer.embedding_lr == 0.03

@@ -4,6 +4,7 @@ stale and interrupted runs resumed), the SLURM script and the pod command."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -382,3 +383,214 @@ def test_the_shipped_example_sweep_expands(tmp_path):
     sweep = load_sweep(find_config("experiments/directions"), experiment_dir=tmp_path)
     directions = sorted({run.config.direction.direction for run in sweep.runs})
     assert directions == ["backward", "bidirectional", "forward"] and len(sweep.runs) == 6
+
+
+# ---- what reaches a script: quoted or refused ------------------------------------------------------------------
+
+NEWLINE = "x\necho INJECTED"
+
+
+def script_sweep(tmp_path: Path, **content) -> Path:
+    """A one-run sweep (nothing is trained) whose experiment folder is tmp_path/exp unless content says otherwise."""
+    content = {"name": "inj", "overrides": {"base_dir": str(tmp_path)}, "dir": str(tmp_path / "exp"), **content}
+    return write_sweep(tmp_path / "inj.yaml", **content)
+
+
+def injected(root: Path) -> list[Path]:
+    """The files an injected ``touch INJECTED`` would have made."""
+    return [p for p in root.rglob("*") if p.name in ("INJECTED", "INJECTED2")]
+
+
+@pytest.mark.parametrize("backend, content, name", [
+    *[("slurm", {"slurm": {key: NEWLINE}}, f"slurm.{key}")
+      for key in ("job_name", "partition", "account", "qos", "time", "mem", "python", "workdir")],
+    ("slurm", {"slurm": {"partition": "gpu\x00"}}, "slurm.partition"),
+    ("slurm", {"slurm": {"time": "01:00:00\r"}}, "slurm.time"),
+    ("slurm", {"slurm": {"sbatch": ["--exclusive", NEWLINE]}}, r"slurm.sbatch\[1\]"),
+    ("slurm", {"slurm": {"setup": ["module load cuda", NEWLINE]}}, r"slurm.setup\[1\]"),
+    ("slurm", {"slurm": {"setup": "source .venv/bin/activate\x00"}}, "slurm.setup"),
+    ("pod", {"pod": {"setup": [NEWLINE]}}, r"pod.setup\[0\]"),
+    ("pod", {"pod": {"python": NEWLINE}}, "pod.python"),
+    ("pod", {"pod": {"workdir": NEWLINE}}, "pod.workdir"),
+    ("slurm", {"dir": NEWLINE}, "'dir'"),
+    ("pod", {"dir": "exp\r"}, "'dir'"),
+])
+def test_a_control_character_in_a_value_a_script_holds_is_refused_naming_the_key(tmp_path, capsys, backend, content,
+                                                                                 name):
+    sweep_file = script_sweep(tmp_path, **content)
+    assert main([str(sweep_file), "--backend", backend, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert "INJECTED" not in captured.out and captured.err.count("\n") == 1
+    assert re.search(rf"{name}=.* holds a control character \(a newline, carriage return, NUL or the like\)",
+                     captured.err), captured.err
+    assert not (tmp_path / "exp").exists()  # refused before anything was written
+
+
+def test_an_experiment_folder_given_with_a_newline_is_refused(tmp_path, capsys):
+    sweep_file = script_sweep(tmp_path)
+    assert main([str(sweep_file), "--dir", str(tmp_path / NEWLINE), "--backend", "slurm", "--dry-run"]) == 2
+    assert "--dir='" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("slurm, name, why", [
+    ({"job_name": "my job"}, "slurm.job_name", "one word"),
+    ({"partition": "gpu --uid=0"}, "slurm.partition", "one word"),
+    ({"account": "a'b"}, "slurm.account", "one word"),
+    ({"qos": 'q"'}, "slurm.qos", "one word"),
+    ({"mem": "4G#comment"}, "slurm.mem", "one word"),
+    ({"time": "1:00:00\\"}, "slurm.time", "one word"),
+    ({"partition": ""}, "slurm.partition", "one word"),
+    ({"sbatch": ["--exclusive --output=/etc/x"]}, r"slurm.sbatch\[0\]", "one word"),
+    ({"sbatch": ["exclusive"]}, r"slurm.sbatch\[0\]", "must be an sbatch option"),
+])
+def test_sbatch_line_values_must_be_one_word(tmp_path, capsys, slurm, name, why):
+    """SLURM splits '#SBATCH' lines itself: a space would add an option of the value's choosing."""
+    assert main([str(script_sweep(tmp_path, slurm=slurm)), "--backend", "slurm", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"{name}=.* {why}", err) and err.count("\n") == 1, err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_an_experiment_folder_with_a_space_cannot_go_into_an_sbatch_line(tmp_path, capsys):
+    assert main([str(script_sweep(tmp_path, dir=str(tmp_path / "my exp"))), "--backend", "slurm", "--dry-run"]) == 2
+    assert "holds a space, quote, backslash or '#'" in capsys.readouterr().err
+    assert not (tmp_path / "my exp").exists()
+
+
+WEIRD = "it's \"odd\" $(touch INJECTED) `touch INJECTED2`"
+
+
+def recorder(path: Path) -> Path:
+    """A stand-in program that writes its working folder and its arguments, one a line, to $ARGS_OUT."""
+    path.write_text('#!/bin/bash\n{ pwd; printf "%s\\n" "$@"; } > "$ARGS_OUT"\necho 4242\n')
+    path.chmod(0o755)
+    return path
+
+
+def run_printed(command: str, tmp_path: Path, bin_dir: Path) -> list[str]:
+    """Run a command line the sweep printed as a user would paste it, with stand-ins on PATH; returns what the
+    stand-in received (its working folder, then its arguments)."""
+    out = tmp_path / "args.txt"
+    out.unlink(missing_ok=True)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_OUT": str(out), "SLURM_ARRAY_TASK_ID": "0"}
+    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return out.read_text().splitlines()
+
+
+def test_slurm_script_and_hints_keep_odd_values_one_word(tmp_path, capsys, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "revjax"):
+        recorder(bin_dir / tool)
+    python = recorder(tmp_path / f"py {WEIRD}")
+    workdir = tmp_path / f"work {WEIRD}"
+    workdir.mkdir()
+    experiment = tmp_path / "exp$(touch${IFS}INJECTED)"  # no space: it also goes into '#SBATCH --output'
+    sweep_file = script_sweep(tmp_path, dir=str(experiment),
+                              slurm={"python": str(python), "workdir": str(workdir), "job_name": "j$(id)"})
+    sweep_file = sweep_file.rename(tmp_path / "s$(touch${IFS}INJECTED).yaml")
+    assert main([str(sweep_file), "--backend", "slurm", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    run_dir = load_sweep(sweep_file).runs[0].dir
+    script = experiment / "slurm" / "inj.sbatch"
+    assert captured.out == script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # the script itself, run as array task 0: cd and exec get the values whole, nothing else runs
+    received = run_printed(f"bash {shlex.quote(str(script))}", tmp_path, bin_dir)
+    assert received == [str(workdir), "-m", "revjax.experiments.execute", str(run_dir)]
+    # the printed hint, pasted into a shell
+    hint = captured.err.split("not submitted (--dry-run): ", 1)[1].strip()
+    assert run_printed(hint, tmp_path, bin_dir)[1:] == [str(script)]
+    # submitting through the stand-in sbatch, then the printed follow-up command
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("ARGS_OUT", str(tmp_path / "submit.txt"))
+    assert main([str(sweep_file), "--backend", "slurm"]) == 0
+    follow = capsys.readouterr().out.split("follow them with ", 1)[1].strip()
+    assert run_printed(follow, tmp_path, bin_dir)[1:] == ["sweep", str(sweep_file), "--status"]
+    assert read_status(run_dir)["slurm_job"] == "4242_0"
+    assert injected(tmp_path) == []
+
+
+def test_pod_command_and_its_hint_keep_odd_values_one_word(tmp_path, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = recorder(tmp_path / f"py {WEIRD}")
+    workdir = tmp_path / f"work {WEIRD}"
+    workdir.mkdir()
+    experiment = tmp_path / f"exp {WEIRD}"
+    sweep_file = script_sweep(tmp_path, dir=str(experiment),
+                              pod={"hosts": 2, "python": str(python), "workdir": str(workdir),
+                                   "setup": ["export FROM_SETUP=yes"]})
+    assert main([str(sweep_file), "--backend", "pod"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    command = printed[-1]
+    received = run_printed(command, tmp_path, bin_dir)
+    assert received == [str(workdir), "-m", "revjax.experiments.execute", "--experiment", str(experiment),
+                        "--hosts", "2"]
+    # the gcloud example hands the same command over as one word
+    hint = next(line for line in printed if "--command=" in line)
+    word = hint.split("--command=", 1)[1].removesuffix(");")
+    echoed = subprocess.run(["bash", "-c", f"printf %s {word}"], cwd=tmp_path / "cwd", capture_output=True,
+                            text=True, timeout=60)
+    assert echoed.stdout == command
+    assert injected(tmp_path) == []
+
+
+# ---- sweep files: one YAML loader ------------------------------------------------------------------------------
+
+
+def test_a_sweep_file_setting_a_key_twice_is_refused(tmp_path, capsys):
+    path = tmp_path / "dup.yaml"
+    path.write_text(f"name: dup\noverrides:\n  base_dir: {tmp_path}\ngrid:\n  training.seed: [1, 2]\n"
+                    "grid:\n  training.seed: [3]\n")
+    assert main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"sweep file {path} sets the key 'grid' twice, on lines 4 and 6; keep one of them" in err
+    assert err.count("\n") == 1
+
+
+def test_an_alias_bomb_in_a_sweep_file_is_refused_at_once(tmp_path, capsys):
+    from tests.test_config import laughs
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"name: bomb\noverrides:\n  base_dir: {tmp_path}\nzip:\n  logging.project: {laughs(6)}\n")
+    started = time.perf_counter()
+    assert main([str(path), "--dry-run"]) == 2
+    elapsed = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert f"sweep file {path} expands to more than 100,000 values through its aliases" in err
+    assert err.count("\n") == 1 and len(err) < 300 and elapsed < 1
+
+
+# ---- status.json that is not a status ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]\n", "holds a JSON list, not an object"),
+    ('"finished"\n', "holds a JSON string, not an object"),
+    ('{"state": "fin', "cannot be read"),
+    ('{"state": "pending", "attempts": "two"}\n', r"has attempts='two' of the wrong type \(str, not int\)"),
+])
+def test_a_broken_status_file_is_one_sentence_for_every_reader(tmp_path, capsys, content, problem):
+    from revjax.analysis.experiment import AnalysisError, read_experiment
+    from revjax.experiments.execute import main as execute_main
+
+    sweep_file = script_sweep(tmp_path)
+    assert main([str(sweep_file), "--dry-run"]) == 0  # writes the run folder
+    run = load_sweep(sweep_file).runs[0]
+    status = run.dir / "status.json"
+    status.write_text(content)
+    capsys.readouterr()
+    for call in (lambda: main([str(sweep_file), "--status"]), lambda: main([str(sweep_file)]),
+                 lambda: main([str(sweep_file), "--backend", "slurm", "--dry-run"]),
+                 lambda: execute_main([str(run.dir)])):
+        assert call() == 1
+        err = capsys.readouterr().err
+        assert re.search(f"the status file {re.escape(str(status))} {problem}.*; delete it to mark the run pending",
+                         err) and err.count("\n") == 1, err
+    if "wrong type" not in problem:  # the analysis reads only the state and name
+        with pytest.raises(AnalysisError, match=f"the status file {re.escape(str(status))} {problem}.*; delete it"):
+            read_experiment(run.dir.parent)

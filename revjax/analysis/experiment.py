@@ -30,6 +30,8 @@ from revjax.errors import RevjaxError
 from revjax.yamlio import load_yaml
 
 LEVEL = 0.95
+JSON_KINDS = {"list": "list", "str": "string", "int": "number", "float": "number", "bool": "boolean",
+              "NoneType": "null"}
 TAIL = 0.25  # a run's loss-by-position curve: the /tokens rows of the last quarter of its logged steps
 SEED_KEY, DIRECTION_KEY = "training.seed", "direction.direction"
 
@@ -173,8 +175,9 @@ def read_run(run_dir: Path) -> RunData:
         raise AnalysisError(f"the run's config file {config_path} holds a {type(config).__name__}, not a mapping of "
                             "settings; fix it or remove the run folder")
     if not isinstance(status, dict):
-        raise AnalysisError(f"the status file {status_path} holds a JSON {type(status).__name__}, not an object; "
-                            "delete it (run the sweep again to write it anew) or remove the run folder")
+        kind = JSON_KINDS.get(type(status).__name__, "value")
+        raise AnalysisError(f"the status file {status_path} holds a JSON {kind}, not an object; delete it (run the "
+                            "sweep again to write it anew) or remove the run folder")
     settings = _flat(config)
     metrics = run_dir / "metrics.jsonl"
     try:

@@ -38,6 +38,8 @@ CONFIG_FILE, STATUS_FILE, LOG_FILE = "config.yaml", "status.json", "log.txt"
 PARENT_LINK, PARENT_JSON, EVALUATIONS = "parent", "parent_link.json", "evaluations"
 PLAN_FILE, SWEEP_COPY = "runs.json", "sweep.yaml"
 TAIL_LINES = 20
+JSON_KINDS = {"list": "list", "str": "string", "int": "number", "float": "number", "bool": "boolean",
+              "NoneType": "null"}
 # the types of the status fields that are read back (None is allowed for each)
 STATUS_FIELDS: dict[str, tuple[type, ...]] = {
     "attempts": (int,), "created": (str,), "started": (str,), "ended": (str,), "exit_code": (int,),
@@ -72,16 +74,18 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise ExperimentError(f"the status file {path} cannot be read ({err}); delete it to mark the run pending")
     if not isinstance(status, dict):
-        raise ExperimentError(f"the status file {path} holds a JSON {type(status).__name__}, not an object; delete "
-                              "it to mark the run pending (the next revjax sweep writes it anew)")
+        kind = JSON_KINDS.get(type(status).__name__, "value")
+        raise ExperimentError(f"the status file {path} holds a JSON {kind}, not an object; delete it to mark the run "
+                              "pending (the next revjax sweep writes it anew)")
     if not isinstance(status.get("state"), str) or status["state"] not in STATES:
         raise ExperimentError(f"the status file {path} has an unknown state {status.get('state')!r}; delete it to "
                               "mark the run pending")
     for key, kinds in STATUS_FIELDS.items():
         value = status.get(key)
         if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise ExperimentError(f"the status file {path} has {key}={value!r}, which is not a "
-                                  f"{' or '.join(k.__name__ for k in kinds)}; delete it to mark the run pending")
+            raise ExperimentError(f"the status file {path} has {key}={value!r} of the wrong type "
+                                  f"({type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}); delete it "
+                                  "to mark the run pending")
     return status
 
 
