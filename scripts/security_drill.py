@@ -106,9 +106,10 @@ def sizes_import_sequence_len(work: Path) -> Outcome:
         import_checkpoint(src, out)
     except RevjaxError as err:
         refused = _sizes_one_sentence(str(err), "above the largest sequence_len")
+        written = "OUT written" if out.exists() else "nothing written"
         return Outcome(case, f"{'refused' if refused else 'stopped for another reason'} in "
-                             f"{time.perf_counter() - started:.2f} s, {'OUT written' if out.exists() else 'nothing written'}"
-                             f": {_sizes_gist(str(err))}", let_in=not refused or out.exists())
+                             f"{time.perf_counter() - started:.2f} s, {written}: {_sizes_gist(str(err))}",
+                       let_in=not refused or out.exists())
     return Outcome(case, "imported", let_in=True)
 
 

@@ -124,6 +124,16 @@ def test_without_override_the_machine_figure_is_used(monkeypatch):
         memory.check_fits(D20, "export")
 
 
+def test_accelerator_figure_for_the_commands_that_compute_on_it(monkeypatch):
+    monkeypatch.setattr(memory, "accelerator_memory", lambda: (80 << 30, "NVIDIA H100"))
+    monkeypatch.setattr(memory, "host_memory", lambda: 20 << 30)
+    assert memory.available_memory("chat") == (80 << 30, "the NVIDIA H100 has")
+    assert memory.available_memory("import") == (80 << 30, "the NVIDIA H100 has")
+    assert memory.available_memory("export") == (20 << 30, "this machine has")  # export never uses the device
+    monkeypatch.setenv(memory.ENV_LIMIT, "2G")
+    assert memory.available_memory("chat") == (2 << 30, "REVJAX_MEMORY_LIMIT allows")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("n_layer", 10**9, "n_layer=1,000,000,000, above the largest n_layer revjax loads (1,024)"),
     ("sequence_len", 10**12, "sequence_len=1,000,000,000,000, above the largest sequence_len revjax loads"),
@@ -268,15 +278,16 @@ def test_checkpoint_metadata_with_absurd_sizes_is_refused(tampered, loader, dims
     ("export", "needs about 2.7 MiB to export (parameters 1.3 MiB, torch copy 1.3 MiB)"),
 ])
 def test_loaders_refuse_a_model_the_machine_cannot_hold(run_dir, monkeypatch, loader, need):
-    # parameters: 4 bytes × (2·2048·64 + 2·45056) = 1,409,024; chat's cache: 2·2 layers·1 kv head·64·32·4 = 32 KiB;
+    # parameters: 4 bytes × (2·2048·64 + 2·45056) = 1,409,024;
+    # chat's cache: 2·2 layers·1 kv head·64·32·4 = 32 KiB;
     # eval: 8·32 tokens × (16·64 + 2048 logits) × 4 = 3 MiB
     monkeypatch.setenv(memory.ENV_LIMIT, "300K")
     with pytest.raises(SizeError) as err:
         LOADERS[loader](run_dir)
     assert str(err.value).startswith(f"the model of {run_dir / '3'} {need}")
-    assert str(err.value).endswith("but REVJAX_MEMORY_LIMIT allows 300 KiB; "
-                                   + ("use a smaller model" if loader == "export" else "lower sequence_len or the batch")
-                                   + ", or use a larger machine (REVJAX_MEMORY_LIMIT overrides the figure)")
+    fix = "use a smaller model" if loader == "export" else "lower sequence_len or the batch"
+    assert str(err.value).endswith(f"but REVJAX_MEMORY_LIMIT allows 300 KiB; {fix}, or use a larger machine "
+                                   "(REVJAX_MEMORY_LIMIT overrides the figure)")
 
 
 def test_a_model_that_fits_still_loads(run_dir):
