@@ -252,7 +252,14 @@ class Checkpointer:
     def steps(self) -> list[int]:
         """All finalized steps, ascending (unfinished saves are never listed; corrupt steps may be)."""
         self._manager.reload()
-        return sorted(self._manager.all_steps())
+        steps = sorted(self._manager.all_steps())
+        for step in steps:
+            if self.step_path(step).is_symlink():
+                raise CheckpointError(
+                    f"checkpoint step {step} at {self.step_path(step)} is a symbolic link, but revjax keeps every step "
+                    "as a folder of its own run folder (it moves and prunes them); replace the link with the folder "
+                    "it points to, or move it out of the run folder")
+        return steps
 
     def latest_step(self) -> int | None:
         """The newest valid step (steps with a missing item or unreadable metadata are skipped with a warning)."""

@@ -87,8 +87,9 @@ def output_path(out: str | Path) -> Path:
 
 
 def check_replaceable(out: str | Path, command: str, *, force: bool, sources: Sequence[str | Path],
-                      looks_like_old_output: Callable[[Path], bool] = lambda _: False) -> None:
-    """Refuse (one sentence) unless ``command`` may write ``out``: see the module docstring."""
+                      looks_like_old_output: Callable[[Path], bool] = lambda _: False, held: bool = False) -> None:
+    """Refuse (one sentence) unless ``command`` may write ``out``: see the module docstring (``held``: the caller
+    holds ``out``'s run lock)."""
     out = output_path(out)
     for source in (Path(s).expanduser().resolve() for s in sources):
         if overlaps(out, source):
@@ -100,6 +101,9 @@ def check_replaceable(out: str | Path, command: str, *, force: bool, sources: Se
         return
     if not out.is_dir():
         raise ReplaceRefused(f"{out} exists and is not a folder; choose another output folder")
+    if (out / LOCK_NAME).exists() and not held:  # a run folder: refuse first if a training (or anything else) holds it
+        with RunLock(out, command):
+            pass
     if not _contents(out):
         return
     marker = read_marker(out)
@@ -138,7 +142,7 @@ def publish_folder(out: str | Path, command: str, fill: Callable[[Path], None], 
             os.rename(tmp, out)  # replaces an empty folder; fails rather than replace one that has files by now
             return None
         with RunLock(out, command):
-            check_replaceable(out, command, **check)
+            check_replaceable(out, command, **check, held=True)
             aside = move_aside(out)
             os.rename(tmp, out)
         print(f"moved the folder revjax {command} replaced aside to {aside}")

@@ -4,7 +4,9 @@ Usage: python scripts/fault_drill.py [--work DIR] [--only CASE …]
 
 Each case trains a tiny model (2 layers, d 64, T 32) in subprocesses of ``python -m revjax.train``, injects one
 fault (kill -9 at several moments, SIGTERM, two trainings on one folder, damaged checkpoint files, a torn metrics
-log, a full disk, a clobbering tokenizer, Ctrl-C at start-up), then checks what survived: every checkpoint step
+log, a full disk, a clobbering tokenizer, Ctrl-C at start-up, ``import --force`` over a run being trained,
+``export --force`` over someone's folder and over its own source, two first runs racing for the tokenizer, a step
+folder or a lock file that is a symbolic link), then checks what survived: every checkpoint step
 that was committed before the fault is still there intact (or moved into ``set-aside/``, never deleted), and a
 continued run reproduces the uninterrupted run's losses. It prints one table row per case: what happened, and
 whether data was lost (it must say "no" everywhere). ``tests/test_faults.py`` runs the same cases.
@@ -331,6 +333,127 @@ def tokenizer_clobber(d: Drill) -> Outcome:
                    f"unchanged: {same}", lost=not ok)
 
 
+def revjax(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``revjax ARGS…`` in a subprocess on the CPU."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run([sys.executable, "-m", "revjax.cli", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (links not followed) → its hash; the run lock's emptied file left out."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink() and p.name != ".lock"}
+
+
+def last_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    return lines[-1][:110] if lines else ""
+
+
+def flat_export(d: Drill) -> Path:
+    """A flat export of the reference run (made once)."""
+    d.reference()
+    out = d.work / "exports" / "reference-flat"
+    if not (out / "model.pt").is_file():
+        proc = revjax("export", d.run_dir("reference"), out, "--flat")
+        if proc.returncode:
+            raise RuntimeError(f"exporting the reference run failed:\n{proc.stderr}")
+    return out
+
+
+def import_force_over_training(d: Drill) -> Outcome:
+    """``revjax import --force`` aimed at a run folder while a (longer) training saves into it."""
+    source = flat_export(d)
+    run, steps = d.fresh("import-over-training"), 400
+    proc = d.start(run, **{"training.num_iterations": steps, "checkpoint.save_every": 100})
+    d.wait_for(lambda: (d.run_dir(run) / "100").is_dir(), proc)
+    imported = revjax("import", source, d.run_dir(run), "--force")
+    live = proc.poll() is None
+    out, err = proc.communicate(timeout=300)
+    finished = proc.returncode == 0 and steps in d.steps(run) and sorted(d.losses(run)) == list(range(steps))
+    ok = imported.returncode == 1 and "is in use by" in imported.stderr and finished
+    return Outcome("import --force over a run being trained", f"import refused (exit {imported.returncode}: "
+                   f"{last_line(imported.stderr)}); training still live then: {live}; it finished with every step: "
+                   f"{finished}", lost=not ok)
+
+
+def export_force_over_foreign(d: Drill) -> Outcome:
+    d.reference()
+    foreign = d.work / "someones-folder"
+    foreign.mkdir(exist_ok=True)
+    (foreign / "thesis.tex").write_text("years of work")
+    proc = revjax("export", d.run_dir("reference"), foreign, "--flat", "--force")
+    kept = [p.name for p in foreign.iterdir()] == ["thesis.tex"] and (foreign / "thesis.tex").read_text() == "years of work"
+    ok = proc.returncode == 1 and kept
+    return Outcome("export --flat --force over someone's folder", f"refused (exit {proc.returncode}: "
+                   f"{last_line(proc.stderr)}); folder untouched: {kept}", lost=not ok)
+
+
+def export_force_over_source(d: Drill) -> Outcome:
+    d.reference()
+    run_dir = d.run_dir("reference")
+    before = folder_digest(run_dir)
+    proc = revjax("export", run_dir, run_dir, "--flat", "--force")
+    kept = folder_digest(run_dir) == before
+    ok = proc.returncode == 1 and kept
+    return Outcome("export --flat --force over the run it exports", f"refused (exit {proc.returncode}: "
+                   f"{last_line(proc.stderr)}); run untouched: {kept}", lost=not ok)
+
+
+def tokenizer_race(d: Drill) -> Outcome:
+    """Two first runs on an empty base dir, started together, asking for tokenizers of different sizes."""
+    base = d.work / "race"
+    shutil.rmtree(base, ignore_errors=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = {size: subprocess.Popen([sys.executable, "-m", "revjax.cli", "tokenizer", f"base_dir={base}",
+                                     "data.corpus=parquet", f"data.dir={d.work / 'corpus'}",
+                                     f"tokenizer.vocab_size={size}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for size in (300, 320)}
+    results = {size: (p.wait(timeout=300), *p.communicate()) for size, p in procs.items()}
+    from revjax.tokenizer import Tokenizer
+    import numpy as np
+
+    tok = Tokenizer.load(base / "tokenizer")
+    whole = len(np.load(base / "tokenizer" / "token_bytes.npy")) == tok.vocab_size
+    winners = [size for size, (code, _, _) in results.items() if code == 0]
+    [(loser_code, _, loser_err)] = [r for size, r in results.items() if size not in winners] or [(0, "", "")]
+    ok = winners == [tok.vocab_size] and whole and loser_code == 1 and "already exists" in loser_err
+    return Outcome("two first runs racing for the tokenizer", f"{tok.vocab_size}-token one kept whole ({whole}); the "
+                   f"other refused (exit {loser_code}: {last_line(loser_err)})", lost=not ok)
+
+
+def symlinked_step(d: Drill) -> Outcome:
+    run = d.fresh("symlinked-step")
+    code, _, _ = d.run(run, **{"training.num_iterations": SAVE_EVERY})
+    elsewhere = d.work / "elsewhere"
+    shutil.rmtree(elsewhere, ignore_errors=True)
+    step = d.run_dir(run) / str(SAVE_EVERY)
+    shutil.move(str(step), str(elsewhere))
+    step.symlink_to(elsewhere, target_is_directory=True)
+    before = folder_digest(elsewhere)
+    code2, _, err = d.run(run)
+    one_sentence = len(err.strip().splitlines()) == 1 and "Traceback" not in err and "symbolic link" in err
+    kept = folder_digest(elsewhere) == before and step.is_symlink()
+    ok = code == 0 and code2 == 1 and one_sentence and kept
+    return Outcome("a step folder that is a symbolic link", f"exit {code2}: {last_line(err)}; linked step kept: {kept}",
+                   lost=not ok)
+
+
+def symlinked_lock(d: Drill) -> Outcome:
+    run = d.fresh("symlinked-lock")
+    d.run_dir(run).mkdir(parents=True)
+    target = d.work / "precious.txt"
+    target.write_text("not a lock file")
+    (d.run_dir(run) / ".lock").symlink_to(target)
+    code, _, err = d.run(run)
+    kept = target.read_text() == "not a lock file"
+    ok = code == 1 and kept and "symbolic link" in err and "Traceback" not in err
+    return Outcome("a lock file that is a symbolic link", f"exit {code}: {last_line(err)}; its target untouched: {kept}",
+                   lost=not ok)
+
+
 def ctrl_c_at_startup(d: Drill) -> Outcome:
     proc = d.start(d.fresh("ctrl-c"))
     time.sleep(2.0)
@@ -357,6 +480,12 @@ CASES: dict[str, Callable[[Drill], Outcome]] = {
     "disk-full": disk_full,
     "tokenizer-clobber": tokenizer_clobber,
     "ctrl-c-startup": ctrl_c_at_startup,
+    "import-force-over-training": import_force_over_training,
+    "export-force-over-foreign": export_force_over_foreign,
+    "export-force-over-source": export_force_over_source,
+    "tokenizer-race": tokenizer_race,
+    "symlinked-step": symlinked_step,
+    "symlinked-lock": symlinked_lock,
 }
 
 

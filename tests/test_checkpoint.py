@@ -339,3 +339,14 @@ def test_restore_across_device_layouts(tmp_path, train_state):
     restored = ckpt.restore(target(over8))[0]
     assert_trees_equal(restored, train_state)
     assert restored["model"]["wte"][...].sharding == NamedSharding(mesh8, P("data"))
+
+
+def test_a_step_folder_that_is_a_symbolic_link_is_one_sentence(two_steps, tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(two_steps, run)
+    shutil.move(str(run / "2"), str(elsewhere))
+    (run / "2").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(CheckpointError, match=r"checkpoint step 2 at .*/run/2 is a symbolic link, but revjax keeps "
+                                              r"every step as a folder of its own run folder .*; replace the link"):
+        Checkpointer(run).steps()
+    assert (run / "2").is_symlink() and any(elsewhere.iterdir())  # nothing moved or deleted

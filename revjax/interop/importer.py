@@ -108,9 +108,9 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def is_run_folder(folder: Path) -> bool:
-    """True for a folder laid out as a revjax run (numbered step folders or a metrics log)."""
-    return (folder / "metrics.jsonl").exists() or any(p.name.isdigit() and p.is_dir() for p in folder.iterdir())
+def is_old_import(folder: Path) -> bool:
+    """True for a run folder laid out as ``revjax import`` writes it (its own tokenizer, no training log)."""
+    return (folder / "tokenizer").is_dir() and not (folder / "metrics.jsonl").exists()
 
 
 def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path) -> Config:
@@ -139,7 +139,7 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
     from revjax.state import init_train_state
 
     out = output_path(out_run_dir)
-    check_replaceable(out, "import", force=force, sources=[src], looks_like_old_output=is_run_folder)
+    check_replaceable(out, "import", force=force, sources=[src], looks_like_old_output=is_old_import)
     model_path, meta_path, tok_dir, folder_phase = locate(src, step)
     phase = phase or folder_phase or "base"
     if phase not in PHASE_DIRS:
@@ -171,7 +171,7 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
             checkpointer.save(number, {"params": state.params, "opt_state": state.opt_state}, data_state=None,
                               metadata=metadata)
 
-    publish_folder(out, "import", fill, force=force, sources=[src], looks_like_old_output=is_run_folder)
+    publish_folder(out, "import", fill, force=force, sources=[src], looks_like_old_output=is_old_import)
     return out
 
 
