@@ -35,12 +35,504 @@ Case = Callable[[Path], Outcome]  # a case gets a fresh empty work folder of its
 
 
 # ------------------------------------------------------------------------------------------ the code sandbox
+# Each case runs a model-written program through revjax.tasks.sandbox.run_program (what HumanEval grading does).
+
+
+def _sandbox_run(program: str, timeout: float = 5.0, **limits):
+    from revjax.tasks.sandbox import run_program
+
+    return run_program(program, timeout=timeout, **limits)
+
+
+def _sandbox_said(result) -> str:
+    """The program's last error line (paths left out) and how it ended: ``OSError: [Errno 30] …; exit 1``."""
+    last = (result.stderr.strip().splitlines() or ["no error"])[-1].split(": '")[0][:100]
+    return f"{last}; {'timed out' if result.timed_out else f'exit {result.returncode}'}"
+
+
+def _sandbox_token() -> str:
+    """A sleep length no other process uses, to find what a case's program started (``sleep 3600.123456``)."""
+    import random
+
+    return f"{3600 + random.random():.6f}"
+
+
+def _sandbox_survivors(token: str) -> int:
+    """How many processes whose command line holds ``token`` are still running; they are killed."""
+    import os
+    import signal
+
+    found = 0
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token.encode() in (entry / "cmdline").read_bytes():
+                found += 1
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            pass
+    return found
+
+
+def _sandbox_tries(paths: list[str], how: str) -> str:
+    """A program that does ``how`` (``open(p, 'w').write(...)``) to each path and prints what happened, as JSON."""
+    return ("import json\nout = []\n"
+            f"for p in {paths!r}:\n"
+            f"    try:\n        out.append(str({how}))\n"
+            "    except OSError as e:\n        out.append(f'{type(e).__name__} ({e.strerror})')\n"
+            "print(json.dumps(out))\n")
+
+
+def _sandbox_results(result, names: list[str]) -> tuple[list[str], str]:
+    import json
+
+    try:
+        said = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return [], f"program failed: {_sandbox_said(result)}"
+    return said, "; ".join(f"{name}: {what}" for name, what in zip(names, said))
+
+
+def sandbox_pth_in_site_packages(work: Path) -> Outcome:
+    """A ``.pth`` in site-packages runs in every later Python process (the old runner let the program write it)."""
+    import sysconfig
+
+    case = "sandbox: write a .pth into site-packages"
+    target = Path(sysconfig.get_paths()["purelib"]) / f"revjax_drill_{_sandbox_token()}.pth"
+    result = _sandbox_run(_sandbox_tries([str(target)], "open(p, 'w').write('import os\\n')"))
+    written = target.exists()
+    target.unlink(missing_ok=True)
+    said, happened = _sandbox_results(result, ["site-packages/x.pth"])
+    return Outcome(case, f"{happened}{', FILE WRITTEN' if written else ', nothing written'}",
+                   let_in=written or not said)
+
+
+def sandbox_write_outside(work: Path) -> Outcome:
+    """Files outside the sandbox's own /tmp: the evaluator's working folder, a folder the case made, /var/tmp."""
+    import os
+
+    case = "sandbox: write outside its temporary folder"
+    token = _sandbox_token()
+    targets = {"evaluator's cwd": Path.cwd() / f"revjax-drill-{token}", "case folder": work / "escaped",
+               "/var/tmp": Path(f"/var/tmp/revjax-drill-{token}")}
+    result = _sandbox_run(_sandbox_tries([str(p) for p in targets.values()], "open(p, 'w').write('escaped')"))
+    written = [name for name, path in targets.items() if path.exists()]
+    for path in targets.values():
+        if path.exists() and os.access(path, os.W_OK):
+            path.unlink()
+    said, happened = _sandbox_results(result, list(targets))
+    return Outcome(case, happened + (f"; WRITTEN: {', '.join(written)}" if written else ""),
+                   let_in=bool(written) or len(said) != len(targets))
+
+
+def sandbox_read_secrets(work: Path) -> Outcome:
+    """/etc/shadow, a file in the evaluator's home folder, and what /root and /home list (only the folders that lead
+    to the Python the sandbox runs may show)."""
+    import os
+
+    case = "sandbox: read /etc/shadow and the evaluator's home"
+    token = _sandbox_token()
+    secret = Path.home() / f".revjax-drill-secret-{token}"
+    secret.write_text(f"secret {token}\n")
+    try:
+        shadow = Path("/etc/shadow").read_text() if os.access("/etc/shadow", os.R_OK) else ""
+        result = _sandbox_run(_sandbox_tries(["/etc/shadow", str(secret), "/root", "/home"],
+                                             "open(p).read() if p.startswith('/etc') or '.revjax' in p "
+                                             "else sorted(__import__('os').listdir(p))"))
+    finally:
+        secret.unlink()
+    said, happened = _sandbox_results(result, ["/etc/shadow", "~/secret", "/root lists", "/home lists"])
+    python = {os.path.realpath(f) for f in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
+    python |= {sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)}
+    allowed = {str(sorted({Path(f).relative_to(top).parts[0] for f in python if f.startswith(top + "/")}))
+               for top in ("/root", "/home")}
+    leaked = token in result.stdout or bool(shadow.strip() and shadow.strip()[:20] in result.stdout)
+    listed = len(said) == 4 and not {said[2], said[3]} <= allowed
+    return Outcome(case, happened + ("; SECRET READ" if leaked else ""), let_in=leaked or listed or len(said) != 4)
+
+
+def sandbox_signal_evaluator(work: Path) -> Outcome:
+    """``os.kill(os.getppid(), SIGTERM)``, ``kill(-1, SIGKILL)`` and ``kill(1, SIGKILL)`` from the program; the
+    evaluator (its own process here, so that a hit shows as its exit code) and a sibling of it must live on."""
+    import subprocess
+
+    case = "sandbox: signal the evaluator"
+    program = ("import os, signal\nout = [f'getppid()={os.getppid()}']\n"
+               "for pid, sig in ((os.getppid(), signal.SIGTERM), (-1, signal.SIGKILL), (1, signal.SIGKILL)):\n"
+               "    try:\n        os.kill(pid, sig)\n        out.append(f'kill({pid}) sent')\n"
+               "    except OSError as e:\n        out.append(f'kill({pid}) {type(e).__name__}')\n"
+               "print(', '.join(out))\n")
+    evaluator = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom revjax.tasks.sandbox import run_program\n"
+                 "r = run_program(sys.stdin.read(), timeout=5)\nprint(r.stdout.strip() or r.stderr.strip()[-200:])\n")
+    sibling = subprocess.Popen(["sleep", "60"])
+    try:
+        done = subprocess.run([sys.executable, "-c", evaluator, str(REPO)], input=program, capture_output=True,
+                              text=True, timeout=60)
+        alive = sibling.poll() is None
+    finally:
+        sibling.kill()
+        sibling.wait()
+    happened = (f"program: {done.stdout.strip()[:120] or 'no output'}; evaluator exit {done.returncode}, "
+                f"its sibling {'alive' if alive else 'KILLED'}")
+    return Outcome(case, happened, let_in=done.returncode != 0 or not alive)
+
+
+def sandbox_setsid_child(work: Path) -> Outcome:
+    """A double-forked ``setsid`` child, left behind by a program that exits at once and by one that runs into the
+    time limit: nothing it started may still run when the grader returns."""
+    import time
+
+    case = "sandbox: setsid child outlives the grader"
+    left = []
+    for wait in ("", "import time\ntime.sleep(60)\n"):
+        token = _sandbox_token()
+        program = ("import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                   f"        os.execvp('sleep', ['sleep', {token!r}])\n    os._exit(0)\nos.wait()\n"
+                   "print('daemon started', flush=True)\n" + wait)
+        started = time.perf_counter()
+        result = _sandbox_run(program, timeout=1.5)
+        took = time.perf_counter() - started
+        left.append((result.stdout.strip(), "timed out" if result.timed_out else f"exit {result.returncode}",
+                     took, _sandbox_survivors(token)))
+    happened = "; ".join(f"{label}: {said or 'no output'}, {end} after {took:.1f} s, {n} left running"
+                         for label, (said, end, took, n) in zip(("program exits", "program runs on"), left))
+    return Outcome(case, happened, let_in=any(n for *_, n in left) or any(not said for said, *_ in left))
+
+
+def sandbox_stdout_flood(work: Path) -> Outcome:
+    """A program that writes to stdout and stderr without end, ignoring errors, until the time limit."""
+    import time
+
+    case = "sandbox: flood stdout and stderr"
+
+    def rss() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    program = ("import os\nchunk = b'x' * (1 << 20)\nwhile True:\n    for fd in (1, 2):\n"
+               "        try:\n            os.write(fd, chunk)\n        except OSError:\n            pass\n")
+    before, started = rss(), time.perf_counter()
+    result = _sandbox_run(program, timeout=2.0)
+    took, grew = time.perf_counter() - started, rss() - before
+    kept = len(result.stdout.encode()) + len(result.stderr.encode())
+    happened = (f"kept {kept / 2**20:.1f} MiB of output (truncated: {result.truncated}), "
+                f"{'timed out' if result.timed_out else f'exit {result.returncode}'} after {took:.1f} s "
+                f"(limit 2 s), evaluator RSS {grew / 2**20:+.1f} MiB")
+    return Outcome(case, happened, let_in=kept > 3 << 20 or took > 4.0 or grew > 64 << 20)
+
+
+def sandbox_fork_storm(work: Path) -> Outcome:
+    """1000 forks, each child a long ``sleep``: they must all end at the time limit (RLIMIT_NPROC may stop the
+    storm earlier; the test does not count on it)."""
+    import time
+
+    case = "sandbox: fork storm"
+    token = _sandbox_token()
+    program = ("import os, sys, time\nn = 0\nfor _ in range(1000):\n    try:\n        pid = os.fork()\n"
+               "    except OSError as e:\n        print(f'fork refused after {n} ({type(e).__name__})', flush=True)\n"
+               "        break\n    if pid == 0:\n"
+               f"        os.execvp('sleep', ['sleep', {token!r}])\n    n += 1\n"
+               "else:\n    print(f'forked {n}', flush=True)\ntime.sleep(60)\n")
+    started = time.perf_counter()
+    result = _sandbox_run(program, timeout=3.0)
+    took, left = time.perf_counter() - started, _sandbox_survivors(token)
+    happened = (f"{result.stdout.strip() or 'no output'}; {'timed out' if result.timed_out else 'exit'} after "
+                f"{took:.1f} s (limit 3 s), {left} left running")
+    return Outcome(case, happened, let_in=left > 0 or took > 5.0 or not result.stdout.strip())
+
+
+def sandbox_memory(work: Path) -> Outcome:
+    """Three children holding 500 MB each (written, so resident) and then one 2 GB allocation: the per-process cap
+    refuses the large one, and everything is gone at the time limit."""
+    import time
+
+    case = "sandbox: 3 × 500 MB and one 2 GB allocation"
+    token = _sandbox_token()
+    child = ("import os, sys, time\nblock = b'x' * (500 << 20)\nos.write(int(sys.argv[1]), b'1')\n"
+             f"time.sleep({token})\n")
+    program = ("import os, select, sys, time\nr, w = os.pipe()\nos.set_inheritable(w, True)\nfor _ in range(3):\n"
+               "    if os.fork() == 0:\n"
+               f"        os.execv(sys.executable, [sys.executable, '-c', {child!r}, str(w)])\n"
+               "held, end = 0, time.time() + 3.5\nwhile held < 3 and select.select([r], [], [], end - time.time())[0]:\n"
+               "    held += len(os.read(r, 3))\nprint(f'{held} children hold 500 MB', flush=True)\n"
+               "try:\n    big = b'x' * (2 << 30)\n    print('2 GB allocated', flush=True)\n"
+               "except MemoryError:\n    print('2 GB refused (MemoryError)', flush=True)\ntime.sleep(60)\n")
+    started = time.perf_counter()
+    result = _sandbox_run(program, timeout=4.0)
+    took, left = time.perf_counter() - started, _sandbox_survivors(token)
+    said = ", ".join(result.stdout.strip().splitlines()) or f"no output ({_sandbox_said(result)})"
+    happened = (f"{said}; {'timed out' if result.timed_out else 'exit'} after {took:.1f} s (limit 4 s), "
+                f"{left} left running")
+    return Outcome(case, happened, let_in=left > 0 or took > 6.0 or "2 GB allocated" in result.stdout
+                   or "refused" not in result.stdout)
+
+
+def sandbox_network(work: Path) -> Outcome:
+    """A connection to a port the evaluator listens on, from a child Python the in-process socket block does not
+    reach, and to an outside address."""
+    import socket
+
+    case = "sandbox: network"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    probe = ("import socket\nfor address in (('127.0.0.1', %d), ('1.1.1.1', 53)):\n    try:\n"
+             "        socket.create_connection(address, timeout=2)\n        print(address[0], 'connected')\n"
+             "    except OSError as e:\n        print(address[0], type(e).__name__)\n" % port)
+    program = f"import subprocess, sys\nsubprocess.run([sys.executable, '-I', '-c', {probe!r}])\n"
+    try:
+        result = _sandbox_run(program, timeout=5.0)
+        try:
+            server.accept()[0].close()
+            accepted = True
+        except BlockingIOError:
+            accepted = False
+    finally:
+        server.close()
+    said = ", ".join(result.stdout.strip().splitlines()) or f"no output ({_sandbox_said(result)})"
+    happened = f"child Python: {said}; evaluator's port {'CONNECTED' if accepted else 'never reached'}"
+    return Outcome(case, happened, let_in=accepted or "connected" in result.stdout or not result.stdout.strip())
 
 
 # ------------------------------------------------------------------------------------------ the server
 
 
 # ------------------------------------------------------------------------------------------ scripts and loaders
+
+
+# A sweep's settings are written into a bash script (SLURM) or a shell command (pods), and the hints it prints are
+# pasted into shells; config and sweep files are YAML a colleague may have written; status.json is read back.
+
+
+def _scripts_sweep(work: Path, name: str, **content) -> Path:
+    """A one-run sweep file (nothing is trained) with its experiment folder under ``work``."""
+    import yaml
+
+    content = {"name": "drill", "overrides": {"base_dir": str(work)}, "dir": str(work / "exp"), **content}
+    path = work / name
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def _scripts_sweep_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``revjax sweep ARGV`` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from revjax.experiments.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _scripts_stub(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/bash\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def scripts_newline_in_settings(work: Path) -> Outcome:
+    """A newline in a setting written into the SLURM script (or the pod command) starts a command line of its own;
+    each such script is run (as array task 0, with a stand-in Python) to see whether the injected line ran."""
+    import os
+    import shutil
+    import subprocess
+
+    case = "scripts: newline in slurm/pod settings and dir"
+    stub = _scripts_stub(work / "bin" / "python")
+    tried = [("slurm", key) for key in ("job_name", "partition", "account", "qos", "time", "mem", "sbatch", "python",
+                                        "workdir", "dir")] + [("pod", key) for key in ("python", "workdir", "dir")]
+    ran, unnamed, refused = [], [], 0
+    for backend, key in tried:
+        marker = work / f"INJECTED-{backend}-{key}"
+        value = f"x\ntouch {marker} #"
+        settings = {"python": str(stub)}
+        content: dict = {}
+        if key == "dir":
+            content["dir"] = str(work / value)
+        else:
+            settings[key] = [value] if key == "sbatch" else value
+        content[backend] = settings
+        shutil.rmtree(work / "exp", ignore_errors=True)
+        code, out, err = _scripts_sweep_cli([str(_scripts_sweep(work, f"{backend}-{key}.yaml", **content)),
+                                             "--backend", backend, "--dry-run"])
+        name = "'dir'" if key == "dir" else f"{backend}.{key}"
+        if code:
+            refused += 1
+            if name not in err or err.count("\n") != 1:
+                unnamed.append(f"{name} ({err.strip()[:60]!r})")
+            continue
+        command = ["bash", "-c", out.strip().splitlines()[-1]] if backend == "pod" else ["bash", "-s"]
+        (work / "cwd").mkdir(exist_ok=True)
+        subprocess.run(command, input=None if backend == "pod" else out, cwd=work / "cwd", capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "SLURM_ARRAY_TASK_ID": "0"})
+        if marker.exists():
+            ran.append(name)
+    happened = (f"{len(tried)} values tried: {refused} refused in one sentence"
+                + (f", the injected line RAN for {', '.join(ran)}" if ran else ", no injected line ran")
+                + (f"; refusals not naming the key: {', '.join(unnamed)}" if unnamed else ""))
+    return Outcome(case, happened, let_in=bool(ran or unnamed))
+
+
+def scripts_printed_hints_substitute(work: Path) -> Outcome:
+    """The commands a sweep prints for the user to paste (``sbatch PATH``, the follow-up ``revjax sweep FILE
+    --status``, the gcloud example) with a ``$(...)`` in a path: pasted into bash, nothing may run."""
+    import os
+    import subprocess
+
+    case = "scripts: $(...) in a path of a printed command"
+    bin_dir = work / "bin"
+    for tool in ("sbatch", "revjax"):
+        (bin_dir / tool).parent.mkdir(exist_ok=True)
+        (bin_dir / tool).write_text("#!/bin/bash\necho 4242\n")
+        (bin_dir / tool).chmod(0o755)
+    stub = _scripts_stub(bin_dir / "python")
+    marker = work / "INJECTED"
+    odd = "$(touch${IFS}INJECTED)"  # no space: the experiment folder also goes into an #SBATCH line
+    sweep = _scripts_sweep(work, "drill.yaml", dir=str(work / f"exp{odd}"),
+                           slurm={"python": str(stub)}, pod={"python": str(stub), "hosts": 2, "workdir": str(work / odd)})
+    sweep = sweep.rename(work / f"s{odd}.yaml")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    pasted = []
+    _, _, err = _scripts_sweep_cli([str(sweep), "--backend", "slurm", "--dry-run"])
+    pasted.append(("sbatch hint", err.split("(--dry-run): ", 1)[-1].strip()))
+    path = os.environ["PATH"]
+    os.environ["PATH"] = env["PATH"]
+    try:
+        _, out, _ = _scripts_sweep_cli([str(sweep), "--backend", "slurm"])
+    finally:
+        os.environ["PATH"] = path
+    pasted.append(("follow-up command", out.split("follow them with ", 1)[-1].strip()))
+    _, out, _ = _scripts_sweep_cli([str(sweep), "--backend", "pod"])
+    gcloud = next((line for line in out.splitlines() if "--command=" in line), "")
+    pasted.append(("gcloud example", "printf %s " + gcloud.split("--command=", 1)[-1].removesuffix(");")))
+    ran = []
+    for what, command in pasted:
+        marker.unlink(missing_ok=True)
+        subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, timeout=60)
+        if marker.exists():
+            ran.append(what)
+    happened = (f"pasted {', '.join(w for w, _ in pasted)}: "
+                + (f"the $(...) RAN from {', '.join(ran)}" if ran else "each path stayed one word, nothing ran"))
+    return Outcome(case, happened, let_in=bool(ran))
+
+
+_LOADERS_LAUGHS = "\n".join(
+    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    + [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")])  # 9**9 strings
+
+
+def _loaders_bounded(work: Path, code: str) -> tuple[float, str, bool]:
+    """Run ``code`` (which prints what happened) in a child Python held to 1 GiB of memory and 30 s:
+    (seconds, its last line, whether it was stopped by a limit)."""
+    import resource
+    import subprocess
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    program = ("import time\nfrom revjax.errors import RevjaxError\nstarted = time.perf_counter()\n"
+               f"try:\n    {code}\n    said = 'LOADED'\nexcept RevjaxError as err:\n    said = 'refused: ' + str(err)\n"
+               "print(f'{time.perf_counter() - started:.3f}|{said}')\n")
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=30,
+                              preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return time.perf_counter() - started, "still loading after 30 s", True
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return time.perf_counter() - started, f"crashed: {last[:100]}", True
+    seconds, said = done.stdout.strip().splitlines()[-1].split("|", 1)
+    return float(seconds), said.replace(str(work), "WORK"), False
+
+
+def loaders_alias_bomb_config(work: Path) -> Outcome:
+    """A config file of nine lines whose aliases expand to 9**9 values (a "billion laughs")."""
+    path = work / "bomb.yaml"
+    path.write_text(_LOADERS_LAUGHS + "\nlogging:\n  project: *i\n")
+    seconds, said, stopped = _loaders_bounded(work, f"__import__('revjax.config').config.load_config([{str(path)!r}])")
+    return Outcome("loaders: alias bomb in a config file", f"{seconds:.2f} s: {said[:150]}",
+                   let_in=stopped or not said.startswith("refused") or seconds > 1)
+
+
+def loaders_alias_bomb_sweep(work: Path) -> Outcome:
+    """The same bomb in a sweep file: every value of a list is written out as an override of each run."""
+    path = work / "bomb.yaml"
+    levels = ", ".join(f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi"))
+    path.write_text(f"name: bomb\noverrides:\n  base_dir: {work}\ndir: {work / 'exp'}\n"
+                    f"zip:\n  logging.project: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol], {levels}]\n")
+    code = f"__import__('revjax.experiments.spec').experiments.spec.load_sweep({str(path)!r})"
+    seconds, said, stopped = _loaders_bounded(work, code)
+    return Outcome("loaders: alias bomb in a sweep file", f"{seconds:.2f} s: {said[:150]}",
+                   let_in=stopped or not said.startswith("refused") or seconds > 1)
+
+
+def loaders_duplicate_key_sweep(work: Path) -> Outcome:
+    """A sweep file that gives ``dir`` twice: YAML alone silently takes the second one."""
+    from revjax.errors import RevjaxError
+    from revjax.experiments.spec import load_sweep
+
+    path = work / "dup.yaml"
+    path.write_text(f"name: dup\noverrides:\n  base_dir: {work}\ndir: {work / 'reviewed'}\n"
+                    f"dir: {work / 'elsewhere'}\n")
+    try:
+        sweep = load_sweep(path)
+    except RevjaxError as err:
+        return Outcome("loaders: duplicate key in a sweep file", f"refused: {str(err).replace(str(work), 'WORK')}",
+                       let_in=False)
+    return Outcome("loaders: duplicate key in a sweep file", f"LOADED: the experiment folder is {sweep.dir.name}",
+                   let_in=True)
+
+
+def status_json_list(work: Path) -> Outcome:
+    """A run's status.json holding a list: ``revjax sweep --status``, the runner, a cluster task and the analysis
+    must each say which file to delete, in one sentence, not fail with a traceback."""
+    from revjax.analysis.experiment import read_experiment
+    from revjax.errors import RevjaxError
+    from revjax.experiments.execute import main as execute_main
+    from revjax.experiments.spec import load_sweep
+
+    sweep = _scripts_sweep(work, "drill.yaml")
+    _scripts_sweep_cli([str(sweep), "--dry-run"])  # writes the run folder
+    run_dir = load_sweep(sweep).runs[0].dir
+    status = run_dir / "status.json"
+    status.write_text("[1, 2]\n")
+    readers = {"--status": lambda: _scripts_sweep_cli([str(sweep), "--status"]),
+               "runner": lambda: _scripts_sweep_cli([str(sweep)]),
+               "cluster task": lambda: _scripts_execute(execute_main, run_dir),
+               "analysis": lambda: read_experiment(work / "exp")}
+    bad = []
+    for name, read in readers.items():
+        try:
+            result = read()
+            said = result[2] if isinstance(result, tuple) else "read without a word"
+        except RevjaxError as err:
+            said = str(err)
+        except Exception as err:  # what the user would see as a traceback
+            said = f"traceback {type(err).__name__}"
+        if str(status) not in said or "delete it" not in said or said.strip().count("\n"):
+            bad.append(f"{name}: {said.strip()[:80]}")
+    happened = ("each of --status, the runner, a cluster task and the analysis names the file and says to delete it"
+                if not bad else "; ".join(bad))
+    return Outcome("loaders: status.json holding a list", happened, let_in=bool(bad))
+
+
+def _scripts_execute(execute_main, run_dir: Path) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = execute_main([str(run_dir)])
+    return code, "", err.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ sizes
@@ -188,12 +680,115 @@ def sizes_checkpoint_sequence_len(work: Path) -> Outcome:
 # ------------------------------------------------------------------------------------------ folders replaced
 
 
+def _replaced_files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def replace_foreign_folder(work: Path) -> Outcome:
+    """``--force`` aimed at someone's folder, directly and through a symbolic link to it (export and import)."""
+    from revjax.replace import ReplaceRefused, publish_folder
+
+    foreign = work / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    (work / "link").symlink_to(foreign, target_is_directory=True)
+    said = []
+    for out in (foreign, work / "link"):
+        for command in ("export", "import"):
+            try:
+                publish_folder(out, command, lambda tmp: (tmp / "model.pt").write_text("x"), force=True)
+                said.append(f"{command} into {out.name}: replaced")
+            except ReplaceRefused as err:
+                said.append(f"{command} into {out.name}: refused ({str(err).split(';')[0].split(' and ')[-1]})"
+                            .replace(f"{work}/", ""))
+    kept = _replaced_files(foreign) == {"thesis.tex": "years of work"} and len(list(work.iterdir())) == 2
+    return Outcome("--force over someone's folder (direct, via a link)", "; ".join(said) + f"; untouched: {kept}",
+                   let_in=not kept or any(s.endswith("replaced") for s in said))
+
+
+def replace_own_source(work: Path) -> Outcome:
+    """``--force`` aimed at the folder the command reads from, a folder inside it, and the folder holding it."""
+    from revjax.replace import ReplaceRefused, publish_folder
+
+    source = work / "run"
+    source.mkdir()
+    (source / "1").mkdir()
+    (source / "1" / "weights").write_text("trained for a week")
+    refused = 0
+    for out in (source, source / "1", work):
+        try:
+            publish_folder(out, "export", lambda tmp: None, force=True, sources=[source])
+        except ReplaceRefused:
+            refused += 1
+    kept = _replaced_files(source) == {"1/weights": "trained for a week"}
+    return Outcome("--force over its own source", f"{refused} of 3 refused; source untouched: {kept}",
+                   let_in=refused != 3 or not kept)
+
+
+def replace_held_folder(work: Path) -> Outcome:
+    """``--force`` over the command's own earlier output while another process holds the folder's run lock."""
+    import subprocess
+
+    from revjax.replace import publish_folder
+    from revjax.runlock import RunFolderLocked
+
+    out = work / "imported"
+    publish_folder(out, "import", lambda tmp: (tmp / "0").mkdir(), force=False)
+    holder = subprocess.Popen([sys.executable, "-c", f"from revjax.runlock import RunLock; import sys; "
+                               f"RunLock({str(out)!r}, 'training').acquire(); print('held', flush=True); "
+                               f"sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        publish_folder(out, "import", lambda tmp: None, force=True)
+        said = "replaced while held"
+    except RunFolderLocked as err:
+        said = f"refused: {str(err).split(' since ')[0].split('/')[-1]}"
+    finally:
+        holder.communicate("")
+    kept = (out / "0").is_dir() and not list(work.glob(".imported.replaced-*"))
+    return Outcome("--force over a folder another process holds", f"{said}; untouched: {kept}",
+                   let_in=not kept or said == "replaced while held")
+
+
+def lock_file_symlink(work: Path) -> Outcome:
+    """A run folder whose ``.lock`` is a symbolic link to a file the attacker wants truncated."""
+    from revjax.runlock import RunFolderLocked, RunLock
+
+    (work / "run").mkdir()
+    target = work / "precious.txt"
+    target.write_text("someone's data")
+    (work / "run" / ".lock").symlink_to(target)
+    try:
+        RunLock(work / "run", "training").acquire()
+        said = "lock taken through the link"
+    except RunFolderLocked as err:
+        said = f"refused: {str(err).split(', which')[0].split('/')[-1]}"
+    kept = target.read_text() == "someone's data"
+    return Outcome("a lock file that is a symbolic link", f"{said}; target untouched: {kept}", let_in=not kept)
+
+
+
 CASES: dict[str, Case] = {
     # sandbox
+    "sandbox-pth-in-site-packages": sandbox_pth_in_site_packages,
+    "sandbox-write-outside": sandbox_write_outside,
+    "sandbox-read-secrets": sandbox_read_secrets,
+    "sandbox-signal-evaluator": sandbox_signal_evaluator,
+    "sandbox-setsid-child": sandbox_setsid_child,
+    "sandbox-stdout-flood": sandbox_stdout_flood,
+    "sandbox-fork-storm": sandbox_fork_storm,
+    "sandbox-memory": sandbox_memory,
+    "sandbox-network": sandbox_network,
 
     # server
 
     # scripts and loaders
+    "scripts-newline-in-settings": scripts_newline_in_settings,
+    "scripts-printed-hints-substitute": scripts_printed_hints_substitute,
+    "loaders-alias-bomb-config": loaders_alias_bomb_config,
+    "loaders-alias-bomb-sweep": loaders_alias_bomb_sweep,
+    "loaders-duplicate-key-sweep": loaders_duplicate_key_sweep,
+    "loaders-status-json-list": status_json_list,
 
     # sizes
     "sizes-import-n-layer": sizes_import_n_layer,
@@ -201,6 +796,10 @@ CASES: dict[str, Case] = {
     "sizes-checkpoint-sequence-len": sizes_checkpoint_sequence_len,
 
     # folders replaced
+    "replace-foreign-folder": replace_foreign_folder,
+    "replace-own-source": replace_own_source,
+    "replace-held-folder": replace_held_folder,
+    "lock-file-symlink": lock_file_symlink,
 
 }
 
