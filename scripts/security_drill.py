@@ -368,7 +368,8 @@ def scripts_newline_in_settings(work: Path) -> Outcome:
             if name not in err or err.count("\n") != 1:
                 unnamed.append(f"{name} ({err.strip()[:60]!r})")
             continue
-        command = ["bash", "-c", out.strip().splitlines()[-1]] if backend == "pod" else ["bash", "-s"]
+        pod_command = "\n".join(line for line in out.splitlines() if not line.startswith("#"))  # all of it
+        command = ["bash", "-c", pod_command] if backend == "pod" else ["bash", "-s"]
         (work / "cwd").mkdir(exist_ok=True)
         subprocess.run(command, input=None if backend == "pod" else out, cwd=work / "cwd", capture_output=True,
                        text=True, timeout=60, env={**os.environ, "SLURM_ARRAY_TASK_ID": "0"})
@@ -395,8 +396,8 @@ def scripts_printed_hints_substitute(work: Path) -> Outcome:
     stub = _scripts_stub(bin_dir / "python")
     marker = work / "INJECTED"
     odd = "$(touch${IFS}INJECTED)"  # no space: the experiment folder also goes into an #SBATCH line
-    sweep = _scripts_sweep(work, "drill.yaml", dir=str(work / f"exp{odd}"),
-                           slurm={"python": str(stub)}, pod={"python": str(stub), "hosts": 2, "workdir": str(work / odd)})
+    sweep = _scripts_sweep(work, "drill.yaml", dir=str(work / f"exp{odd}"), slurm={"python": str(stub)},
+                           pod={"python": str(stub), "hosts": 2, "workdir": str(work / odd)})
     sweep = sweep.rename(work / f"s{odd}.yaml")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     pasted = []
@@ -423,9 +424,9 @@ def scripts_printed_hints_substitute(work: Path) -> Outcome:
     return Outcome(case, happened, let_in=bool(ran))
 
 
-_LOADERS_LAUGHS = "\n".join(
-    ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    + [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")])  # 9**9 strings
+# a "billion laughs" list: each element holds nine aliases of the one before; the last expands to 9**9 strings
+_LOADERS_LAUGHS = "[" + ", ".join(["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
+    f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]) + "]"
 
 
 def _loaders_bounded(work: Path, code: str) -> tuple[float, str, bool]:
@@ -455,20 +456,19 @@ def _loaders_bounded(work: Path, code: str) -> tuple[float, str, bool]:
 
 
 def loaders_alias_bomb_config(work: Path) -> Outcome:
-    """A config file of nine lines whose aliases expand to 9**9 values (a "billion laughs")."""
+    """A config file of three lines whose aliases expand to 9**9 values (a "billion laughs")."""
     path = work / "bomb.yaml"
-    path.write_text(_LOADERS_LAUGHS + "\nlogging:\n  project: *i\n")
+    path.write_text(f"logging:\n  project: {_LOADERS_LAUGHS}\n")
     seconds, said, stopped = _loaders_bounded(work, f"__import__('revjax.config').config.load_config([{str(path)!r}])")
     return Outcome("loaders: alias bomb in a config file", f"{seconds:.2f} s: {said[:150]}",
                    let_in=stopped or not said.startswith("refused") or seconds > 1)
 
 
 def loaders_alias_bomb_sweep(work: Path) -> Outcome:
-    """The same bomb in a sweep file: every value of a list is written out as an override of each run."""
+    """The same bomb in a sweep file, where each override is written out as text for every run."""
     path = work / "bomb.yaml"
-    levels = ", ".join(f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi"))
-    path.write_text(f"name: bomb\noverrides:\n  base_dir: {work}\ndir: {work / 'exp'}\n"
-                    f"zip:\n  logging.project: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol], {levels}]\n")
+    path.write_text(f"name: bomb\ndir: {work / 'exp'}\noverrides:\n  base_dir: {work}\n"
+                    f"  logging.project: {_LOADERS_LAUGHS}\n")
     code = f"__import__('revjax.experiments.spec').experiments.spec.load_sweep({str(path)!r})"
     seconds, said, stopped = _loaders_bounded(work, code)
     return Outcome("loaders: alias bomb in a sweep file", f"{seconds:.2f} s: {said[:150]}",
