@@ -298,6 +298,236 @@ def sandbox_network(work: Path) -> Outcome:
 
 
 # ------------------------------------------------------------------------------------------ the server
+# Each case plays an attacker against ``revjax serve``: FastAPI's TestClient on create_app, or raw sockets against
+# a real uvicorn on a free loopback port, serving one tiny random model (128-token context) made once per process.
+
+_SERVER_MODEL = []
+_SERVER_KEY = "drill-key"
+_SERVER_ASK = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 2}
+
+
+def _server_model():
+    """A tiny random-weight forward chat model with a 128-token context (made once per process)."""
+    if not _SERVER_MODEL:
+        from flax import nnx
+
+        from revjax.chat.session import ChatModel
+        from revjax.config import load_config
+        from revjax.model import GPT
+        from revjax.tokenizer import Tokenizer
+
+        tokenizer_dir = REPO / "tests" / "golden" / "tokenizer"
+        config = load_config(overrides=[
+            "tokenizer.vocab_size=2048", f"tokenizer.dir={tokenizer_dir}", "model.depth=null", "model.n_layer=1",
+            "model.n_embd=32", "model.n_head=2", "model.n_kv_head=2", "model.sequence_len=128",
+            "model.compute_dtype=float32", "direction.direction=forward", "direction.conversation=sequence"])
+        graphdef, state = nnx.split(GPT(config.model, rngs=nnx.Rngs(0)))
+        _SERVER_MODEL.append(ChatModel(graphdef, state, Tokenizer.load(tokenizer_dir), "forward", "sequence", 128,
+                                       name="tiny-drill"))
+    return _SERVER_MODEL[0]
+
+
+def _server_client(**options):
+    """A TestClient (Host: localhost) on a fresh app serving the drill model; ``options`` go to create_app."""
+    from fastapi.testclient import TestClient
+
+    from revjax.chat.server import create_app
+
+    return TestClient(create_app(_server_model(), **options), base_url="http://localhost")
+
+
+def _server_said(response) -> str:
+    """``401 missing_api_key``: the status and the OpenAI error's code, else its param or type (``not
+    OpenAI-shaped`` when the body is not one)."""
+    try:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+    except Exception:  # noqa: BLE001 - any other shape is the finding
+        return f"{response.status_code} not OpenAI-shaped"
+    return f"{response.status_code} {error['code'] or error['param'] or error['type']}"
+
+
+def _server_verdict(case: str, responses: dict[str, object], want: int, client=None) -> Outcome:
+    """Every response must be ``want`` in OpenAI's error object, and no generation may have run."""
+    said = {name: _server_said(r) for name, r in responses.items()}
+    ran = client.app.state.batcher.stats["requests"] if client is not None else 0
+    let_in = ran > 0 or any(not s.startswith(f"{want} ") or "not OpenAI" in s for s in said.values())
+    return Outcome(case, "; ".join(f"{k}: {v}" for k, v in said.items()) + f"; {ran} generations run", let_in)
+
+
+def _server_real(app, **options) -> tuple[int, Callable[[], None]]:
+    """``app`` on a real uvicorn (revjax's guarded protocol) on a free loopback port, in a thread: (port, stop)."""
+    import threading
+
+    import portpicker
+
+    from revjax.chat.server import bind, make_server
+
+    sock = bind("127.0.0.1", portpicker.pick_unused_port())
+    server = make_server(app, sock, log_level="critical", **options)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the drill server did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+    return sock.getsockname()[1], stop
+
+
+def server_no_api_key(work: Path) -> Outcome:
+    with _server_client(api_key=_SERVER_KEY) as client:
+        body = {**_SERVER_ASK, "model": "tiny-drill"}
+        responses = {
+            "no key": client.post("/v1/chat/completions", json=body),
+            "wrong key": client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer guess"}),
+            "key as Basic": client.get("/v1/models", headers={"Authorization": f"Basic {_SERVER_KEY}"}),
+            "key as query": client.get(f"/v1/models?api_key={_SERVER_KEY}"),
+        }
+        return _server_verdict("server: no or wrong API key", responses, 401, client)
+
+
+def server_dns_rebinding(work: Path) -> Outcome:
+    with _server_client() as client:  # a page on attacker.example whose DNS name now points at 127.0.0.1
+        responses = {host: client.post("/v1/chat/completions", json=_SERVER_ASK, headers={"Host": host})
+                     for host in ("attacker.example:8000", "localhost.attacker.example", "127.0.0.1.nip.io")}
+        return _server_verdict("server: DNS-rebinding page (foreign Host)", responses, 400, client)
+
+
+def server_cross_site_simple_post(work: Path) -> Outcome:
+    import json
+
+    with _server_client() as client:  # a form or no-cors fetch from another site: no preflight, so no JSON type
+        raw = json.dumps(_SERVER_ASK).encode()
+        responses = {kind.split(";")[0]: client.post("/v1/chat/completions", content=raw, headers={"Content-Type": kind})
+                     for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b")}
+        responses["preflight"] = client.options("/v1/chat/completions", headers={
+            "Origin": "http://attacker.example", "Access-Control-Request-Method": "POST"})
+        outcome = _server_verdict("server: cross-site simple POST", {k: v for k, v in responses.items()
+                                                                     if k != "preflight"}, 415, client)
+        opened = "access-control-allow-origin" in responses["preflight"].headers
+        return Outcome(outcome.case, outcome.happened + f"; preflight {_server_said(responses['preflight'])}, "
+                       f"{'CORS allowed' if opened else 'no CORS header'}", outcome.let_in or opened)
+
+
+def server_bad_values(work: Path) -> Outcome:
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with _server_client() as client:
+        sent = {"top_k 2^31": {**_SERVER_ASK, "top_k": 2**31}, "seed 2^63": {**_SERVER_ASK, "seed": 2**63},
+                "seed -2^63-1": {**_SERVER_ASK, "seed": -(2**63) - 1}, "top_k -1": {**_SERVER_ASK, "top_k": -1},
+                "max_tokens -1": {**_SERVER_ASK, "max_tokens": -1}}
+        responses = {name: client.post("/v1/chat/completions", json=body) for name, body in sent.items()}
+        for name, raw in [("JSON 100000 deep", deep), ("not UTF-8", b'{"messages": "\xff"}')]:
+            responses[name] = client.post("/v1/chat/completions", content=raw,
+                                          headers={"Content-Type": "application/json"})
+        return _server_verdict("server: out-of-range integers, deep or non-UTF-8 JSON", responses, 400, client)
+
+
+def server_unknown_model_and_routes(work: Path) -> Outcome:
+    with _server_client() as client:
+        unknown = client.post("/v1/chat/completions", json={**_SERVER_ASK, "model": "gpt-4o"})
+        route = client.get("/v1/completions")
+        method = client.get("/v1/chat/completions")
+        said = f"model gpt-4o: {_server_said(unknown)}; GET /v1/completions: {_server_said(route)}; " \
+               f"GET /v1/chat/completions: {_server_said(method)}"
+        let_in = (_server_said(unknown) != "404 model_not_found" or not _server_said(route).startswith("404 ")
+                  or not _server_said(method).startswith("405 ") or client.app.state.batcher.stats["requests"] > 0)
+        return Outcome("server: unknown model, route and method", said, let_in)
+
+
+def server_limits_fit_the_model(work: Path) -> Outcome:
+    with _server_client() as client:  # default Limits (max_tokens 1024) on a 128-token model
+        info = client.get("/v1/models").json()["data"][0]
+        context, most = info["context_length"], info["limits"]["max_tokens"]
+        asked = client.post("/v1/chat/completions", json={**_SERVER_ASK, "max_tokens": 1024})
+        return Outcome("server: /v1/models limits against a 128-token model",
+                       f"advertises max_tokens {most} for context {context}; max_tokens 1024: {_server_said(asked)}",
+                       most >= context or not _server_said(asked).startswith("400 "))
+
+
+def server_slow_heads(work: Path) -> Outcome:
+    import socket
+
+    from revjax.chat.server import create_app
+
+    port, stop = _server_real(create_app(_server_model()), head_timeout_s=0.5, max_connections=100)
+    try:
+        started = time.monotonic()
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(30)]
+        for i, conn in enumerate(conns):
+            if i % 2:
+                conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        still_open = 0
+        for conn in conns:
+            with conn:
+                try:
+                    while conn.recv(4096):
+                        pass
+                except OSError:  # socket.timeout: the server held it past 5 s
+                    still_open += 1
+        took = time.monotonic() - started
+    finally:
+        stop()
+    return Outcome("server: 30 slow or silent request heads",
+                   f"{30 - still_open}/30 closed by the server, the last after {took:.2f} s (head timeout 0.5 s)",
+                   still_open > 0 or took > 5)
+
+
+def server_connection_flood(work: Path) -> Outcome:
+    import socket
+
+    import httpx
+
+    from revjax.chat.server import create_app
+
+    port, stop = _server_real(create_app(_server_model()), head_timeout_s=30, max_connections=8)
+    held = []
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        time.sleep(0.2)
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+    finally:
+        for conn in held:
+            conn.close()
+        stop()
+    said = _server_said(response)
+    return Outcome("server: 20 idle connections over a cap of 8", f"the next request: {said}",
+                   said != "503 too_many_connections")
+
+
+def server_bind_checks(work: Path) -> Outcome:
+    import contextlib as _contextlib
+    import io
+    import os
+    import socket
+
+    from revjax.chat import server as chat_server
+
+    key = os.environ.pop("REVJAX_API_KEY", None)  # the drill's own environment must not supply a key
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            err = io.StringIO()
+            with _contextlib.redirect_stderr(err), _contextlib.redirect_stdout(io.StringIO()):
+                in_use = chat_server.main([str(work / "no-run"), "--port", str(port)])
+                open_bind = chat_server.main([str(work / "no-run"), "--host", "0.0.0.0", "--port", "0"])
+    finally:
+        if key is not None:
+            os.environ["REVJAX_API_KEY"] = key
+    lines = err.getvalue().splitlines()
+    ok = (in_use == open_bind == 1 and len(lines) == 2 and "already in use" in lines[0]
+          and "needs --api-key" in lines[1] and "Traceback" not in err.getvalue())
+    return Outcome("server: port in use; 0.0.0.0 without a key",
+                   f"exit {in_use}, {open_bind}: " + " / ".join(line.split(": error: ")[-1][:60] for line in lines),
+                   not ok)
 
 
 # ------------------------------------------------------------------------------------------ scripts and loaders
@@ -781,6 +1011,15 @@ CASES: dict[str, Case] = {
     "sandbox-network": sandbox_network,
 
     # server
+    "server_no_api_key": server_no_api_key,
+    "server_dns_rebinding": server_dns_rebinding,
+    "server_cross_site_simple_post": server_cross_site_simple_post,
+    "server_bad_values": server_bad_values,
+    "server_unknown_model_and_routes": server_unknown_model_and_routes,
+    "server_limits_fit_the_model": server_limits_fit_the_model,
+    "server_slow_heads": server_slow_heads,
+    "server_connection_flood": server_connection_flood,
+    "server_bind_checks": server_bind_checks,
 
     # scripts and loaders
     "scripts-newline-in-settings": scripts_newline_in_settings,
