@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "REVJAX_API_KEY); pass --no-auth to serve it without one")
         sock = bind(args.host, args.port)
         try:
-            model = load_model(args.run_dir, args.step)
+            model = load_model(args.run_dir, args.step, command="serve", batch=args.max_batch)
             limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens)
             hosts = allowed_hosts(args.host, args.allowed_host)
             app = create_app(model, limits, warmup=True, api_key=args.api_key, hosts=hosts)
