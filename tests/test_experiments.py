@@ -432,6 +432,17 @@ def test_an_experiment_folder_given_with_a_newline_is_refused(tmp_path, capsys):
     assert "--dir='" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"base_dir": "/tmp/a\nb"}, r"the experiment folder '/tmp/a\\nb/experiments/inj' \(from base_dir\) holds a control"),
+    ({"base_dir": "/tmp/a\x00b"}, r"the experiment folder '/tmp/a\\x00b/experiments/inj' \(from base_dir\) holds a"),
+    ({"data.dir": "/tmp/a\x00b"}, r"run run: a configured folder cannot be used \(embedded null byte\)"),
+])
+def test_a_control_character_in_a_configured_folder_is_refused(tmp_path, overrides, message):
+    sweep_file = write_sweep(tmp_path / "inj.yaml", name="inj", overrides=overrides)
+    with pytest.raises(SweepError, match=message):
+        load_sweep(sweep_file)
+
+
 @pytest.mark.parametrize("slurm, name, why", [
     ({"job_name": "my job"}, "slurm.job_name", "one word"),
     ({"partition": "gpu --uid=0"}, "slurm.partition", "one word"),

@@ -21,6 +21,10 @@ plus ``phase=sft`` in a chain); its hash is that of its resolved config without 
 (paths and names, which do not change what is trained) and, in a chain, with its parent's hash. Its folder is
 ``<experiment dir>/<name>-<hash>``, so the same cell always lands in the same folder and a rerun finds it done.
 Values in a run: sweep overrides, then the phase's overrides, then the cell's grid/zip/seed values.
+
+The file is read with :func:`revjax.yamlio.load_yaml`, like config files: a key given twice, or aliases that expand
+beyond bounds, are refused. The experiment folder may hold no control character (it is written into scripts; see
+:mod:`revjax.experiments.cluster` for what else a script holds).
 """
 
 from __future__ import annotations
@@ -320,6 +324,10 @@ def load_sweep(source: str | Path, experiment_dir: str | Path | None = None) -> 
                 _fail(path, f"run {run_name}: {str(err).replace('the command line (', 'the sweep (')}")
             if where is None:
                 where = config.base_path() / "experiments" / name
+                if CONTROL.search(str(where)):
+                    _fail(path, f"the experiment folder {str(where)!r} (from base_dir) holds a control character (a "
+                                "newline, NUL or the like), which would break the scripts the sweep writes; set "
+                                "'dir' to a plain path")
             run_hash = _hash(config, parent)
             run_dir = where.resolve() / f"{run_name}-{run_hash}"
             twin = folders.get(run_dir.name) or (None if paths_vary else hashes.get(run_hash))
@@ -327,16 +335,16 @@ def load_sweep(source: str | Path, experiment_dir: str | Path | None = None) -> 
                 _fail(path, f"runs {twin} and {run_name} train the same config (hash {run_hash}); remove the "
                             "duplicate value")
             folders[run_dir.name] = hashes[run_hash] = run_name
-            _place(config, run_dir, run_dir.name, parent)
+            try:
+                _place(config, run_dir, run_dir.name, parent)
+            except ValueError as err:  # a NUL in a configured path
+                _fail(path, f"run {run_name}: a configured folder cannot be used ({err}); remove the NUL from it")
             run = Run(name=run_name, hash=run_hash, cell=index, phase=phase["name"], files=tuple(files + phase["files"]),
                       overrides=texts, varied=tuple((k, v) for k, v, _ in cell), config=config, dir=run_dir,
                       parent=parent)
             chain.append(run)
             runs.append(run)
         chains.append(chain)
-    if CONTROL.search(str(where.resolve())):
-        _fail(path, f"the experiment folder {str(where.resolve())!r} (from base_dir) holds a control character (a "
-                    "newline or the like), which would break the scripts the sweep writes; set 'dir' to a plain path")
     slurm, pod = _mapping(path, data, "slurm"), _mapping(path, data, "pod")
     return Sweep(name=name, path=path, dir=where.resolve(), runs=runs, chains=chains, slurm=slurm, pod=pod, raw=data)
 
