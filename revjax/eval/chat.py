@@ -2,8 +2,9 @@
 
 ChatCORE (nanochat): ARC-Easy, ARC-Challenge and MMLU are categorical (the logits of the answer letters at the
 position after ``<|assistant_start|>``, argmax among the letters only), GSM8K, HumanEval and SpellingBee
-generative (:mod:`revjax.eval.generative`; HumanEval's programs run in the sandboxed runner of
-:mod:`revjax.tasks.graders`). Each accuracy is centered against its baseline (0.25 for the four-way exams, 0
+generative (:mod:`revjax.eval.generative`; HumanEval's programs run in the bubblewrap sandbox of
+:mod:`revjax.tasks.sandbox`, and where there is none HumanEval is listed under ``not_run`` with the reason instead of
+being scored). Each accuracy is centered against its baseline (0.25 for the four-way exams, 0
 for the generative tasks) and ChatCORE is their mean, reported only when all six tasks ran. Models that are asked
 the question are forward ones and backward ones in ``turn`` mode (the prompt is oriented by
 :func:`revjax.direction.chat_prompt`, the reply restored by :func:`revjax.direction.chat_reply`).
@@ -36,6 +37,7 @@ from revjax.eval.generative import NOT_APPLICABLE_SEQUENCE, asks_assistant, gene
 from revjax.eval.icl import EvalError, centered
 from revjax.eval.scorer import Request, Scorer
 from revjax.tasks import Task, TaskError, get_task
+from revjax.tasks.sandbox import sandbox_problem
 
 CHATCORE_NAME = "ChatCORE"
 JOINT_NAME = "ChatCORE-joint"
@@ -153,7 +155,7 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
     out: dict[str, Any] = {"suite": CHATCORE_NAME, "mode": ConversationMode.parse(mode).value,
                            "max_per_task": max_per_task, "unavailable": dict(errors or {}), "ways": {}}
     for way in ways:
-        answer: dict[str, Any] = {"tasks": {}, "not_applicable": {}}
+        answer: dict[str, Any] = {"tasks": {}, "not_applicable": {}, "not_run": {}}
         joint: dict[str, Any] = {"tasks": {}}
         for label, task in tasks.items():
             kind, baseline = CHAT_TASKS[label][2], CHAT_TASKS[label][3]
@@ -166,6 +168,8 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
             start = time.perf_counter()
             if not asks_assistant(direction, way, mode):
                 answer["not_applicable"][label] = NOT_APPLICABLE_SEQUENCE
+            elif getattr(task, "runs_code", False) and sandbox_problem() is not None:
+                answer["not_run"][label] = f"not run: {sandbox_problem()}"  # never scored, never run unconfined
             elif kind == "categorical":
                 replies = letter_answers(conversations, scorer, tokenizer, direction, way, mode)
                 answer["tasks"][label] = _entry(kind, len(replies), _accuracy(task, conversations, replies),

@@ -188,7 +188,8 @@ def _task_table(title: str, metric: str, per_way: dict[str, dict]) -> list[str]:
     ways = list(per_way)
     labels: list[str] = []
     for part in per_way.values():
-        labels += [t for t in [*part["tasks"], *part.get("not_applicable", {})] if t not in labels]
+        skipped = {**part.get("not_applicable", {}), **part.get("not_run", {})}
+        labels += [t for t in [*part["tasks"], *skipped] if t not in labels]
     lines = [f"### {title}", "", "| task | " + " | ".join(f"{w} acc | {w} centered" for w in ways) + " |",
              "|---|" + "---:|---:|" * len(ways)]
     notes: dict[str, str] = {}
@@ -199,7 +200,8 @@ def _task_table(title: str, metric: str, per_way: dict[str, dict]) -> list[str]:
             if task is not None:
                 cells += [_fmt(task["accuracy"]), _fmt(task["centered"])]
             else:
-                reason = per_way[way].get("not_applicable", {}).get(label, "not run")
+                reason = {**per_way[way].get("not_applicable", {}), **per_way[way].get("not_run", {})}.get(
+                    label, "not run")
                 notes[reason] = f"[{len(notes) + 1}]" if reason not in notes else notes[reason]
                 cells += [f"n/a {notes[reason]}", ""]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

