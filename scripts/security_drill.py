@@ -134,10 +134,9 @@ def sandbox_read_secrets(work: Path) -> Outcome:
     secret = Path.home() / f".revjax-drill-secret-{token}"
     secret.write_text(f"secret {token}\n")
     try:
-        shadow = Path("/etc/shadow").read_text() if os.access("/etc/shadow", os.R_OK) else ""
         result = _sandbox_run(_sandbox_tries(["/etc/shadow", str(secret), "/root", "/home"],
-                                             "open(p).read() if p.startswith('/etc') or '.revjax' in p "
-                                             "else sorted(__import__('os').listdir(p))"))
+                                             "f'read {len(open(p).read())} characters' if p.startswith('/etc') "
+                                             "or '.revjax' in p else sorted(__import__('os').listdir(p))"))
     finally:
         secret.unlink()
     said, happened = _sandbox_results(result, ["/etc/shadow", "~/secret", "/root lists", "/home lists"])
@@ -145,24 +144,27 @@ def sandbox_read_secrets(work: Path) -> Outcome:
     python |= {sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)}
     allowed = {str(sorted({Path(f).relative_to(top).parts[0] for f in python if f.startswith(top + "/")}))
                for top in ("/root", "/home")}
-    leaked = token in result.stdout or bool(shadow.strip() and shadow.strip()[:20] in result.stdout)
+    leaked = any(said_.startswith("read ") for said_ in said[:2])  # only sizes are printed, never the contents
     listed = len(said) == 4 and not {said[2], said[3]} <= allowed
     return Outcome(case, happened + ("; SECRET READ" if leaked else ""), let_in=leaked or listed or len(said) != 4)
 
 
 def sandbox_signal_evaluator(work: Path) -> Outcome:
-    """``os.kill(os.getppid(), SIGTERM)``, ``kill(-1, SIGKILL)`` and ``kill(1, SIGKILL)`` from the program; the
-    evaluator (its own process here, so that a hit shows as its exit code) and a sibling of it must live on."""
+    """``os.kill`` of the evaluator's own pid and of ``os.getppid()`` (SIGTERM), of -1 and 1 (SIGKILL) from the
+    program; the evaluator (its own process here, so that a hit shows as its exit code) and a sibling of it must
+    live on."""
     import subprocess
 
     case = "sandbox: signal the evaluator"
     program = ("import os, signal\nout = [f'getppid()={os.getppid()}']\n"
-               "for pid, sig in ((os.getppid(), signal.SIGTERM), (-1, signal.SIGKILL), (1, signal.SIGKILL)):\n"
+               "for pid, sig in ((EVALUATOR, signal.SIGTERM), (os.getppid(), signal.SIGTERM), (-1, signal.SIGKILL),"
+               " (1, signal.SIGKILL)):\n"
                "    try:\n        os.kill(pid, sig)\n        out.append(f'kill({pid}) sent')\n"
                "    except OSError as e:\n        out.append(f'kill({pid}) {type(e).__name__}')\n"
                "print(', '.join(out))\n")
-    evaluator = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom revjax.tasks.sandbox import run_program\n"
-                 "r = run_program(sys.stdin.read(), timeout=5)\nprint(r.stdout.strip() or r.stderr.strip()[-200:])\n")
+    evaluator = ("import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom revjax.tasks.sandbox import run_program\n"
+                 "r = run_program(sys.stdin.read().replace('EVALUATOR', str(os.getpid())), timeout=5)\n"
+                 "print(r.stdout.strip() or r.stderr.strip()[-200:])\n")
     sibling = subprocess.Popen(["sleep", "60"])
     try:
         done = subprocess.run([sys.executable, "-c", evaluator, str(REPO)], input=program, capture_output=True,
@@ -171,7 +173,7 @@ def sandbox_signal_evaluator(work: Path) -> Outcome:
     finally:
         sibling.kill()
         sibling.wait()
-    happened = (f"program: {done.stdout.strip()[:120] or 'no output'}; evaluator exit {done.returncode}, "
+    happened = (f"program: {done.stdout.strip()[:160] or 'no output'}; evaluator exit {done.returncode}, "
                 f"its sibling {'alive' if alive else 'KILLED'}")
     return Outcome(case, happened, let_in=done.returncode != 0 or not alive)
 
