@@ -256,7 +256,8 @@ def sandbox_memory(work: Path) -> Outcome:
     program = ("import os, select, sys, time\nr, w = os.pipe()\nos.set_inheritable(w, True)\nfor _ in range(3):\n"
                "    if os.fork() == 0:\n"
                f"        os.execv(sys.executable, [sys.executable, '-c', {child!r}, str(w)])\n"
-               "held, end = 0, time.time() + 3.5\nwhile held < 3 and select.select([r], [], [], end - time.time())[0]:\n"
+               "held, end = 0, time.time() + 3.5\n"
+               "while held < 3 and select.select([r], [], [], end - time.time())[0]:\n"
                "    held += len(os.read(r, 3))\nprint(f'{held} children hold 500 MB', flush=True)\n"
                "try:\n    big = b'x' * (2 << 30)\n    print('2 GB allocated', flush=True)\n"
                "except MemoryError:\n    print('2 GB refused (MemoryError)', flush=True)\ntime.sleep(60)\n")

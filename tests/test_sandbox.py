@@ -90,7 +90,8 @@ def test_only_its_own_tmp_is_writable_and_it_vanishes():
         "for path in ('/written', sys.prefix + '/written', sys.base_prefix + '/written', '/root/written'):\n"
         "    try:\n        open(path, 'w')\n        print('wrote', path)\n"
         "    except OSError as e:\n        print(e.strerror)\n"
-        "try:\n    open('/tmp/big', 'wb').write(b'x' * (2 << 20))\nexcept OSError as e:\n    print('big:', e.strerror)\n"
+        "try:\n    open('/tmp/big', 'wb').write(b'x' * (2 << 20))\n"
+        "except OSError as e:\n    print('big:', e.strerror)\n"
         "for n in range(80):\n    try:\n        open(f'/tmp/{n}', 'wb').write(b'x' * (1 << 20))\n"
         "    except OSError as e:\n        print(f'file {n}:', e.strerror)\n        break\n"
     )
@@ -100,6 +101,8 @@ def test_only_its_own_tmp_is_writable_and_it_vanishes():
     assert said[5].endswith("No space left on device") and 60 <= int(said[5].split()[1][:-1]) < 64  # /tmp: 64 MiB
     again = run_program("import os\nprint(sorted(os.listdir('/tmp')))\n")
     assert again.stdout == "['program.py']\n"
+    huge = run_program("#" * (2 << 20))  # could not even be written to /tmp/program.py
+    assert not huge.success and huge.returncode is None and "larger than the sandbox's file size limit" in huge.stderr
 
 
 def test_output_is_capped_and_read_as_it_comes():

@@ -2,35 +2,37 @@
 
 :func:`run_program` starts ``bwrap`` with a plain argv (``subprocess.Popen``, no ``preexec_fn``: nothing runs in a
 fork of the calling process, which may be a multithreaded JAX process) and the program runs in a fresh Python
-(``-I``). What the sandbox guarantees on Linux with bubblewrap:
+(``-I``) fed on stdin. What the sandbox guarantees on Linux with bubblewrap:
 
-* **an unprivileged user**: when the evaluator is root, bubblewrap sets the sandbox up and ``setpriv`` then drops
-  to uid/gid 65534 (``nobody``) with no capabilities, no supplementary groups and ``no_new_privs`` before the
-  program starts; otherwise the program keeps the evaluator's own unprivileged uid, seen as 65534 inside a user
-  namespace in which it may not create further user namespaces;
-* **its own PID, network, IPC and UTS namespaces**: it sees only its own processes, so it cannot signal the
-  evaluator or anything else outside; the network namespace is empty (sockets are also refused in-process);
+* **an unprivileged user in a user namespace of its own**: when the evaluator is root, bubblewrap sets the sandbox
+  up, ``setpriv`` drops to the real uid/gid 65534 (``nobody``) with no capabilities, no supplementary groups and
+  ``no_new_privs``, and a second, now unprivileged bubblewrap adds the user namespace; otherwise the program keeps
+  the evaluator's own unprivileged uid, seen as 65534 inside the user namespace. Either way it has no capabilities
+  and may not create further user namespaces;
+* **its own PID, network, IPC and UTS namespaces**: it sees only its own processes and the sandbox's bubblewrap
+  helpers, so it cannot signal the evaluator or anything else outside; the network namespace is empty (sockets
+  are also refused in-process);
 * **files**: the whole file system is mounted read-only; ``/tmp`` (its working folder and ``HOME``) is a fresh
   tmpfs of :data:`TMP_BYTES` that vanishes with it and is the only writable place; ``/root``, ``/home``, ``/run``,
-  ``/var/tmp``, the evaluator's home and temporary folder are replaced by empty read-only folders (the Python it
-  runs, ``sys.prefix`` and ``sys.base_prefix``, is mounted back read-only where it lies under them);
-  ``/etc/shadow`` and ``/etc/gshadow`` are covered; ``/dev`` holds only the harmless devices and ``/proc`` is its
-  own;
-* **limits per process**, set by the ``prlimit`` wrapper: address space ``memory_bytes``, files of at most 1 MiB,
-  no core dumps, 256 open files, and :data:`MAX_PROCESSES` processes (counted per uid: across every sandbox run
-  by a root evaluator at the same time, and per sandbox otherwise);
+  ``/var/tmp``, ``/mnt``, ``/media``, the evaluator's home and temporary folders are replaced by empty read-only
+  folders (the Python it runs, ``sys.prefix`` and ``sys.base_prefix``, is mounted back read-only where it lies
+  under them); ``/etc/shadow`` and ``/etc/gshadow`` are covered; ``/dev`` holds only the harmless devices and
+  ``/proc`` is its own;
+* **limits per process**, set by the ``prlimit`` wrapper: address space ``memory_bytes``, files of at most
+  :data:`FILE_BYTES`, no core dumps, 256 open files, and at most :data:`MAX_PROCESSES` processes (counted in its
+  own user namespace on kernels from 5.14; nothing relies on it);
 * **time**: at ``timeout`` seconds of wall time the sandbox's PID 1 is killed, which kills every process in the
   PID namespace (``setsid`` and double-forked children included); :func:`run_program` returns only after they are
   all gone, and the sandbox also dies if the evaluator does;
 * **output**: at most ``output_bytes`` of stdout and of stderr are kept, read as they arrive; the pipe is closed
   at the cap, so a flood costs neither memory nor time.
 
-Limits: memory is capped per process, not in total (a program may start up to :data:`MAX_PROCESSES` processes of
-``memory_bytes`` each until the time limit); CPU time within the limit is not shared out; it can read what every
-user can read outside the hidden folders (the system, the repository); kernel attack surface is that of an
-unprivileged process (no seccomp filter). Where bubblewrap is missing or cannot create namespaces,
-:func:`sandbox_problem` says so in one sentence and :func:`run_program` raises :class:`SandboxUnavailable`: code is
-never run unconfined.
+Limits: memory is capped per process, not in total (until the time limit a program may hold up to
+:data:`MAX_PROCESSES` processes of ``memory_bytes`` each, plus :data:`TMP_BYTES` of files); CPU time within the limit
+is not shared out; it can read what every user may read outside the hidden folders (the system, the repository);
+the kernel is reachable as from any unprivileged process (no seccomp filter). Where bubblewrap is missing or cannot
+create namespaces, :func:`sandbox_problem` says so in one sentence and :func:`run_program` raises
+:class:`SandboxUnavailable`: code is never run unconfined.
 """
 
 from __future__ import annotations
@@ -125,8 +127,9 @@ def _python_folders() -> list[str]:
 def sandbox_command(memory_bytes: int, *, as_root: bool | None = None) -> list[str]:
     """The argv that runs ``python -I -c _BOOT`` in the sandbox (``as_root``: the evaluator's euid is 0)."""
     as_root = os.geteuid() == 0 if as_root is None else as_root
+    bwrap, setpriv, prlimit = (shutil.which(tool) or tool for tool in (BWRAP, "setpriv", "prlimit"))
     user_namespace = ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--disable-userns"]
-    cmd = [BWRAP, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    cmd = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session"]
     # root sets the sandbox up, drops to the unprivileged uid with setpriv, and a second bwrap (now unprivileged)
     # adds the user namespace; otherwise one bwrap does it all
@@ -155,10 +158,10 @@ def sandbox_command(memory_bytes: int, *, as_root: bool | None = None) -> list[s
         cmd += ["--remount-ro", folder]
     cmd += ["--chdir", "/tmp", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--"]
     if as_root:
-        cmd += ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+        cmd += [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
-                BWRAP, *user_namespace, "--die-with-parent", "--dev-bind", "/", "/", "--chdir", "/tmp", "--"]
-    cmd += ["prlimit", f"--as={int(memory_bytes)}", f"--fsize={FILE_BYTES}", "--core=0", "--nofile=256",
+                bwrap, *user_namespace, "--die-with-parent", "--dev-bind", "/", "/", "--chdir", "/tmp", "--"]
+    cmd += [prlimit, f"--as={int(memory_bytes)}", f"--fsize={FILE_BYTES}", "--core=0", "--nofile=256",
             f"--nproc={MAX_PROCESSES}", "--", sys.executable, "-I", "-c", _BOOT]
     return cmd
 
@@ -203,6 +206,9 @@ def run_program(program: str, timeout: float = 5.0, memory_bytes: int = 1 << 30,
     problem = sandbox_problem()
     if problem is not None:
         raise SandboxUnavailable(problem)
+    if len(program.encode("utf-8")) > FILE_BYTES:
+        return RunResult(False, False, None, "", f"the program is larger than the sandbox's file size limit "
+                                                 f"({FILE_BYTES} bytes), so it was not run")
     return _run(program, timeout, memory_bytes, output_bytes)
 
 
