@@ -156,15 +156,15 @@ def sandbox_signal_evaluator(work: Path) -> Outcome:
     import subprocess
 
     case = "sandbox: signal the evaluator"
-    program = ("import os, signal\nout = [f'getppid()={os.getppid()}']\n"
-               "for pid, sig in ((EVALUATOR, signal.SIGTERM), (os.getppid(), signal.SIGTERM), (-1, signal.SIGKILL),"
-               " (1, signal.SIGKILL)):\n"
-               "    try:\n        os.kill(pid, sig)\n        out.append(f'kill({pid}) sent')\n"
-               "    except OSError as e:\n        out.append(f'kill({pid}) {type(e).__name__}')\n"
-               "print(', '.join(out))\n")
+    # one line per try, printed before the next: kill(-1) and kill(getppid()) may end the program itself
+    program = ("import os, signal\nprint(f'getppid()={os.getppid()}', flush=True)\n"
+               "for pid, sig in ((EVALUATOR, signal.SIGTERM), (1, signal.SIGKILL), (-1, signal.SIGKILL),"
+               " (os.getppid(), signal.SIGTERM)):\n"
+               "    try:\n        os.kill(pid, sig)\n        print(f'kill({pid}) sent', flush=True)\n"
+               "    except OSError as e:\n        print(f'kill({pid}) {type(e).__name__}', flush=True)\n")
     evaluator = ("import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom revjax.tasks.sandbox import run_program\n"
                  "r = run_program(sys.stdin.read().replace('EVALUATOR', str(os.getpid())), timeout=5)\n"
-                 "print(r.stdout.strip() or r.stderr.strip()[-200:])\n")
+                 "print(', '.join(r.stdout.splitlines()) or r.stderr.strip()[-200:])\n")
     sibling = subprocess.Popen(["sleep", "60"])
     try:
         done = subprocess.run([sys.executable, "-c", evaluator, str(REPO)], input=program, capture_output=True,
