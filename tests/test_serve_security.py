@@ -14,23 +14,11 @@ import pytest
 
 from revjax.chat import server as chat_server
 from revjax.chat.protocol import Limits
-from revjax.chat.session import ChatError, load_model
-from tests.test_chat import SEQ, make_run
+from revjax.chat.session import ChatError
+from tests.test_chat import SEQ, model, run_dir  # noqa: F401  (the tiny chat run's fixtures)
 
 KEY = "s3cret-key"
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 2}
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve") / "tiny-chat"
-    make_run(folder, "bidirectional", "sequence")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(run_dir):
-    return load_model(run_dir)
 
 
 @pytest.fixture(scope="module")
