@@ -21,7 +21,7 @@ Layouts
     a row that starts inside a document, so each row advances ``T − head`` tokens there; ``bos_aligned``
     packs whole documents best-fit into rows of ``T+1`` that do not overlap, each starting with BOS.
 
-    ``compat``: onanchat's base loader exactly (``reference/onanchat.md`` §3.2): the stream is the
+    ``compat``: onanchat's base loader exactly (``nanochat/direction_dataloader.py`` in onanchat): the stream is the
     BOS-prefixed documents, every yield pops ``B·T+1`` tokens (the last target is not reused) and
     transforms them with :func:`revjax.direction.compat_orient_chunk` at the yield index.
 
