@@ -16,7 +16,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from revjax import tokenizer as tokmod
+from revjax.tokenizer import files as tokmod
 from revjax.tokenizer import (
     SPECIAL_TOKENS,
     SPLIT_PATTERN,

@@ -1,114 +1,19 @@
-"""BPE tokenizer compatible with onanchat: rustbpe training, tiktoken encoding, chat rendering.
-
-The on-disk format is onanchat's: ``tokenizer.pkl`` is a pickled ``tiktoken.Encoding`` and
-``token_bytes.npy`` holds the per-token UTF-8 byte counts used for bits-per-byte evaluation.
-"""
+"""The tokenizer itself: onanchat's BPE over ``tiktoken`` with its 11 specials, encoding, decoding, chat rendering."""
 
 from __future__ import annotations
 
 import copy
-import errno
 import hashlib
-import io
 import os
-import pickle
-import shutil
-import tempfile
-import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
-from typing import Any, Literal, overload
+from collections.abc import Iterable
+from typing import overload
 
 import numpy as np
-import rustbpe
 import tiktoken
-from tqdm.auto import tqdm
 
-from revjax.errors import RevjaxError
-
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
-
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|bos|>",
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",
-    "<|python_start|>",
-    "<|python_end|>",
-    "<|output_start|>",
-    "<|output_end|>",
-    "<|forward|>",
-    "<|backward|>",
-)
-
-TOKENIZER_FILE = "tokenizer.pkl"
-TOKEN_BYTES_FILE = "token_bytes.npy"
-
-_NUM_BYTE_TOKENS = 256
-_MIN_VOCAB_SIZE = _NUM_BYTE_TOKENS + len(SPECIAL_TOKENS)
-
-TokenBytesMethod = Literal["decode", "raw"]
-Conversation = Mapping[str, Any]
-
-
-class TokenizerError(RevjaxError, ValueError):
-    """A tokenizer file or encoding is missing, corrupt, or incompatible with revjax."""
-
-
-class _EncodingState:
-    """Stands in for ``tiktoken.Encoding`` while unpickling, so tiktoken never acts on an unchecked state.
-
-    A self-contained encoding pickles its vocabulary as a dict; tiktoken pickles an encoding of its registry
-    (``cl100k_base`` …) as just the name, which it would resolve by downloading. Only the dict form is accepted.
-    """
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, str):
-            raise TokenizerError(
-                f"the tokenizer pickle names tiktoken's registry encoding {state!r}, which tiktoken would fetch from "
-                "the network, instead of holding its vocabulary; only a self-contained tiktoken.Encoding is accepted."
-            )
-        self.state = state
-
-    def encoding(self) -> tiktoken.Encoding:
-        return tiktoken.Encoding(**self.state)
-
-
-class _EncodingUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only ``tiktoken.core.Encoding`` (as :class:`_EncodingState`), so foreign pickles
-    cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("tiktoken.core", "Encoding"):
-            return _EncodingState
-        raise TokenizerError(
-            f"tokenizer pickle references {module}.{name}, but only a pickled tiktoken.Encoding is accepted."
-        )
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _iter_training_docs(
-    texts: Iterable[str], doc_cap: int, max_chars: int | None, progress: tqdm
-) -> Iterator[str]:
-    """Yield documents cropped to ``doc_cap`` characters, stopping once ``max_chars`` have been yielded."""
-    nchars = 0
-    for text in texts:
-        doc = text[:doc_cap]
-        nchars += len(doc)
-        progress.update(len(doc))
-        yield doc
-        if max_chars is not None and nchars >= max_chars:
-            return
+from revjax.tokenizer.bpe import train_encoding
+from revjax.tokenizer.files import free_folder, load_encoding, write_files
+from revjax.tokenizer.vocab import SPECIAL_TOKENS, Conversation, TokenBytesMethod, TokenizerError
 
 
 class Tokenizer:
@@ -165,65 +70,12 @@ class Tokenizer:
         have been consumed. If the corpus runs out of pairs to merge, the vocabulary comes out smaller
         (with a warning) and the special ids shift down accordingly.
         """
-        if vocab_size < _MIN_VOCAB_SIZE:
-            raise ValueError(
-                f"vocab_size must be at least {_MIN_VOCAB_SIZE} (256 byte tokens + {len(SPECIAL_TOKENS)} "
-                f"special tokens), got {vocab_size}."
-            )
-        if doc_cap < 1:
-            raise ValueError(f"doc_cap must be a positive number of characters, got {doc_cap}.")
-        if max_chars is not None and max_chars < 1:
-            raise ValueError(f"max_chars must be a positive number of characters or None, got {max_chars}.")
-        num_mergeable = vocab_size - len(SPECIAL_TOKENS)
-        trainer = rustbpe.Tokenizer()
-        with tqdm(
-            total=max_chars, unit="char", unit_scale=True, desc="training tokenizer", disable=not progress
-        ) as bar:
-            trainer.train_from_iterator(
-                _iter_training_docs(texts, doc_cap, max_chars, bar), num_mergeable, pattern=SPLIT_PATTERN
-            )
-        ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
-        if len(ranks) < num_mergeable:
-            warnings.warn(
-                f"the corpus only supported {len(ranks)} of {num_mergeable} mergeable tokens, so the vocabulary "
-                f"has {len(ranks) + len(SPECIAL_TOKENS)} ids instead of {vocab_size}; "
-                "train on more text for the full size.",
-                stacklevel=2,
-            )
-        encoding = tiktoken.Encoding(
-            name="rustbpe",
-            pat_str=SPLIT_PATTERN,
-            mergeable_ranks=ranks,
-            special_tokens={name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)},
-        )
-        return cls(encoding)
+        return cls(train_encoding(texts, vocab_size, doc_cap=doc_cap, max_chars=max_chars, progress=progress))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
         """Load ``tokenizer.pkl`` (a pickled ``tiktoken.Encoding``) from ``directory``."""
-        path = Path(directory) / TOKENIZER_FILE
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise TokenizerError(
-                f"no tokenizer found at {path}; train one first or point to the folder holding {TOKENIZER_FILE}."
-            ) from None
-        try:
-            obj = _EncodingUnpickler(io.BytesIO(data)).load()
-            if isinstance(obj, _EncodingState):
-                obj = obj.encoding()
-        except TokenizerError as err:
-            raise TokenizerError(f"{path}: {err}") from None
-        except Exception as err:
-            raise TokenizerError(
-                f"{path} is not a readable pickle ({type(err).__name__}: {err}); re-save or retrain the tokenizer."
-            ) from err
-        if not isinstance(obj, tiktoken.Encoding):
-            raise TokenizerError(
-                f"{path} holds a pickled {type(obj).__name__}, not a tiktoken.Encoding; "
-                "use a tokenizer.pkl written by revjax or onanchat."
-            )
-        return cls(obj)
+        return cls(load_encoding(directory))
 
     def save(self, directory: str | os.PathLike[str], *, token_bytes_method: TokenBytesMethod = "decode") -> None:
         """Write ``tokenizer.pkl`` and ``token_bytes.npy`` (int32) into ``directory`` as one unit, never replacing a
@@ -234,35 +86,8 @@ class Tokenizer:
         ``token_bytes.npy`` first, so a reader that finds ``tokenizer.pkl`` finds both. Callers that check for an
         existing tokenizer before training one hold its lock (``RunLock(directory, "tokenizer", beside=True)``).
         """
-        out = Path(directory).expanduser().absolute()
-        existing = [n for n in (TOKENIZER_FILE, TOKEN_BYTES_FILE) if (out / n).exists() or (out / n).is_symlink()]
-        if existing:
-            raise TokenizerError(f"{out} already holds a tokenizer ({existing[0]}), which revjax never replaces since "
-                                 "checkpoints may use it; save the new one into another folder")
-        buf = io.BytesIO()
-        np.save(buf, self.token_bytes(token_bytes_method))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
-            _write_synced(tmp / TOKEN_BYTES_FILE, buf.getvalue())
-            _write_synced(tmp / TOKENIZER_FILE, pickle.dumps(self._enc))
-            umask = os.umask(0)
-            os.umask(umask)
-            for path in (tmp, tmp / TOKEN_BYTES_FILE, tmp / TOKENIZER_FILE):  # what mkdir and open would give
-                path.chmod((0o777 if path == tmp else 0o666) & ~umask)
-            try:
-                os.rename(tmp, out)  # the whole folder appears at once; replaces nothing but an empty folder
-                return
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            for name in (TOKEN_BYTES_FILE, TOKENIZER_FILE):
-                os.link(tmp / name, out / name)
-        except FileExistsError:
-            raise TokenizerError(f"another process saved a tokenizer into {out} meanwhile; revjax never replaces "
-                                 "one, so use that one or save into another folder") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        out = free_folder(directory)
+        write_files(out, self._enc, self.token_bytes(token_bytes_method))
 
     @property
     def encoding(self) -> tiktoken.Encoding:
@@ -510,46 +335,3 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self._enc.name!r}, vocab_size={self.vocab_size}, identity={self.identity()!r})"
-
-
-def train_tokenizer(
-    texts: Iterable[str],
-    out_dir: str | os.PathLike[str],
-    vocab_size: int,
-    *,
-    doc_cap: int = 10_000,
-    max_chars: int | None = None,
-    token_bytes_method: TokenBytesMethod = "decode",
-    eval_texts: Iterable[str] | None = None,
-    progress: bool = True,
-) -> Tokenizer:
-    """Train a tokenizer, save it to ``out_dir`` and print a summary with compression stats.
-
-    Compression is measured on ``eval_texts`` when given, else on the first ~1M cropped training characters.
-    """
-    if token_bytes_method not in ("decode", "raw"):
-        raise ValueError(f"token_bytes_method must be 'decode' or 'raw', got {token_bytes_method!r}.")
-    sample: list[str] = []
-    sample_budget = 1_000_000
-
-    def recording(docs: Iterable[str]) -> Iterator[str]:
-        nonlocal sample_budget
-        for doc in docs:
-            if eval_texts is None and sample_budget > 0:
-                sample.append(doc[:doc_cap])
-                sample_budget -= len(sample[-1])
-            yield doc
-
-    start = time.perf_counter()
-    tok = Tokenizer.train(recording(texts), vocab_size, doc_cap=doc_cap, max_chars=max_chars, progress=progress)
-    elapsed = time.perf_counter() - start
-    tok.save(out_dir, token_bytes_method=token_bytes_method)
-    stats = tok.compression_stats(sample if eval_texts is None else eval_texts)
-    source = "eval texts" if eval_texts is not None else "training sample"
-    print(f"trained tokenizer in {elapsed:.1f}s: vocab_size={tok.vocab_size} identity={tok.identity()}")
-    print(f"saved {TOKENIZER_FILE} and {TOKEN_BYTES_FILE} ({token_bytes_method}) to {Path(out_dir)}")
-    print(
-        f"compression on {source}: {stats['bytes']:,} bytes, {stats['chars']:,} chars -> {stats['tokens']:,} tokens "
-        f"({stats['bytes_per_token']:.3f} bytes/token, {stats['chars_per_token']:.3f} chars/token)"
-    )
-    return tok
