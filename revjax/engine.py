@@ -8,17 +8,12 @@ end marker, the chunk stops, the host evaluates the expression and writes the re
 without tools never leaves the compiled chunk loop except to hand back ``chunk_size`` tokens per row.
 
 Ids are in model order. The engine knows nothing of directions: ``tool_order`` says only whether a tool call is laid
-out ``forward`` (``<|python_start|> expr <|python_end|>`` → ``<|output_start|> result <|output_end|>``) or
-``backward`` (every piece reversed: ``<|python_end|> rev(expr) <|python_start|>`` → ``<|output_end|> rev(result)
-<|output_start|>``).
+out ``forward`` or ``backward`` (:mod:`revjax.calculator` evaluates it and lays out its output).
 """
 
 from __future__ import annotations
 
-import ast
 import functools
-import math
-import operator
 import time
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -27,70 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from revjax.calculator import tool_output, tool_specials
 from revjax.model import KVCache
 
 CACHE_BUCKET = 64  # cache lengths are rounded up to a multiple of this, so nearby lengths share one program
 PREFILL_BUCKET = 16  # prefill lengths likewise
-MAX_EXPR_CHARS = 256
-MAX_DIGITS = 1000  # largest integer (in decimal digits) the calculator computes
-
-
-# ---- the calculator --------------------------------------------------------------------------------------------
-
-class _Refused(Exception):
-    pass
-
-
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-
-
-def _number(value: Any) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Refused
-    if isinstance(value, int) and value.bit_length() > MAX_DIGITS * 3.33:
-        raise _Refused
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused
-    return value
-
-
-def _evaluate(node: ast.AST) -> Any:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float, str):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _number(_UNARY[type(node.op)](_number(_evaluate(node.operand))))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _number(_evaluate(node.left)), _number(_evaluate(node.right))
-        if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
-            if right * math.log10(abs(left)) > MAX_DIGITS:
-                raise _Refused
-        return _number(_BINARY[type(node.op)](left, right))
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "count"
-            and len(node.args) == 1 and not node.keywords):
-        text, sub = _evaluate(node.func.value), _evaluate(node.args[0])
-        if isinstance(text, str) and isinstance(sub, str):
-            return text.count(sub)
-    raise _Refused
-
-
-def calculate(expr: str) -> int | float | None:
-    """Evaluate arithmetic (numbers, + - * / // % **, unary ±, parentheses) or ``'text'.count('s')``; None if refused.
-
-    The expression is parsed with ``ast`` and walked node by node; nothing is ever executed. Thousands separators in
-    numbers are dropped. Errors (division by zero …), non-numeric results, integers over ``MAX_DIGITS`` digits and
-    powers that would exceed them are refused.
-    """
-    expr = expr.strip()
-    if not expr or len(expr) > MAX_EXPR_CHARS:
-        return None
-    if "'" not in expr and '"' not in expr:
-        expr = expr.replace(",", "")
-    try:
-        return _number(_evaluate(ast.parse(expr, mode="eval").body))
-    except (_Refused, SyntaxError, ValueError, ArithmeticError, TypeError, RecursionError, MemoryError):
-        return None
 
 
 # ---- compiled prefill and decode ------------------------------------------------------------------------------
@@ -240,28 +176,11 @@ class Engine:
         self.timings: dict[str, float] = {}
         self.sync_prefill = False
         if tokenizer is not None:
-            self.ids = {name: int(tokenizer.encode_special(f"<|{name}|>"))
-                        for name in ("python_start", "python_end", "output_start", "output_end")}
+            self.ids = tool_specials(tokenizer)
 
     def tool_tokens(self, seq: Sequence[int], order: str) -> list[int] | None:
         """The forced output for a tool call that ``seq`` ends with (layout ``order``), or None if there is none."""
-        ids = self.ids
-        opener, closer = ("python_start", "python_end") if order == "forward" else ("python_end", "python_start")
-        if not seq or seq[-1] != ids[closer] or ids[opener] not in seq[:-1]:
-            return None
-        begin = len(seq) - 2 - list(seq[-2::-1]).index(ids[opener])
-        body = list(seq[begin + 1: -1])
-        if any(t in ids.values() for t in body):
-            return None
-        value = calculate(self.tokenizer.decode(body if order == "forward" else body[::-1]))
-        if value is None:
-            return None
-        result = [int(t) for t in self.tokenizer.encode(str(value))]
-        if order == "forward":
-            forced = [ids["output_start"], *result, ids["output_end"]]
-        else:
-            forced = [ids["output_end"], *result[::-1], ids["output_start"]]
-        return forced if len(forced) <= self.max_tool_tokens else None
+        return tool_output(seq, order, self.ids, self.tokenizer, self.max_tool_tokens)
 
     def generate(self, prompts, max_new_tokens, **kwargs) -> Generation:
         """All of :meth:`stream` at once: per row (prompt ``i``, sample ``s`` → row ``i·num_samples + s``) the ids."""
@@ -296,22 +215,8 @@ class Engine:
         """
         t_start = time.perf_counter()
         prompts = [[int(t) for t in p] for p in prompts]
-        if not prompts or min(map(len, prompts)) == 0:
-            raise ValueError("generation needs at least one prompt, and every prompt at least one token")
-        if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or (top_k or 0) < 0:
-            raise ValueError("max_new_tokens and num_samples must be positive, temperature and top_k non-negative")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        longest = max(map(len, prompts))
-        total = max_len or longest + max_new_tokens
-        if longest >= total:
-            raise ValueError(f"a prompt of {longest} tokens leaves no room to generate within {total} positions")
-        orders = list(tool_order) if isinstance(tool_order, (list, tuple)) else [tool_order] * len(prompts)
-        if any(o not in (None, "forward", "backward") for o in orders) or len(orders) != len(prompts):
-            raise ValueError(f"tool_order must be None, 'forward' or 'backward' (one, or one per prompt): {tool_order}")
-        if any(orders) and self.tokenizer is None:
-            raise ValueError("the calculator tool needs the engine to have a tokenizer")
-
+        orders, total = self._check_request(prompts, max_new_tokens, num_samples, temperature, top_k, top_p,
+                                            max_len, tool_order)
         rows = []
         for prompt, order in zip(prompts, orders):
             forced = self.tool_tokens(prompt, order) if order else None  # a prompt that ends with a tool call
@@ -320,12 +225,7 @@ class Engine:
                 rows.append(row)
         m, steps, extra = min(map(len, prompts)), self.chunk_size, self.max_tool_tokens
         cache_len = _round_up(total, CACHE_BUCKET)
-        tokens = np.zeros((len(rows), cache_len + steps + extra), np.int32)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row.seq)] = row.seq
-        batch = np.zeros((len(prompts), min(_round_up(m, PREFILL_BUCKET), cache_len)), np.int32)
-        for i, prompt in enumerate(prompts):
-            batch[i, : min(len(prompt), batch.shape[1])] = prompt[: batch.shape[1]]
+        tokens, batch = _host_arrays(prompts, rows, m, cache_len, steps + extra)
         specials = self.ids if any(orders) else {}
         end = {"forward": specials.get("python_end"), "backward": specials.get("python_start"), None: -1}
         stops = np.full(_round_up(max(len(stop_ids), 1), 8), -1, np.int32)
@@ -355,33 +255,72 @@ class Engine:
             timings["steps"] += n
             t0 = time.perf_counter()
             inject, inject_len = np.zeros((len(rows), extra), np.int32), np.zeros(len(rows), np.int32)
-            chunk = Chunk([[] for _ in rows], [[] for _ in rows], [False] * len(rows))
-            for i, row in enumerate(rows):
-                for j, (token, lp) in enumerate(zip(block[i, :n].tolist(), logprobs[i, :n].tolist())):
-                    pos, free = position + j, position + j >= row.given
-                    if pos == len(row.seq):
-                        row.seq.append(token)
-                    if row.done or pos < row.prompt_len:
-                        continue
-                    if free and token in stop_ids:
-                        row.done = True
-                        continue
-                    chunk.tokens[i].append(token)
-                    chunk.logprobs[i].append(lp)
-                    row.done = pos >= row.last
-                    if free and row.tool and not row.done and token == end[row.tool]:
-                        forced = self.tool_tokens(row.seq, row.tool)
-                        if forced:
-                            inject[i, : len(forced)], inject_len[i] = forced, len(forced)
-                            row.seq.extend(forced)
-                            row.given = len(row.seq)
-                chunk.done[i] = row.done
+            chunk = self._read_chunk(rows, block[:, :n].tolist(), logprobs[:, :n].tolist(), position, stop_ids, end,
+                                     inject, inject_len)
             position += n
             timings["host_s"] += time.perf_counter() - t0
             yield chunk
             if all(chunk.done):
                 break
         timings["total_s"] = time.perf_counter() - t_start
+
+    def _check_request(self, prompts, max_new_tokens, num_samples, temperature, top_k, top_p, max_len,
+                       tool_order) -> tuple[list[str | None], int]:
+        """Refuse what :meth:`stream` cannot do (ValueError); returns the tool order per prompt and ``max_len``."""
+        if not prompts or min(map(len, prompts)) == 0:
+            raise ValueError("generation needs at least one prompt, and every prompt at least one token")
+        if max_new_tokens < 1 or num_samples < 1 or temperature < 0 or (top_k or 0) < 0:
+            raise ValueError("max_new_tokens and num_samples must be positive, temperature and top_k non-negative")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        longest = max(map(len, prompts))
+        total = max_len or longest + max_new_tokens
+        if longest >= total:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room to generate within {total} positions")
+        orders = list(tool_order) if isinstance(tool_order, (list, tuple)) else [tool_order] * len(prompts)
+        if any(o not in (None, "forward", "backward") for o in orders) or len(orders) != len(prompts):
+            raise ValueError(f"tool_order must be None, 'forward' or 'backward' (one, or one per prompt): {tool_order}")
+        if any(orders) and self.tokenizer is None:
+            raise ValueError("the calculator tool needs the engine to have a tokenizer")
+        return orders, total
+
+    def _read_chunk(self, rows, block, logprobs, position, stop_ids, end, inject, inject_len) -> Chunk:
+        """The host's side of one chunk: extend each row's ids, cut at stops, and set up a tool call's output as the
+        next chunk's given tokens (``inject``, ``inject_len``, written in place)."""
+        chunk = Chunk([[] for _ in rows], [[] for _ in rows], [False] * len(rows))
+        for i, row in enumerate(rows):
+            for j, (token, lp) in enumerate(zip(block[i], logprobs[i])):
+                pos, free = position + j, position + j >= row.given
+                if pos == len(row.seq):
+                    row.seq.append(token)
+                if row.done or pos < row.prompt_len:
+                    continue
+                if free and token in stop_ids:
+                    row.done = True
+                    continue
+                chunk.tokens[i].append(token)
+                chunk.logprobs[i].append(lp)
+                row.done = pos >= row.last
+                if free and row.tool and not row.done and token == end[row.tool]:
+                    forced = self.tool_tokens(row.seq, row.tool)
+                    if forced:
+                        inject[i, : len(forced)], inject_len[i] = forced, len(forced)
+                        row.seq.extend(forced)
+                        row.given = len(row.seq)
+            chunk.done[i] = row.done
+        return chunk
+
+
+def _host_arrays(prompts, rows, m, cache_len, spare) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's known ids in a buffer ``spare`` positions longer than the cache, and the prompts cut to the
+    prefill length (``m`` rounded up to the prefill bucket)."""
+    tokens = np.zeros((len(rows), cache_len + spare), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row.seq)] = row.seq
+    batch = np.zeros((len(prompts), min(_round_up(m, PREFILL_BUCKET), cache_len)), np.int32)
+    for i, prompt in enumerate(prompts):
+        batch[i, : min(len(prompt), batch.shape[1])] = prompt[: batch.shape[1]]
+    return tokens, batch
 
 
 def generate(

@@ -8,7 +8,8 @@ from flax import nnx
 from scipy import stats
 
 from revjax.config import ModelConfig
-from revjax.engine import Context, Engine, _decode, _prefill, calculate, generate, sample_logits
+from revjax.calculator import calculate
+from revjax.engine import Context, Engine, _decode, _prefill, generate, sample_logits
 from revjax.model import GPT
 from revjax.tokenizer import SPECIAL_TOKENS
 
