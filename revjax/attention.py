@@ -1,0 +1,102 @@
+"""The attention kernels the GPT's attention layer chooses between (queries, keys and values after RoPE and QK-norm).
+
+:func:`causal_attention` is the XLA path, :func:`splash_attention` the Pallas splash kernel (TPU; interpret mode
+elsewhere), :func:`masked_attention` attention under any per-row mask (packed sequences, shared prefixes) and
+:func:`cached_attention` decoding over the KV cache. cuDNN's flash attention is ``jax.nn.dot_product_attention``'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, pos: jax.Array) -> jax.Array:
+    """Attention of queries at positions ``pos … pos+T−1`` over a head-major cache (keys ≤ each query's position).
+
+    The arithmetic of ``jax.nn.dot_product_attention``'s XLA path (fp32 logits and softmax, GQA by grouping the
+    query heads of each key/value head), with both products laid out so that the cache is read where it lies:
+    neither operand is transposed, only the small output. Returns (B, T, H·D).
+    """
+    B, T, H, D = q_BTHD.shape
+    K, S = k_BKSD.shape[1], k_BKSD.shape[2]
+    q = q_BTHD.reshape(B, T, K, H // K, D)
+    logits = jnp.einsum("btkgd,bksd->bkgts", q, k_BKSD.astype(q.dtype), preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(1.0 / math.sqrt(D))
+    visible = jnp.arange(S)[None, :] <= (pos + jnp.arange(T))[:, None]  # (T, S): the prefix and the causal chunk
+    probs = jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1).astype(q.dtype)
+    y = jnp.einsum("bkgts,bksd->bkgtd", probs, v_BKSD.astype(q.dtype))
+    return y.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+
+
+def masked_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+    """Attention where query ``t`` of row ``b`` sees key ``s`` iff ``mask[b, t, s]`` (each query must see at least
+    itself): several independent sequences, or a shared prefix and its continuations, packed in one row.
+
+    fp32 logits as the XLA path; heads lead (B, H, T, D), GQA's key/value heads repeated to the query heads (XLA:CPU
+    runs these 4-d products much faster than grouped 5-d ones), and the softmax's normaliser applied after the
+    value product. Returns (B, T, H·D).
+    """
+    B, T, H, D = q_BTHD.shape
+    q = q_BTHD.transpose(0, 2, 1, 3)
+    k, v = (jnp.repeat(x.transpose(0, 2, 1, 3), H // x.shape[2], axis=1) for x in (k_BTKD, v_BTKD))
+    logits = jnp.einsum("bhtd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+    # an additive mask and a shift that is a constant to differentiation (the softmax does not depend on it): the
+    # backward pass keeps the weights only, not the logits or a per-head copy of the mask
+    logits = logits * jnp.float32(1.0 / math.sqrt(D)) + jnp.where(mask_BTS, 0.0, -jnp.inf).astype(jnp.float32)[:, None]
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    y = jnp.einsum("bhts,bhsd->bhtd", weights.astype(q.dtype), v, preferred_element_type=jnp.float32)
+    y = y / jnp.sum(weights, axis=-1, keepdims=True)
+    return y.astype(q.dtype).transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def causal_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
+    """Causal attention, the XLA path: :func:`masked_attention` with the lower-triangular mask shared by every row
+    (the arithmetic of ``jax.nn.dot_product_attention``'s XLA path, laid out as XLA:CPU runs fastest). (B, T, H, D)."""
+    T = q_BTHD.shape[1]
+    return masked_attention(q_BTHD, k_BTKD, v_BTKD, jnp.tril(jnp.ones((1, T, T), bool))).reshape(q_BTHD.shape)
+
+
+SPLASH_BLOCKS = (512, 256, 128)  # splash tiles tried in order; a tile must divide T and be a multiple of 128
+
+
+@functools.lru_cache(maxsize=None)
+def _splash_kernel(n_head: int, seq_len: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block = next(b for b in SPLASH_BLOCKS if seq_len % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len)) for _ in range(n_head)])
+    with jax.ensure_compile_time_eval():  # the mask tables are constants, never tracers of the calling trace
+        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
+    """Causal attention by the Pallas splash kernel (TPU; Pallas interpret mode elsewhere), GQA by kv heads.
+
+    The kernel takes one sequence head-major and unscaled; it is vmapped over the batch. Under a mesh set with
+    ``jax.set_mesh`` it runs per shard (``shard_map``: batch over every mesh axis but ``tensor``, heads over
+    ``tensor``), since a Pallas kernel cannot be partitioned automatically. Sequence lengths that no tile divides
+    (not a multiple of 128) take the XLA path.
+    """
+    B, T, H, D = q_BTHD.shape
+    if T % SPLASH_BLOCKS[-1]:
+        return causal_attention(q_BTHD, k_BTKD, v_BTKD)
+    interpret = jax.default_backend() != "tpu"
+
+    def local(q, k, v):  # (b, h, T, D) on one shard
+        return jax.vmap(_splash_kernel(q.shape[1], T, interpret))(q, k, v)
+
+    q = (q_BTHD * jnp.asarray(1.0 / math.sqrt(D), q_BTHD.dtype)).transpose(0, 2, 1, 3)
+    k, v = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        batch = tuple(a for a in mesh.axis_names if a != "tensor" and mesh.shape[a] > 1) or None
+        heads = "tensor" if mesh.shape.get("tensor", 1) > 1 else None
+        spec = jax.sharding.PartitionSpec(batch, heads, None, None)
+        local = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
+    return local(q, k, v).transpose(0, 2, 1, 3)
