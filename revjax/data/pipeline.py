@@ -34,15 +34,14 @@ State
     The train split cycles forever; val stops at its end unless ``cycle=True``.
 
 Process ``p`` of ``P`` reads row groups ``p, p+P, …`` of every shard (:func:`revjax.data.shards.plan_row_groups`);
-:mod:`revjax.data.batches` builds the pipelines of a config and assembles the global batch.
+:mod:`revjax.data.pieces` tokenizes and orients the documents; :mod:`revjax.data.batches` builds the pipelines of a
+config and assembles the global batch.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import os
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import grain
@@ -50,6 +49,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from revjax.data.packing import PACKINGS, BestFitBuffer, Packing, expand_runs
+from revjax.data.pieces import Piece, orient_texts, usable_cores
 from revjax.data.shards import Split, open_shard, plan_row_groups, read_texts, split_shards
 from revjax.direction import (
     Direction,
@@ -59,7 +59,6 @@ from revjax.direction import (
     continued_row,
     document_head_length,
     inputs_and_targets,
-    orient_document,
 )
 from revjax.tokenizer import Tokenizer
 
@@ -68,22 +67,6 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 _LAYOUTS = ("document", "compat")
 _FINGERPRINT = ("split", "layout", "packing", "direction", "seed", "process_index", "process_count")
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """Consecutive model-order documents: flat ids and mask, each document's start and stream position."""
-
-    ids: np.ndarray
-    is_target: np.ndarray
-    starts: np.ndarray
-    where: list[tuple[int, int, int]]  # (epoch, unit, row) of each document
-
-
-def _usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 class TokenBatchDataset(grain.IterDataset):
@@ -159,7 +142,7 @@ class TokenBatchDataset(grain.IterDataset):
         self.process_index = process_index
         self.process_count = process_count
         self.cycle = split == "train" if cycle is None else cycle
-        self.tokenizer_threads = min(tokenizer_threads, _usable_cores())
+        self.tokenizer_threads = min(tokenizer_threads, usable_cores())
         self.tokenizer_batch_size = tokenizer_batch_size
 
     def __iter__(self) -> TokenBatchIterator:
@@ -190,7 +173,7 @@ class TokenBatchIterator(grain.DatasetIterator):
     def _reset(self, cursor: tuple[int, int, int], *, offset: int, yields: int) -> None:
         """Start reading at document ``cursor`` (epoch, unit, row), ``offset`` tokens into it."""
         self._cursor = cursor
-        self._pieces: collections.deque[_Piece] = collections.deque()
+        self._pieces: collections.deque[Piece] = collections.deque()
         self._head = offset  # offset of the stream head into the first piece
         self._available = -offset  # buffered tokens after the head
         self._yields = yields
@@ -224,7 +207,7 @@ class TokenBatchIterator(grain.DatasetIterator):
             self._texts = (unit, read_texts(self._file[1], path, info.row_group))
         return self._texts[1]
 
-    def _read_piece(self) -> _Piece | None:
+    def _read_piece(self) -> Piece | None:
         """Tokenize and orient the next (up to) ``tokenizer_batch_size`` documents; None at a finite end."""
         ds = self._ds
         texts: list[str] = []
@@ -243,27 +226,17 @@ class TokenBatchIterator(grain.DatasetIterator):
         """The document's index in the split's endless stream (it seeds the bidirectional choice)."""
         return epoch * self._ds.split_docs + self._ds.units[unit].first_doc + row
 
-    def _orient(self, texts: list[str], where: list[tuple[int, int, int]]) -> _Piece:
+    def _orient(self, texts: list[str], where: list[tuple[int, int, int]]) -> Piece:
         ds = self._ds
-        rows = ds.tokenizer.encode(texts, num_threads=ds.tokenizer_threads)
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
-        bounds = np.cumsum(lengths)[:-1]
         direction = Direction.FORWARD if ds.layout == "compat" else ds.direction
-        oriented = [
-            orient_document(doc, direction, ds.specials, seed=ds.seed, index=self._stream_index(*place))
-            for doc, place in zip(np.split(flat, bounds), where)
-        ]
-        sizes = np.fromiter((len(ids) for ids, _ in oriented), dtype=np.int64, count=len(oriented))
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        ids = np.concatenate([ids for ids, _ in oriented])
-        is_target = np.concatenate([mask for _, mask in oriented])
-        if not self._pieces and self._head >= sizes[0]:
+        piece = orient_texts(texts, where, ds.tokenizer, threads=ds.tokenizer_threads, direction=direction,
+                             specials=ds.specials, seed=ds.seed, stream_index=self._stream_index)
+        if not self._pieces and self._head >= piece.first_size:
             raise ValueError(
                 f"the iterator state's token offset {self._head} lies past the end of its document "
-                f"({sizes[0]} tokens); the data or tokenizer changed since the state was saved"
+                f"({piece.first_size} tokens); the data or tokenizer changed since the state was saved"
             )
-        return _Piece(ids, is_target, starts, where)
+        return piece
 
     def _take(self, n: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Return the next ``n`` stream tokens (ids, is_target) without consuming them; None at a finite end."""
@@ -354,7 +327,7 @@ class TokenBatchIterator(grain.DatasetIterator):
             self._buffer_piece(piece)
         return piece is not None
 
-    def _buffer_piece(self, piece: _Piece) -> None:
+    def _buffer_piece(self, piece: Piece) -> None:
         ends = [*piece.starts[1:], len(piece.ids)]
         for a, b, place in zip(piece.starts, ends, piece.where):
             self._buffer.add(self._stream_index(*place), piece.ids[a:b], piece.is_target[a:b])
