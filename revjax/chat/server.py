@@ -1,7 +1,8 @@
 """``revjax serve RUN_DIR``: an OpenAI-compatible chat server (FastAPI + uvicorn) with a one-page UI.
 
-Routes: ``POST /v1/chat/completions`` (SSE streaming or one JSON body; fields and the ``direction`` / ``task``
-extensions in :mod:`revjax.chat.protocol`), ``GET /v1/models``, ``GET /health``, and the UI at ``/``.
+Routes (:mod:`revjax.chat.routes`): ``POST /v1/chat/completions`` (SSE streaming or one JSON body; fields and the
+``direction`` / ``task`` extensions in :mod:`revjax.chat.protocol`), ``GET /v1/models``, ``GET /health``, and the UI
+at ``/``.
 
 It binds 127.0.0.1 unless ``--host`` says otherwise. Every request passes :class:`Guard` first: its ``Host``
 header must name an allowed host (loopback names, the bound host, ``--allowed-host``: a page on another site that
@@ -27,52 +28,22 @@ import hmac
 import ipaddress
 import json
 import os
-import secrets
 import socket
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from revjax.chat.batcher import Batcher, Closed, Job, QueueFull
-from revjax.chat.protocol import (APIError, Completion, Limits, chunk_body, completion_body, parse_request, sse,
-                                  usage)
+from revjax.chat.batcher import Batcher
+from revjax.chat.protocol import APIError, Limits
 from revjax.chat.session import ChatModel
-from revjax.direction import Direction
 from revjax.errors import require, run_command
 
 STATIC = Path(__file__).resolve().parent / "static"
-POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 OPEN_PATHS = frozenset({"/", "/health"})  # served without the API key: the page (it asks for the key) and liveness
 HEAD_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 100
-
-
-async def read_body(request, limit: int, timeout_s: float = 30.0) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with 408 when it has
-    not arrived in full within ``timeout_s`` seconds (a client trickling its body holds no worker for long)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is {declared} bytes; this server takes at most {limit}",
-                       code="request_too_large")
-    parts, size = [], 0
-
-    async def read():
-        nonlocal size
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise APIError(413, f"the request body exceeds {limit} bytes, the most this server takes",
-                               code="request_too_large")
-            parts.append(part)
-
-    try:
-        await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
-        raise APIError(408, f"the request body did not arrive in full within {timeout_s:g} s; send it at once",
-                       code="request_timeout") from None
-    return b"".join(parts)
 
 
 def host_name(host: str) -> str:
@@ -163,17 +134,15 @@ def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool =
                hosts: Iterable[str] = LOOPBACK_HOSTS):
     """The FastAPI application serving ``model``; its batcher starts and stops with the app (``app.state.batcher``).
 
-    Requests pass :class:`Guard` with ``api_key`` (None: none needed) and the ``Host`` names ``hosts``."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from starlette.exceptions import HTTPException
+    Requests pass :class:`Guard` with ``api_key`` (None: none needed) and the ``Host`` names ``hosts``; the routes
+    and error handlers are :mod:`revjax.chat.routes`'."""
+    from fastapi import FastAPI
+
+    from revjax.chat import routes
 
     limits = (limits or Limits()).fit(model)
     batcher = Batcher(model, max_queue=limits.max_queue, max_batch=limits.max_batch,
                       batch_window_s=limits.batch_window_s)
-    page = (STATIC / "index.html").read_text(encoding="utf-8")
-    created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -187,135 +156,11 @@ def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool =
 
     app = FastAPI(title="revjax chat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.model, app.state.limits = batcher, model, limits
+    app.state.page = (STATIC / "index.html").read_text(encoding="utf-8")
+    app.state.created = int(time.time())
     app.add_middleware(Guard, api_key=api_key, hosts=hosts)
-
-    @app.exception_handler(APIError)
-    async def api_error(request, err: APIError):
-        return JSONResponse(err.body(), status_code=err.status)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request, err: HTTPException):  # no route (404), a method the route lacks (405)
-        where = f"{request.method} {request.url.path}"
-        if err.status_code == 404:
-            message = f"there is no {where} on this server; it serves POST /v1/chat/completions and GET /v1/models"
-        elif err.status_code == 405:
-            message = f"{where} is not allowed; this path takes {err.headers.get('Allow', 'another method')}"
-        else:
-            message = f"{where}: {err.detail}"
-        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-        return JSONResponse(APIError(err.status_code, message, type=kind).body(), status_code=err.status_code,
-                            headers=err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request, err: RequestValidationError):
-        return JSONResponse(APIError(400, f"the request is not valid: {err.errors()[:1]}").body(), status_code=400)
-
-    @app.exception_handler(Exception)
-    async def server_error(request, err: Exception):  # a bug: logged with its traceback by the server, no details out
-        return JSONResponse(APIError(500, "the server failed on this request; its log says why",
-                                     type="server_error").body(), status_code=500)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": model.name, "queued": batcher.queued, "active": batcher.active,
-                "max_queue": limits.max_queue}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{
-            "id": model.name, "object": "model", "created": created, "owned_by": "revjax",
-            "direction": model.direction.value, "conversation_mode": model.mode.value, "step": model.step,
-            "ways": [w.value for w in model.ways], "tasks": {w.value: model.task(w) for w in model.ways},
-            "context_length": model.max_len,
-            "limits": {"max_tokens": limits.max_tokens, "max_prompt_tokens": limits.max_prompt_tokens,
-                       "max_temperature": limits.max_temperature, "max_messages": limits.max_messages,
-                       "max_body_bytes": limits.max_body_bytes}}]}
-
-    @app.post("/v1/chat/completions")
-    async def completions(request: Request):
-        raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
-        parsed = parse_request(raw, model, limits)
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-
-        def emit(kind, value):  # called from the worker thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
-                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-
-        job = Job(parsed, emit)
-        try:
-            batcher.submit(job)
-        except QueueFull as err:
-            raise APIError(429, f"the server is busy: {err}", type="rate_limit_error", code="queue_full") from None
-        except Closed as err:
-            raise APIError(503, str(err), type="server_error", code="shutting_down") from None
-        ident, now = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-        if parsed.stream:
-            return StreamingResponse(_events(model, batcher, job, events, ident, now), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        generated: list[int] = []
-        try:
-            while True:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), POLL_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        batcher.cancel(job)
-                        return Response(status_code=499)
-                    continue
-                if kind == "tokens":
-                    generated += value
-                elif kind == "error":
-                    raise APIError(500, value, type="server_error")
-                else:
-                    text = model.decode(model.content(generated, parsed.way))
-                    return completion_body(ident, now, model.name, parsed, text, value, len(generated))
-        finally:
-            batcher.cancel(job)
-
+    routes.install(app)
     return app
-
-
-async def _events(model: ChatModel, batcher: Batcher, job: Job, events: asyncio.Queue, ident: str, now: int):
-    """The SSE stream of one request; leaving it early (the client went away) cancels the job."""
-    request: Completion = job.request
-    backward = request.way is Direction.BACKWARD
-    stream, generated = model.text_stream(request.way), []
-
-    def chunk(delta, finish=None):
-        return sse(chunk_body(ident, now, model.name, request, delta, finish))
-
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            kind, value = await events.get()
-            if kind == "tokens":
-                generated += value
-                piece = stream.feed(value)
-                if piece:
-                    yield chunk({"prepend": piece} if backward else {"content": piece})
-            elif kind == "error":
-                yield sse(APIError(500, value, type="server_error").body())
-                return
-            else:
-                tail = stream.finish()
-                if backward:
-                    delta = {"content": model.decode(model.content(generated, request.way))}
-                    if tail:
-                        delta["prepend"] = tail
-                else:
-                    delta = {"content": tail} if tail else {}
-                yield chunk(delta, value)
-                if request.include_usage:
-                    yield sse({**chunk_body(ident, now, model.name, request, None), "usage": usage(request,
-                                                                                             len(generated))})
-                yield sse("[DONE]")
-                return
-    finally:
-        batcher.cancel(job)
 
 
 def guarded_protocol(head_timeout_s: float = HEAD_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
