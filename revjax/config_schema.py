@@ -1,5 +1,6 @@
 """The configuration schema: one dataclass per section of a run (:class:`Config` holds them), their defaults, and
-the paths a configuration names. Building, checking and loading a configuration is :mod:`revjax.config`.
+the paths a configuration names. Building is :mod:`revjax.config_build`, checking :mod:`revjax.config_checks`, loading
+:mod:`revjax.config`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from revjax.errors import RevjaxError
-from revjax.phases import PhaseName
+from revjax.config_checks import (  # noqa: F401  (re-exported)
+    AUTO_ITERATIONS, DEFAULT_DEPTH, FINEWEB_SHARDS, ConfigError, dims_from_depth, validate,
+)
 
 Dtype = Literal["float32", "bfloat16"]
 DirectionName = Literal["forward", "backward", "bidirectional"]
-DEFAULT_DEPTH = 20
-FINEWEB_SHARDS = 1823  # karpathy/fineweb-edu-100b-shuffle: shard_00000 … shard_01822
-AUTO_ITERATIONS = -1  # training.num_iterations: derive the step count from target_flops or the data:param ratio
-
-
-class ConfigError(RevjaxError, ValueError):
-    """A configuration problem, described in one sentence."""
-
-    exit_code = 2
 
 
 @dataclass(unsafe_hash=True)  # hashable: the model keeps it as static structure in compiled functions
@@ -63,13 +56,6 @@ class ModelConfig:
             "n_kv_head": self.n_kv_head,
             "n_embd": self.n_embd,
         }
-
-
-def dims_from_depth(depth: int) -> dict[str, int]:
-    """nanochat's depth rule: width 64·depth, heads of (about) 128 dims, no GQA."""
-    n_embd = depth * 64
-    n_head = max(1, (n_embd + 127) // 128)
-    return {"n_layer": depth, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_head}
 
 
 @dataclass
@@ -150,7 +136,7 @@ class ChainConfig:
     """``revjax chain``: the phases to run in order, and each phase's overrides (``{key.sub: value}``) on top of
     the run's config and the phase's own file ``configs/phase/<phase>.yaml``."""
 
-    phases: list[PhaseName] = field(default_factory=lambda: ["base", "mid", "sft", "rl"])
+    phases: list[str] = field(default_factory=lambda: ["base", "mid", "sft", "rl"])
     base: dict = field(default_factory=dict)
     mid: dict = field(default_factory=dict)
     sft: dict = field(default_factory=dict)
@@ -184,7 +170,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainingConfig:
-    phase: PhaseName = "base"
+    phase: str = "base"  # a key of revjax.phases.PHASES
     num_iterations: int = AUTO_ITERATIONS  # -1: from target_flops, else from target_param_data_ratio
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0
@@ -296,6 +282,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "Config":
-        from revjax.config import build_config  # the builder checks values against this schema
+        from revjax.config_build import build  # a lower module: it converts values, then calls validate()
 
-        return build_config([(data, source)])
+        return build(cls, [(data, source)])
+
+    def validate(self, sources: Mapping[str, str]) -> None:
+        """Resolve and check every section (:data:`revjax.config_checks.SECTION_CHECKS`); one sentence on error."""
+        validate(self, sources)

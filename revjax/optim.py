@@ -32,7 +32,7 @@ then writes the values into its state in place.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from flax import nnx
 
 from revjax.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from revjax.errors import RevjaxError
+from revjax.phases import ScheduleKind
 
 MUON = "muon"
 ADAM_EMBEDDING = "adam_embedding"
@@ -55,7 +56,6 @@ NS_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 LR_MULTIPLIER = "lr_multiplier"
 MUON_MOMENTUM = "muon_momentum"
 
-ScheduleKind = Literal["base", "mid", "linear"]
 OptState = TypeVar("OptState")
 
 

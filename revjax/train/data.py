@@ -14,13 +14,16 @@ import math
 import jax
 import numpy as np
 
-from revjax import sharding as shd
 from revjax.config import Config
 from revjax.data.conversations import ConversationBatches
 from revjax.data.batches import SlicedBatches, global_batch
 from revjax.phases import Phase
 from revjax.tasks import build_mixture
 from revjax.tokenizer import Tokenizer
+from revjax.train.errors import TrainingError
+
+# the conversation data sources and how each lays its conversations out (revjax.data.conversations)
+CONVERSATION_KINDS = {"conversations-packed": "mid", "conversations-padded": "sft"}
 
 
 class StepBatches:
@@ -57,33 +60,17 @@ def row_batches(config: Config, phase: Phase, tokenizer: Tokenizer, split: str, 
     if phase.data == "documents":
         return SlicedBatches(config, tokenizer, split, rows=rows, seq_len=T, process_index=proc,
                              process_count=n_proc, cycle=split == "train")
-    if phase.data in ("conversations-packed", "conversations-padded"):
-        kind = "mid" if phase.data == "conversations-packed" else "sft"
-        return ConversationBatches(config, tokenizer, source or conversation_source(config, split), kind=kind,
-                                   rows=rows, seq_len=T, process_index=proc, process_count=n_proc,
-                                   cycle=split == "train")
-    raise ValueError(f"the {phase.name} phase reads {phase.data}, which are not row batches")
+    if phase.data in CONVERSATION_KINDS:
+        return ConversationBatches(config, tokenizer, source or conversation_source(config, split),
+                                   kind=CONVERSATION_KINDS[phase.data], rows=rows, seq_len=T, process_index=proc,
+                                   process_count=n_proc, cycle=split == "train")
+    raise TrainingError(f"the {phase.name} phase reads {phase.data}, which are not row batches")
 
 
 def epoch_steps(config: Config, phase: Phase, tokenizer: Tokenizer, source) -> int:
     """Optimizer steps in one epoch of a conversation mixture: SFT examples, or mid tokens, per step."""
     per_step = config.training.total_batch_tokens // config.model.sequence_len  # rows per optimizer step
-    if phase.data == "conversations-padded":
+    if CONVERSATION_KINDS.get(phase.data) == "sft":  # one padded conversation per row
         return max(1, len(source) // per_step)
     tokens = sum(len(tokenizer.render_conversation(source[i])[0]) for i in range(len(source)))
     return max(1, math.ceil(tokens / config.training.total_batch_tokens))
-
-
-def build_batches(run):
-    """The training batches of ``run`` (a :class:`revjax.train.setup.RunSetup`) for its phase, at its data state:
-    :class:`StepBatches` of rows, or RL's rollouts (sampled from the parameters the loop binds)."""
-    if run.phase.data == "rollouts":
-        from revjax.train.rl import RolloutBatches
-
-        batches = RolloutBatches(run)
-    else:
-        rows = row_batches(run.config, run.phase, run.tokenizer, "train", run.local_rows, source=run.train_source)
-        batches = StepBatches(rows, run.accum, shd.step_batch_sharding(run.mesh))
-    if run.data_state is not None:
-        batches.set_state(run.data_state)
-    return batches

@@ -1,241 +1,160 @@
-"""Work the loop does every N steps, as hooks: validation bits per byte and loss, the in-context suite per
+"""Work the loop does every N steps, as hooks: validation bits per byte and loss, the evaluation suites per
 direction, greedy samples, checkpoints.
 
-A :class:`Hook` is due at step ``s`` when ``every > 0`` and ``s`` is a multiple of ``every`` (and, for hooks with
-``skip_start``, ``s`` is past the step the run started from), and always at the final step. Hooks run in the order
-they were added, after the previous step's metrics are in, so an evaluation is recorded before the checkpoint that
-stores it.
+A hook is a function ``fn(info: StepInfo) -> dict | None`` added with ``trainer.add_hook(fn, every=N, …)``; it gets
+the step, the train state, the last step's logged metrics and the timing, and returns the metrics it measured. The
+loop logs what it returns and records it in the run's result. Its :class:`Cadence` says when it is due: at every
+multiple of ``every`` (when ``every > 0``), at step 0 unless ``at_zero`` is off, at the step a resumed run restarted
+from unless ``at_resume`` is off, and at the final step unless ``at_end`` is off. Hooks run in the order they were
+added, after the previous step's metrics are in, so an evaluation is recorded before the checkpoint that stores it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import jax
 
 from revjax import sharding as shd
-from revjax.checkpoint import build_metadata
 from revjax.data.batches import global_batch
-from revjax.direction import (
-    Direction,
-    Specials,
-    chat_prompt,
-    chat_reply,
-    chat_stop_token,
-    join_generation,
-    known_directions,
-    orient_prompt,
-)
-from revjax.engine import generate
-from revjax.evaluate import build_eval_step, evaluate_loss
+from revjax.direction import known_directions
+from revjax.eval.samples import chat_samples, greedy_samples
+from revjax.eval.steps import build_eval_step, evaluate_loss
 from revjax.train.data import row_batches
 
-if TYPE_CHECKING:
-    from revjax.train.loop import Trainer
 
-CHAT_SAMPLES = [  # (question, answer) pairs: forward asks the question, sequence-backward gives the answer
-    ("What is 12 plus 7?", "12 + 7 = 19. #### 19"),
-    ("Who are you?", "I am a language model trained with revjax."),
-]
-SAMPLE_PROMPTS = {
-    Direction.FORWARD: ["And God said,", "To be, or not to be:", "The king"],
-    Direction.BACKWARD: ["and the evening and the morning were the first day.", "the rest is silence.", "is love."],
-}
+@dataclass(frozen=True)
+class StepInfo:
+    """What a hook sees: the step, the train state at it, the last logged step's metrics and the timing."""
+
+    step: int
+    state: Any  # revjax.state.TrainState
+    metrics: dict = field(default_factory=dict)  # the last step's logged row (loss, lr, …); empty before the first
+    seconds: float = 0.0  # since the loop started
+    last: bool = False  # the final step of the run
 
 
-@dataclass
-class Hook:
-    name: str
-    every: int
-    fn: Callable[["Trainer", int], None]
-    skip_start: bool = False  # not at the step the run (re)started from, unless it is the final step
-    main_only: bool = False  # only on process 0
+@dataclass(frozen=True)
+class Cadence:
+    every: int  # > 0: every multiple of it; ≤ 0: only where the flags below say
     at_end: bool = True  # also at the final step
-    at_zero: bool = True  # also at step 0 (a resumed run still repeats the step it restarted from)
+    at_zero: bool = True  # at step 0 (when every > 0)
+    at_resume: bool = True  # at the step a resumed run restarted from (when due there); the final step always
 
-    def due(self, step: int, start: int, last: bool, is_main: bool) -> bool:
-        if self.main_only and not is_main:
-            return False
+    def due(self, step: int, start: int, last: bool) -> bool:
         if last:
             return self.at_end
-        if self.skip_start and step == start:
+        if step == start and not self.at_resume:
             return False
-        return self.every > 0 and step % self.every == 0 and (step > 0 or (self.at_zero and not self.skip_start))
+        return self.every > 0 and step % self.every == 0 and (step > 0 or self.at_zero)
 
 
-def sample_texts(graphdef, params, tokenizer, direction: str, max_len: int, max_new_tokens: int = 32):
-    """Greedy continuations of fixed prompts for every direction the model knows, in reading order."""
-    specials = Specials.from_tokenizer(tokenizer)
-    out: dict[str, list[str]] = {}
-    for way in known_directions(direction):
-        prompts = [tokenizer.encode(text, prepend=tokenizer.bos_id) for text in SAMPLE_PROMPTS[way]]
-        oriented = [orient_prompt(p, direction, specials, generate=way) for p in prompts]
-        generated = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id],
-                             max_len=min(max_len, max(map(len, oriented)) + max_new_tokens))
-        out[way.value] = [tokenizer.decode(join_generation(p, g, way)[1:]) for p, g in zip(prompts, generated)]
-    return out
+HookFn = Callable[[StepInfo], "dict | None"]
+EVALUATION = "eval"  # the name of a phase's own evaluation hook (the run's result keeps what it measures)
 
 
-def chat_samples(graphdef, params, tokenizer, direction: str, mode: str, max_len: int, max_new_tokens: int = 48):
-    """Greedy chat turns for every direction the model knows, in reading order, as ``given → generated``: the
-    assistant's reply to a question, or (sequence-mode backward) the question that an answer replies to."""
-    specials = Specials.from_tokenizer(tokenizer)
-    out: dict[str, list[str]] = {}
-    for way in known_directions(direction):
-        asks_user = way is Direction.BACKWARD and mode == "sequence"
-        given = [answer for _, answer in CHAT_SAMPLES] if asks_user else [question for question, _ in CHAT_SAMPLES]
-        prompts = [chat_prompt([tokenizer.encode(text)], direction, specials, mode=mode, generate=way)
-                   for text in given]
-        stop = chat_stop_token(direction, specials, mode=mode, generate=way)
-        generated = generate(graphdef, params, prompts, max_new_tokens, stop_ids=[stop],
-                             max_len=min(max_len, max(map(len, prompts)) + max_new_tokens))
-        replies = [tokenizer.decode(chat_reply(g, direction, specials, mode=mode, generate=way)) for g in generated]
-        out[way.value] = [f"{text!r} → {reply!r}" for text, reply in zip(given, replies)]
-    return out
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    fn: HookFn
+    cadence: Cadence
+    main_only: bool = False  # only on process 0
+
+    def due(self, step: int, start: int, last: bool, is_main: bool) -> bool:
+        return (is_main or not self.main_only) and self.cadence.due(step, start, last)
 
 
-def eval_hook(trainer: "Trainer") -> Hook:
+def eval_steps(run, tokens: int) -> int:
+    """Global batches of ``run`` that hold about ``tokens`` tokens (at least one)."""
+    per_batch = run.local_rows * jax.process_count() * run.config.model.sequence_len
+    return max(1, tokens // per_batch)
+
+
+def run_eval_step(run) -> Callable:
+    """The jitted, sharded bits-per-byte step on ``run``'s mesh (built once per run, shared by every hook)."""
+    if getattr(run, "_eval_step", None) is None:
+        run._eval_step = build_eval_step(run.graphdef, run.mesh, run.shardings.params,
+                                         run.tokenizer.token_bytes(run.config.tokenizer.token_bytes))
+    return run._eval_step
+
+
+def eval_hook(run) -> Hook:
     """Validation bits per byte and loss on ``training.eval_tokens`` tokens of the phase's validation data."""
-    run, config = trainer.run, trainer.run.config
-    eval_step = build_eval_step(run.graphdef, run.mesh, run.shardings.params,
-                                run.tokenizer.token_bytes(config.tokenizer.token_bytes))
+    config = run.config
     row_sharding = shd.batch_sharding(run.mesh)
-    T = config.model.sequence_len
-    eval_batches = max(1, config.training.eval_tokens // (run.local_rows * jax.process_count() * T))
 
-    def evaluate(trainer: "Trainer", step: int) -> None:
+    def evaluate(info: StepInfo) -> dict:
         val = row_batches(config, run.phase, run.tokenizer, "val", run.local_rows)
         try:
             batches = (global_batch(b, row_sharding) for b in val)
-            measured = evaluate_loss(eval_step, trainer.state.params, batches, eval_batches)
+            measured = evaluate_loss(run_eval_step(run), info.state.params, batches,
+                                     eval_steps(run, config.training.eval_tokens))
         finally:
             val.close()
-        trainer.result.val_bpb, trainer.result.val_bpb_step = measured["bpb"], step
-        trainer.result.val_loss = measured["loss"]
-        trainer.log({"step": step, "val_bpb": measured["bpb"], "val_loss": measured["loss"]})
-        trainer.say(f"step {step}: val bpb {measured['bpb']:.4f}, val loss {measured['loss']:.4f}")
+        return {"val_bpb": measured["bpb"], "val_loss": measured["loss"]}
 
-    return Hook("eval", config.training.eval_every, evaluate)
+    return Hook(EVALUATION, evaluate, Cadence(config.training.eval_every))
 
 
-def suite_hook(trainer: "Trainer") -> Hook:
-    """Every ``training.core_every`` steps (nanochat's ``core_metric_every``; not at step 0) and at the final
-    step: validation bits per byte of the corpus in each direction the model knows, and the in-context suite
-    ``training.core_suite`` (the OLMo-offline suite, or CORE from ``<base dir>/eval_bundle``) capped at
-    ``training.core_max_per_task`` examples per task. Logged as ``val_bpb/<way>``, ``<suite>/<way>`` (the mean
-    centered accuracy) and ``<suite>/<way>/<task>``."""
-    from revjax.eval.bpb import document_rows
-    from revjax.eval.core import CORE_NAME, evaluate_tasks, fetch_bundle, load_core_tasks
-    from revjax.eval.scorer import Scorer
-    from revjax.eval.suites import OFFLINE_NAME, load_offline_tasks
-
-    run, config = trainer.run, trainer.run.config
-    tc, T = config.training, config.model.sequence_len
-    row_sharding = shd.batch_sharding(run.mesh)
-    eval_batches = max(1, tc.eval_tokens // (run.local_rows * jax.process_count() * T))
-    direction = config.direction.direction
-    ways = known_directions(direction)
-    loaded: dict = {}
-
-    def val_texts() -> list[str]:
-        from revjax.data.shards import iter_texts
-
-        texts, chars = [], 0
-        for batch in iter_texts(config.data_path(), "val"):
-            texts += batch
-            chars += sum(map(len, batch))
-            if chars >= 8 * tc.eval_tokens:
-                break
-        return texts
-
-    def evaluate(trainer: "Trainer", step: int) -> None:
-        if not loaded:  # once per run: the eval step, the validation documents and the suite's tasks
-            loaded["step"] = build_eval_step(run.graphdef, run.mesh, run.shardings.params,
-                                             run.tokenizer.token_bytes(config.tokenizer.token_bytes))
-            loaded["texts"] = val_texts()
-            if tc.core_suite == "core":
-                loaded["name"], loaded["specs"] = CORE_NAME, load_core_tasks(fetch_bundle(config.base_path()))
-            else:
-                loaded["name"], loaded["specs"] = OFFLINE_NAME, load_offline_tasks(cache_dir=config.tasks_path())
-        row: dict = {"step": step}
-        for way in ways:
-            rows = document_rows(loaded["texts"], run.tokenizer, direction, way, run.local_rows, T,
-                                 packing=config.data.val_packing, packing_buffer=config.data.packing_buffer)
-            batches = (global_batch(b, row_sharding) for b in rows)
-            measured = evaluate_loss(loaded["step"], trainer.state.params, batches, eval_batches)
-            row[f"val_bpb/{way.value}"] = measured["bpb"]
-        scorer = Scorer(run.graphdef, trainer.state.params, pad_id=run.tokenizer.bos_id)
-        name = loaded["name"]
-        out = evaluate_tasks(loaded["specs"], name, scorer, run.tokenizer, direction, ways,
-                             max_per_task=tc.core_max_per_task if tc.core_max_per_task > 0 else None, max_len=T)
-        for way, part in out["ways"].items():
-            row[f"{name}/{way}"] = part["score"]
-            row.update({f"{name}/{way}/{label}": task["centered"] for label, task in part["tasks"].items()})
-        trainer.log(row)
-        trainer.say(f"step {step}: " + ", ".join(f"{key} {value:.4f}" for key, value in row.items()
-                                                  if key != "step" and key.count("/") == 1 and value is not None))
-
-    return Hook("suite", tc.core_every, evaluate, at_zero=False, at_end=tc.core_every > 0)
-
-
-def rl_eval_hook(trainer: "Trainer") -> Hook:
+def rl_eval_hook(run) -> Hook:
     """pass@k and mean reward of ``rl.eval_samples`` sampled replies to ``rl.eval_prompts`` prompts of
     ``tasks.rl_val``."""
     from revjax.tasks import build_mixture
     from revjax.train.rl import Rollouts, pass_at_k
 
-    run, config = trainer.run, trainer.run.config
+    config = run.config
     source = build_mixture(config.tasks.rl_val, seed=config.tasks.seed, cache_dir=config.tasks_path(),
                            training=False)
     rollouts = Rollouts(config, run.tokenizer, run.graphdef, source, max_len=config.model.sequence_len + 1)
     k = config.rl.eval_samples
 
-    def evaluate(trainer: "Trainer", step: int) -> None:
+    def evaluate(info: StepInfo) -> dict:
         indices = list(range(min(config.rl.eval_prompts, len(source))))
-        rewards = rollouts.sample(trainer.state.params, indices, k, seed=config.training.seed)["rewards"]
-        measured = {f"val_pass@{k}": pass_at_k(rewards > 0), "val_reward": float(rewards.mean())}
-        trainer.result.evals = {**measured, "step": step}
-        trainer.log({"step": step, **measured})
-        trainer.say(f"step {step}: " + ", ".join(f"{name} {value:.3f}" for name, value in measured.items()))
+        rewards = rollouts.sample(info.state.params, indices, k, seed=config.training.seed)["rewards"]
+        return {f"val_pass@{k}": pass_at_k(rewards > 0), "val_reward": float(rewards.mean())}
 
-    return Hook("eval", config.training.eval_every, evaluate)
+    return Hook(EVALUATION, evaluate, Cadence(config.training.eval_every))
 
 
-def sample_hook(trainer: "Trainer") -> Hook:
-    config = trainer.run.config
+def suite_hook(run) -> Hook:
+    """Every ``training.core_every`` steps (nanochat's ``core_metric_every``; not at step 0) and at the final step:
+    each evaluation suite that runs in training (:data:`revjax.eval.suites.SUITES`: validation bits per byte in
+    each direction, and the in-context suite ``training.core_suite`` capped at ``training.core_max_per_task``)."""
+    from revjax.eval.suites import TrainingContext, training_suites
 
-    def sample(trainer: "Trainer", step: int) -> None:
-        run, d = trainer.run, config.direction
+    config = run.config
+    context = TrainingContext(run, run_eval_step, eval_steps)
+
+    def evaluate(info: StepInfo) -> dict:
+        row: dict = {}
+        for suite in training_suites(config.training.core_suite):
+            row.update(suite.train(context, info.state.params))
+        return row
+
+    every = config.training.core_every
+    return Hook("suite", evaluate, Cadence(every, at_zero=False, at_end=every > 0))
+
+
+def sample_hook(run) -> Hook:
+    """Greedy samples (chat turns in a conversation phase) for every direction the model knows."""
+    config, d = run.config, run.config.direction
+
+    def sample(info: StepInfo) -> dict:
+        ways = known_directions(d.direction)
         if run.phase.conversations:
-            trainer.result.samples = chat_samples(run.graphdef, trainer.state.params, run.tokenizer, d.direction,
-                                                  d.conversation, config.model.sequence_len)
+            samples = chat_samples(run.graphdef, info.state.params, run.tokenizer, d.direction, d.conversation, ways,
+                                   config.model.sequence_len)
         else:
-            trainer.result.samples = sample_texts(run.graphdef, trainer.state.params, run.tokenizer, d.direction,
-                                                  config.model.sequence_len)
-        for way, texts in trainer.result.samples.items():
-            for text in texts:
-                trainer.say(f"  [{way}] {text!r}")
+            samples = greedy_samples(run.graphdef, info.state.params, run.tokenizer, d.direction, ways,
+                                     config.model.sequence_len)
+        return {"samples": samples}
 
     every = config.training.sample_every
-    return Hook("samples", every, sample, skip_start=True, main_only=True, at_end=every > 0)
+    return Hook("samples", sample, Cadence(every, at_resume=False, at_end=every > 0), main_only=True)
 
 
-def checkpoint_hook(trainer: "Trainer") -> Hook:
-    return Hook("checkpoint", trainer.run.config.checkpoint.save_every, lambda t, step: save_checkpoint(t, step),
-                skip_start=True)
-
-
-def save_checkpoint(trainer: "Trainer", step: int) -> None:
-    """Save the train state, data position and metadata as ``step`` (a committed step is never rewritten)."""
-    run, config = trainer.run, trainer.run.config
-    metadata = build_metadata(
-        step=step, direction=config.direction.direction, phase=config.training.phase,
-        model_config=config.model.gpt_config(), config=config.with_absolute_paths().to_dict(),
-        tokenizer_identity=run.tokenizer.identity(), tokenizer_path=str(config.tokenizer_path()),
-        val_bpb=trainer.result.val_bpb)
-    metadata["finished"] = step == run.num_iterations
-    if run.parent is not None:
-        metadata["parent"] = run.parent
-    state = {"params": trainer.state.params, "opt_state": trainer.state.opt_state}
-    run.checkpointer.save(step, state, data_state=trainer.batches.get_state(), metadata=metadata)
+def default_hooks(run, evaluation: Callable[[Any], Hook]) -> list[Hook]:
+    """The hooks every phase runs: its evaluation (``evaluation(run)``), the suites, samples (checkpoints: the
+    loop's own hook)."""
+    return [evaluation(run), suite_hook(run), sample_hook(run)]

@@ -1,37 +1,33 @@
 """The training loop shared by every phase: batches → sharded step (the phase's loss) → metrics, with hooks.
 
 The loop dispatches step N before it reads step N−1's metrics, so the host never stalls the device except to
-log. Evaluation, samples and checkpoints are hooks (:mod:`revjax.train.hooks`); metrics go to one tracker
-(:mod:`revjax.tracking`). A restarted run continues from the newest intact checkpoint and reproduces an
+log. Evaluation, samples and checkpoints are hooks (:mod:`revjax.train.hooks`, added with
+:meth:`Trainer.add_hook`); what they return is logged to the run's trackers and recorded in its :class:`RunResult`. A restarted run continues from the newest intact checkpoint and reproduces an
 uninterrupted run step for step. A non-finite loss stops the run before anything is saved, so the last good
 checkpoint is kept; SIGTERM/SIGINT save, say so, and the command exits 128 + the signal number.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from revjax.compilation import use_compilation_cache
 from revjax.config import Config
 from revjax.model import flops_per_token
 from revjax.optim import lr_multiplier, muon_momentum
-from revjax.runlock import RunLock
-from revjax.tracking import JsonlTracker, Trackers, WandbTracker
-from revjax.train.data import build_batches
-from revjax.train.hooks import (Hook, checkpoint_hook, eval_hook, rl_eval_hook, sample_hook, save_checkpoint,
-                                 suite_hook)
-from revjax.train.setup import RunSetup, TrainingError, maybe_initialize_distributed, prepare_run
+from revjax.train.errors import TrainingError
+from revjax.train.hooks import EVALUATION, Cadence, Hook, HookFn, StepInfo, default_hooks
+from revjax.train.setup import RunSetup, save_checkpoint, setup_run
+from revjax.train.sources import DATA_SOURCES
 from revjax.train.step import LOSSES, build_train_step
 
 # Dense bf16 peak FLOP/s per device, by device kind (substring match, lower case).
@@ -51,10 +47,24 @@ class RunResult:
     samples: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
     signal: int | None = None  # the signal that stopped the run early, if any
+    hooks: dict[str, dict] = field(default_factory=dict)  # hook name → {"step", …what it returned last}
 
     @property
     def interrupted(self) -> bool:
         return self.signal is not None
+
+    def record(self, name: str, step: int, out: dict) -> None:
+        """Keep what hook ``name`` returned at ``step``: the phase's evaluation (val bpb and loss, or another
+        measure such as RL's pass@k) and the samples have fields of their own."""
+        self.hooks[name] = {"step": step, **out}
+        if "samples" in out:
+            self.samples = out["samples"]
+        if name != EVALUATION:
+            return
+        if "val_bpb" in out:
+            self.val_bpb, self.val_bpb_step, self.val_loss = out["val_bpb"], step, out.get("val_loss")
+        else:
+            self.evals = {**out, "step": step}
 
     def summary(self) -> str:
         if self.evals:
@@ -102,11 +112,16 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-class Trainer:
-    """Runs ``run``'s steps with its phase's loss, calling each hook when due."""
+def _loggable(out: dict) -> dict:
+    """The entries of a hook's result that go to the trackers (numbers, strings, None; not samples or tables)."""
+    return {k: v for k, v in out.items() if not isinstance(v, (dict, list, tuple))}
 
-    def __init__(self, run: RunSetup, batches, tracker, *, progress: bool):
-        self.run, self.batches, self.tracker = run, batches, tracker
+
+class Trainer:
+    """Runs ``run``'s steps with its phase's loss, calling each hook when due and recording what it returns."""
+
+    def __init__(self, run: RunSetup, *, progress: bool):
+        self.run, self.batches, self.tracker = run, run.batches, run.tracker
         self.state = run.state
         self.result = RunResult(run_dir=run.run_dir, step=run.start)
         self.hooks: list[Hook] = []
@@ -118,7 +133,8 @@ class Trainer:
         self._bar = tqdm(total=run.num_iterations, initial=run.start, disable=not (progress and run.is_main),
                          desc=run.config.run_name, unit="step", dynamic_ncols=True)
         self._pending: tuple[int, dict, dict, tuple[bool, bool]] | None = None
-        self._last_time = time.perf_counter()
+        self._last_time = self._start_time = time.perf_counter()
+        self._last_row: dict = {}
 
     def diagnostics_due(self, step: int) -> tuple[bool, bool]:
         """Whether step ``step`` computes per-token statistics and per-layer statistics for the research log."""
@@ -126,8 +142,14 @@ class Trainer:
         due = lambda every: logging.hdf5 and every > 0 and (step % every == 0 or final)  # noqa: E731
         return due(logging.hdf5_every), due(logging.hdf5_layers_every)
 
-    def add_hook(self, hook: Hook) -> None:
+    def add_hook(self, fn: HookFn | Hook, every: int = 0, *, name: str | None = None, at_end: bool = True,
+                 at_zero: bool = True, at_resume: bool = True, main_only: bool = False) -> Hook:
+        """Call ``fn(StepInfo)`` every ``every`` steps (see :class:`revjax.train.hooks.Cadence` for the flags);
+        what it returns (a dict of metrics, or None) is logged and recorded in the result."""
+        hook = fn if isinstance(fn, Hook) else Hook(name or getattr(fn, "__name__", "hook"), fn,
+                                                    Cadence(every, at_end, at_zero, at_resume), main_only)
         self.hooks.append(hook)
+        return hook
 
     def log(self, row: dict, *, scheduled: bool = True) -> None:
         if self.tracker is not None:
@@ -136,6 +158,21 @@ class Trainer:
     def say(self, text: str) -> None:
         if self.run.is_main and not self._bar.disable:
             self._bar.write(text)
+
+    def _run_hook(self, hook: Hook, step: int, last: bool) -> None:
+        info = StepInfo(step, self.state, dict(self._last_row), time.perf_counter() - self._start_time, last)
+        out = hook.fn(info)
+        if not out:
+            return
+        self.result.record(hook.name, step, out)
+        scalars = _loggable(out)
+        if scalars:
+            self.log({"step": step, **scalars})
+            shown = [f"{k} {v:.4f}" for k, v in scalars.items() if isinstance(v, float) and k.count("/") <= 1]
+            self.say(f"step {step}: " + ", ".join(shown))
+        for way, texts in out.get("samples", {}).items():
+            for text in texts:
+                self.say(f"  [{way}] {text!r}")
 
     def _flush(self) -> None:
         """Read the pending step's metrics: stop on a non-finite loss, log, update the bar."""
@@ -160,6 +197,7 @@ class Trainer:
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
         row.update(stats)
+        self._last_row = dict(row)
         if any(due) and self.tracker is not None:
             row["diagnostics"] = {name: jax.device_get(metrics["diagnostics"][name])
                                   for name, wanted in zip(("tokens", "layers"), due) if wanted}
@@ -170,6 +208,11 @@ class Trainer:
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(1)
 
+    def _stop(self, step: int, signum: int) -> None:
+        save_checkpoint(self.run, self.state, step, self.result.val_bpb)
+        self.result.signal = signum
+        self.say(f"received {signal.Signals(signum).name}: saved step {step} to {self.run.run_dir}")
+
     def fit(self) -> RunResult:
         run = self.run
         with _StopRequest() as stop:
@@ -179,12 +222,10 @@ class Trainer:
                 if due or stop.signal is not None:
                     self._flush()
                 for hook in due:
-                    hook.fn(self, step)
+                    self._run_hook(hook, step, last)
                 self.result.step = step
                 if stop.signal is not None:
-                    save_checkpoint(self, step)
-                    self.result.signal = stop.signal
-                    self.say(f"received {signal.Signals(stop.signal).name}: saved step {step} to {run.run_dir}")
+                    self._stop(step, stop.signal)
                     break
                 if last:
                     break
@@ -201,46 +242,27 @@ class Trainer:
         self._bar.close()
 
 
-def _trackers(run: RunSetup) -> Trackers | None:
-    if not run.is_main:
-        return None
-    config = run.config
-    trackers: list = [JsonlTracker(run.run_dir / "metrics.jsonl", run.start)]
-    if config.logging.hdf5:
-        from revjax.tracking.hdf5 import FILENAME, Hdf5Tracker, run_attrs
+def checkpoint_hook(trainer: Trainer) -> Hook:
+    """Save a checkpoint every ``checkpoint.save_every`` steps (not at the step the run restarted from) and last."""
+    def save(info: StepInfo) -> None:
+        save_checkpoint(trainer.run, info.state, info.step, trainer.result.val_bpb)
 
-        trackers.append(Hdf5Tracker(run.run_dir / FILENAME, run.start, run_attrs(config)))
-    if config.logging.wandb != "disabled":
-        trackers.append(WandbTracker(project=config.logging.project, name=config.run_name, mode=config.logging.wandb,
-                                     directory=run.run_dir, config=config.to_dict()))
-    return Trackers(trackers)
+    return Hook("checkpoint", save, Cadence(trainer.run.config.checkpoint.save_every, at_resume=False))
 
 
 def train(config: Config, *, progress: bool | None = None) -> RunResult:
     """Run (or continue) the configured training run; returns where it ended and what it measured."""
-    maybe_initialize_distributed()
-    use_compilation_cache(config.base_path())
     start_time = time.time()
     show = config.logging.progress if progress is None else progress
-    lock = RunLock(config.checkpoint_path(), "training", create=True) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock, contextlib.ExitStack() as stack:
-        run = prepare_run(config)
-        stack.callback(run.checkpointer.close)
-        if run.is_main:
-            print(f"resuming {run.run_dir} from step {run.start}" if run.start else
-                  f"starting {run.run_dir}" + (f" from the parameters of {run.parent['run']}" if run.parent else ""))
-        batches = build_batches(run)
-        stack.callback(batches.close)
-        tracker = _trackers(run)
-        if tracker is not None:
-            stack.callback(tracker.close)
-        trainer = Trainer(run, batches, tracker, progress=show)
+    with contextlib.ExitStack() as stack:
+        run = setup_run(config, stack)
+        trainer = Trainer(run, progress=show)
         stack.callback(trainer.close)
-        if run.phase.data == "rollouts":
-            batches.bind(lambda: trainer.state.params)
-        for make in (rl_eval_hook if run.phase.data == "rollouts" else eval_hook, suite_hook, sample_hook,
-                     checkpoint_hook):
-            trainer.add_hook(make(trainer))
+        source = DATA_SOURCES[run.phase.data]
+        if source.samples_params:
+            run.batches.bind(lambda: trainer.state.params)
+        for hook in [*default_hooks(run, source.evaluation), checkpoint_hook(trainer)]:
+            trainer.add_hook(hook)
         result = trainer.fit()
     result.seconds = time.time() - start_time
     return result
@@ -250,21 +272,3 @@ def exit_code(result: RunResult) -> int:
     """0 for a finished run; 128 + the signal number for one stopped by a signal (what schedulers expect)."""
     return 128 + result.signal if result.signal is not None else 0
 
-
-def run_from_args(argv: list[str] | None = None, *, on_result: Callable[[RunResult], None] | None = None) -> int:
-    """``python -m revjax.train`` / ``revjax train``: ``--config FILE`` (repeatable) and ``key=value`` overrides."""
-    from revjax.config_args import config_from_args
-    from revjax.errors import run_command
-
-    parser = argparse.ArgumentParser(prog="python -m revjax.train", description="Train (or continue) a revjax model.")
-    parser.add_argument("--config", action="append", metavar="FILE", help="YAML config (repeatable)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    args = parser.parse_args(argv)
-    outcome: list[RunResult] = []
-    code = run_command("revjax.train", lambda: outcome.append(train(config_from_args(args, ["default"]))))
-    if code or not outcome:
-        return code
-    if on_result:
-        on_result(outcome[0])
-    print(outcome[0].summary(), flush=True)
-    return exit_code(outcome[0])

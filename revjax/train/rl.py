@@ -25,16 +25,15 @@ from revjax.config import Config
 from revjax.direction import Direction, Specials, chat_prompt, chat_reply, chat_stop_token, choose_direction
 from revjax.engine import Engine
 from revjax.tasks import build_mixture
-from revjax.train.setup import TrainingError
+from revjax.phases import PHASES
+from revjax.train.errors import TrainingError
 
 
-def check_rl_direction(config: Config) -> None:
-    d = config.direction
-    if d.direction == "backward" and d.conversation == "sequence":
-        raise TrainingError(
-            "RL needs a model that writes answers, but a sequence-mode backward model writes the question that "
-            "precedes an answer; train it with direction.conversation=turn (or use forward or bidirectional)"
-        )
+def check_rl_direction(config: Config, phase: str = "rl") -> None:
+    """Refuse a direction and conversation mode the phase's row does not accept (:data:`revjax.phases.PHASES`)."""
+    refusal = PHASES[phase].refuses(config.direction.direction, config.direction.conversation)
+    if refusal:
+        raise TrainingError(refusal)
 
 
 def prompt_way(config: Config, index: int) -> Direction:
@@ -155,7 +154,7 @@ class RolloutBatches:
 
     def __init__(self, run):
         config = run.config
-        check_rl_direction(config)
+        check_rl_direction(config, run.phase.name)
         self.run, self.config = run, config
         self.samples = config.rl.num_samples
         rows_per_step = run.accum * run.local_rows * jax.process_count()

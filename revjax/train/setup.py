@@ -1,4 +1,6 @@
-"""Setting a run up: distributed start, tokenizer, mesh, batch geometry, and the state to start from.
+"""Setting a run up, in one entry (:func:`setup_run`): distributed start, compilation cache, run-folder lock,
+tokenizer, mesh, batch geometry, the state to start from, the training batches and the trackers; and the
+checkpoint metadata a run reads back and writes (:func:`save_checkpoint`).
 
 :func:`prepare_run` returns one :class:`RunSetup` whatever the start: fresh parameters, the newest intact checkpoint
 of this run (or the step named by ``checkpoint.resume_step``), or another run's parameters (``training.init_from``).
@@ -8,6 +10,7 @@ with ``checkpoint.start_over``) are moved into ``set-aside/``, together with the
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -22,20 +25,20 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from revjax import sharding as shd
-from revjax.checkpoint import SET_ASIDE, Checkpointer, CheckpointError, check_compatible, read_params
+from revjax.checkpoint import SET_ASIDE, Checkpointer, CheckpointError
+from revjax.runs import build_metadata, check_compatible, read_params
+from revjax.compilation import use_compilation_cache
 from revjax.config import Config
-from revjax.errors import RevjaxError
 from revjax.model import flops_per_token, num_params
 from revjax.optim import build_optimizer
 from revjax.phases import PHASES, Phase
+from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer, TokenizerError
-from revjax.train.data import conversation_source, epoch_steps
+from revjax.tracking import JsonlTracker, Trackers, WandbTracker
 from revjax.state import TrainState, init_train_state, train_state_shardings
+from revjax.train.errors import TrainingError  # noqa: F401  (re-exported)
+from revjax.train.sources import build_batches, mixture_epoch
 from revjax.train.step import accumulation_steps
-
-
-class TrainingError(RevjaxError, RuntimeError):
-    """The run cannot go on; the message says why and what to do."""
 
 
 @dataclass
@@ -56,6 +59,8 @@ class RunSetup:
     local_rows: int  # rows of a micro-batch read by this process
     parent: dict | None  # {"run", "step", "phase"} of the run this one started from
     train_source: Any = None  # the task mixture a conversation phase trains on
+    batches: Any = None  # the training batches (setup_run builds them)
+    tracker: Trackers | None = None  # where metrics go (process 0 only)
 
     @property
     def run_dir(self) -> Path:
@@ -185,11 +190,58 @@ def prepare_run(config: Config) -> RunSetup:
     else:
         graphdef, state, shardings = init_train_state(config.model, tx, mesh, seed=config.training.seed)
     phase = PHASES[config.training.phase]
-    source, epoch = None, None
-    if phase.data in ("conversations-packed", "conversations-padded"):
-        source = conversation_source(config, "train")
-        epoch = lambda: epoch_steps(config, phase, tokenizer, source)  # noqa: E731
+    source, epoch = mixture_epoch(config, phase, tokenizer)
     return RunSetup(config=config, phase=phase, tokenizer=tokenizer, mesh=mesh, tx=tx, graphdef=graphdef,
                     state=state, shardings=shardings, checkpointer=checkpointer, start=start, data_state=data_state,
                     num_iterations=resolve_num_iterations(config, epoch), accum=accum, local_rows=rows // n_proc,
                     parent=parent, train_source=source)
+
+
+def trackers(run: RunSetup) -> Trackers | None:
+    """The run's metrics log, the research log (``logging.hdf5``) and Weights & Biases, on process 0."""
+    if not run.is_main:
+        return None
+    config = run.config
+    found: list = [JsonlTracker(run.run_dir / "metrics.jsonl", run.start)]
+    if config.logging.hdf5:
+        from revjax.tracking.hdf5 import FILENAME, Hdf5Tracker, run_attrs
+
+        found.append(Hdf5Tracker(run.run_dir / FILENAME, run.start, run_attrs(config)))
+    if config.logging.wandb != "disabled":
+        found.append(WandbTracker(project=config.logging.project, name=config.run_name, mode=config.logging.wandb,
+                                  directory=run.run_dir, config=config.to_dict()))
+    return Trackers(found)
+
+
+def setup_run(config: Config, stack: contextlib.ExitStack) -> RunSetup:
+    """The one set-up entry: join a distributed run, use the compilation cache, lock the run folder, build or
+    restore the state (fresh, resume, init_from), open the batches and the trackers; ``stack`` closes them."""
+    maybe_initialize_distributed()
+    use_compilation_cache(config.base_path())
+    if jax.process_index() == 0:
+        stack.enter_context(RunLock(config.checkpoint_path(), "training", create=True))
+    run = prepare_run(config)
+    stack.callback(run.checkpointer.close)
+    if run.is_main:
+        print(f"resuming {run.run_dir} from step {run.start}" if run.start else
+              f"starting {run.run_dir}" + (f" from the parameters of {run.parent['run']}" if run.parent else ""))
+    run.batches = build_batches(run)
+    stack.callback(run.batches.close)
+    run.tracker = trackers(run)
+    if run.tracker is not None:
+        stack.callback(run.tracker.close)
+    return run
+
+
+def save_checkpoint(run: RunSetup, state: TrainState, step: int, val_bpb: float | None) -> None:
+    """Save the train state, data position and metadata as ``step`` (a committed step is never rewritten)."""
+    config = run.config
+    metadata = build_metadata(
+        step=step, direction=config.direction.direction, phase=config.training.phase,
+        model_config=config.model.gpt_config(), config=config.with_absolute_paths().to_dict(),
+        tokenizer_identity=run.tokenizer.identity(), tokenizer_path=str(config.tokenizer_path()), val_bpb=val_bpb)
+    metadata["finished"] = step == run.num_iterations
+    if run.parent is not None:
+        metadata["parent"] = run.parent
+    run.checkpointer.save(step, {"params": state.params, "opt_state": state.opt_state},
+                          data_state=run.batches.get_state(), metadata=metadata)

@@ -24,6 +24,7 @@ from revjax.model import GPT
 from revjax.optim import LR_MULTIPLIER, MUON_MOMENTUM, set_schedule
 from revjax.state import TrainState
 from revjax.train.diagnostics import step_diagnostics
+from revjax.train.errors import BatchSplitError
 
 
 Batch = dict[str, jax.Array]
@@ -48,7 +49,7 @@ def accumulation_steps(total_batch_tokens: int, device_batch_size: int, seq_len:
     """How many micro-batches make one optimizer step; refuses a batch that does not divide evenly."""
     per_micro = device_batch_size * seq_len * dp_size
     if total_batch_tokens % per_micro:
-        raise ValueError(
+        raise BatchSplitError(
             f"training.total_batch_tokens={total_batch_tokens} is not a multiple of device_batch_size × sequence_len "
             f"× data-parallel devices = {device_batch_size}×{seq_len}×{dp_size} = {per_micro}; change one of them"
         )

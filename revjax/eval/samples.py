@@ -1,0 +1,52 @@
+"""Greedy samples, the one sampler of training hooks and ``revjax eval``: continuations of fixed prompts (text), or
+chat turns (conversation phases), for each direction a model reads, shown in reading order."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from revjax.direction import (Direction, Specials, chat_prompt, chat_reply, chat_stop_token, join_generation,
+                              orient_prompt)
+from revjax.engine import generate
+
+SAMPLE_PROMPTS = {
+    Direction.FORWARD: ["The capital of France is", "And God said,", "To be, or not to be:"],
+    Direction.BACKWARD: ["is the capital of France.", "and it was so.", "that is the question."],
+}
+CHAT_SAMPLES = [  # (question, answer) pairs: forward asks the question, sequence-backward gives the answer
+    ("What is 12 plus 7?", "12 + 7 = 19. #### 19"),
+    ("Who are you?", "I am a language model trained with revjax."),
+]
+
+
+def greedy_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str,
+                   ways: Sequence[Direction | str], max_len: int, max_new_tokens: int = 32) -> dict[str, list[str]]:
+    """Greedy continuations of :data:`SAMPLE_PROMPTS` for each way, in reading order (backward text grows left)."""
+    specials = Specials.from_tokenizer(tokenizer)
+    out = {}
+    for way in map(Direction.parse, ways):
+        prompts = [tokenizer.encode(t, prepend=tokenizer.bos_id) for t in SAMPLE_PROMPTS[way]]
+        oriented = [orient_prompt(p, direction, specials, generate=way) for p in prompts]
+        room = min(max_len, max(map(len, oriented)) + max_new_tokens)
+        generated = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id], max_len=room)
+        out[way.value] = [tokenizer.decode(join_generation(p, g, way)[1:]) for p, g in zip(prompts, generated)]
+    return out
+
+
+def chat_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str, mode: str,
+                 ways: Sequence[Direction | str], max_len: int, max_new_tokens: int = 48) -> dict[str, list[str]]:
+    """Greedy chat turns for each way, in reading order, as ``given → generated``: the assistant's reply to a
+    question, or (sequence-mode backward) the question that an answer replies to."""
+    specials = Specials.from_tokenizer(tokenizer)
+    out: dict[str, list[str]] = {}
+    for way in map(Direction.parse, ways):
+        asks_user = way is Direction.BACKWARD and mode == "sequence"
+        given = [answer for _, answer in CHAT_SAMPLES] if asks_user else [question for question, _ in CHAT_SAMPLES]
+        prompts = [chat_prompt([tokenizer.encode(text)], direction, specials, mode=mode, generate=way)
+                   for text in given]
+        stop = chat_stop_token(direction, specials, mode=mode, generate=way)
+        generated = generate(graphdef, params, prompts, max_new_tokens, stop_ids=[stop],
+                             max_len=min(max_len, max(map(len, prompts)) + max_new_tokens))
+        replies = [tokenizer.decode(chat_reply(g, direction, specials, mode=mode, generate=way)) for g in generated]
+        out[way.value] = [f"{text!r} → {reply!r}" for text, reply in zip(given, replies)]
+    return out
