@@ -27,8 +27,8 @@ from revjax.eval.core import evaluate_tasks, fetch_bundle, load_core_tasks
 from revjax.eval.icl import EvalError, common_length, fewshot_examples, select_items, spans
 from revjax.eval.run import evaluate_run, format_markdown, main
 from revjax.eval.scorer import Request
-from revjax.eval.suites import evaluate_offline, load_offline_tasks
-from revjax.evaluate import build_eval_step, evaluate_loss
+from revjax.eval.offline import evaluate_offline, load_offline_tasks
+from revjax.eval.steps import build_eval_step, evaluate_loss
 from revjax.interop.state_dict import load_params, model_params
 from revjax.model import GPT
 from revjax.sharding import make_mesh
