@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from revjax.errors import RevjaxError, run_command
+from revjax.eval.suites import SUITES, way_result
+from revjax.phases import PHASES, phase_order
 
-PHASES = ("base", "mid", "sft", "rl")
 
 
 class ReportError(RevjaxError):
@@ -115,8 +116,7 @@ def chains(runs: Sequence[PhaseRun]) -> list[list[PhaseRun]]:
     groups: dict[Path, list[PhaseRun]] = {}
     for run in runs:
         groups.setdefault(root(run), []).append(run)
-    order = {p: i for i, p in enumerate(PHASES)}
-    return [sorted(g, key=lambda r: order.get(r.phase, len(PHASES))) for _, g in sorted(groups.items())]
+    return [sorted(g, key=lambda r: phase_order(r.phase)) for _, g in sorted(groups.items())]
 
 
 # ------------------------------------------------------------------------------------------------ measurements
@@ -216,20 +216,10 @@ def summary_rows(chain: Sequence[PhaseRun]) -> list[tuple[str, str, dict[str, An
         lambda r, s: None if s["seconds"] is None else f"{s['seconds']:.1f}")
     for way in (w.value for w in known_directions(direction)):
         label = way if way == direction else f"{direction} → {way}"
-        add(label, "val bpb (training hook)", lambda r, s, w=way: s["hook_bpb"].get(w))
-        add(label, "bpb (revjax eval)", lambda r, s, w=way: r.evals.get("bpb", {}).get("ways", {}).get(w, {})
-            .get("bpb"))
-        for suite in ("core", "offline"):
-            name = "CORE" if suite == "core" else "OLMo-offline"
-            add(label, name, lambda r, s, w=way, q=suite: r.evals.get(q, {}).get("ways", {}).get(w, {}).get("score"))
-            add(label, f"{name} (training hook)", lambda r, s, w=way, n=name: s["hook_scores"].get(f"{n}/{w}"))
-        chat = lambda r, w: r.evals.get("chat", {}).get("ways", {}).get(w, {})  # noqa: E731
-        tasks = sorted({t for r, _ in phases.values() for t in chat(r, way).get("answer", {}).get("tasks", {})})
-        for task in tasks:
-            add(label, f"{task} (accuracy)", lambda r, s, w=way, t=task: chat(r, w).get("answer", {})
-                .get("tasks", {}).get(t, {}).get("accuracy"))
-        add(label, "ChatCORE", lambda r, s, w=way: chat(r, w).get("answer", {}).get("score"))
-        add(label, "ChatCORE-joint", lambda r, s, w=way: chat(r, w).get("joint", {}).get("score"))
+        for name, suite in SUITES.items():  # each suite's rows, from the suite table
+            parts = {p: way_result(r.evals.get(name), way) for p, (r, _) in phases.items()}
+            for metric, pick in suite.report(way, list(parts.values())):
+                add(label, metric, lambda r, s, pick=pick, parts=parts: pick(parts[r.phase], s))
     return rows
 
 
@@ -243,11 +233,12 @@ def format_report(groups: Sequence[Sequence[PhaseRun]]) -> str:
     commits = sorted({r.meta.get("git_commit") or "unknown" for g in groups for r in g})
     lines = ["# revjax report card", "", f"Generated {stamp} by revjax {revjax.__version__}; runs trained at "
              f"commit {', '.join(commits)}.", ""]
-    lines += ["## Summary", "", "| direction | metric | " + " | ".join(PHASES) + " |",
-              "|---|---|" + "---:|" * len(PHASES)]
+    columns = list(PHASES)
+    lines += ["## Summary", "", "| direction | metric | " + " | ".join(columns) + " |",
+              "|---|---|" + "---:|" * len(columns)]
     for chain in groups:
         for label, metric, values in summary_rows(chain):
-            lines.append(f"| {label} | {metric} | " + " | ".join(_cell(values.get(p)) for p in PHASES) + " |")
+            lines.append(f"| {label} | {metric} | " + " | ".join(_cell(values.get(p)) for p in columns) + " |")
     lines.append("")
     for chain in groups:
         head = chain[0]

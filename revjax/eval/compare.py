@@ -32,35 +32,32 @@ from flax import nnx
 
 from revjax.direction import Direction, Specials, known_directions
 from revjax.errors import run_command
+from revjax.eval.bpb import validation_documents  # noqa: F401  (the one reader of validation text)
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
+from revjax.eval.suites import SUITES, compare_suites
+
+
+class _CompareChoices:
+    """``--suite`` choices, live from the suite table: ``bpb`` (compare's own measure only), each compare suite,
+    and ``all``."""
+
+    def __iter__(self):
+        return iter(["bpb", *(name for name, row in SUITES.items() if row.compare), "all"])
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
+COMPARE_CHOICES = _CompareChoices()
 from revjax.model import cross_entropy
 
-SUITES = ("bpb", "core", "chat", "all")
 LOGITS_BUDGET = 1 << 27  # batch · length · vocab fp32 logits per call (512 MiB)
-CHAT_METRICS = ("ChatCORE", "ChatCORE-joint")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _token_nll(graphdef, params, inputs, targets):
     return cross_entropy(nnx.merge(graphdef, params)(inputs), targets, reduction="none")
-
-
-def validation_documents(data_dir: str | os.PathLike[str], max_chars: int) -> list[str]:
-    """The first documents of the validation split of ``data_dir``, about ``max_chars`` characters in all (the
-    last one cut there)."""
-    from revjax.data.shards import iter_texts
-
-    texts, total = [], 0
-    for batch in iter_texts(data_dir, "val"):
-        for text in batch:
-            texts.append(text[: max_chars - total])
-            total += len(texts[-1])
-            if total >= max_chars:
-                return texts
-    if not texts:
-        raise EvalError(f"the validation split of {data_dir} holds no documents")
-    return texts
 
 
 def pieces(texts: Sequence[str], tokenizer: Any, window: int) -> list[list[int]]:
@@ -138,15 +135,6 @@ def suite_results(run_dir: Path, step: int, name: str, ways: Sequence[str], *, m
     return results["suites"][name], False
 
 
-def _suite_scores(name: str, out: dict, way: str) -> dict[str, float | None]:
-    part = out["ways"].get(way)
-    if part is None:
-        return {}
-    if name == "chat":
-        return {"ChatCORE": part["answer"]["score"], "ChatCORE-joint": part["joint"]["score"]}
-    return {out["suite"]: part["score"]}
-
-
 # ------------------------------------------------------------------------------------------------ comparison
 
 
@@ -196,12 +184,10 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
                  chat_source: str = "offline", tokens_per_call: int = 8192, progress: bool = True) -> dict:
     """Compare the newest intact step of each run; writes ``compare.json``, ``compare.md`` and the plots into
     ``out`` (default: ``<first run's base dir>/compare/<model names>``) and returns the JSON's content."""
-    from revjax.eval.core import BUNDLE_DIR, CORE_NAME
     from revjax.eval.run import LoadedRun, evaluate_run
-    from revjax.eval.suites import OFFLINE_NAME
 
-    if suite not in SUITES:
-        raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
+    if suite not in COMPARE_CHOICES:
+        raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(COMPARE_CHOICES)}")
     if not run_dirs:
         raise EvalError("revjax compare needs at least one run folder")
     dirs = [Path(p).expanduser() for p in run_dirs]
@@ -217,12 +203,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
                 first = run.config
                 source = Path(data).expanduser() if data else first.data_path()
                 texts = validation_documents(source, max_chars)
-                core_folder = Path(bundle) if bundle else first.base_path() / BUNDLE_DIR
-                in_context = "core" if (core_folder / "core.yaml").is_file() else "offline"
-                suite_metric = CORE_NAME if in_context == "core" else OFFLINE_NAME
-                wanted = {"bpb": [], "core": [in_context], "chat": ["chat"], "all": [in_context, "chat"]}[suite]
-                metrics = (["bpb"] + ([suite_metric] if in_context in wanted else [])
-                           + (list(CHAT_METRICS) if "chat" in wanted else []))
+                wanted = compare_suites(suite, first, bundle)
+                metrics = ["bpb"]  # compare's own measurement, then each suite's headline scores
                 bar = tqdm(total=len(dirs) * (1 + len(wanted)), desc="compare", unit="model·suite",
                            disable=not progress)
             ways = [w.value for w in known_directions(run.direction)]
@@ -237,15 +219,16 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
                 entry["ways"][way] = {**measured, "metrics": {"bpb": measured["bpb"]}}
             bar.update(1)
             del run
-            for part in wanted:
-                result, reused = suite_results(run_dir, entry["step"], part, ways, max_per_task=max_per_task,
-                                               evaluate=evaluate_run, bundle=bundle if part == "core" else None,
-                                               chat_source=chat_source, tokens_per_call=tokens_per_call,
-                                               progress=False)
-                entry["suites"][part] = {"suite": result["suite"], "reused": reused,
-                                         "max_per_task": result.get("max_per_task")}
+            for row in wanted:
+                result, reused = suite_results(run_dir, entry["step"], row.name, ways, max_per_task=max_per_task,
+                                               evaluate=evaluate_run, bundle=bundle, chat_source=chat_source,
+                                               tokens_per_call=tokens_per_call, progress=False)
+                entry["suites"][row.name] = {"suite": result["suite"], "reused": reused,
+                                             "max_per_task": result.get("max_per_task")}
                 for way in ways:
-                    entry["ways"][way]["metrics"].update(_suite_scores(part, result, way))
+                    scores = row.scores(result, way)
+                    entry["ways"][way]["metrics"].update(scores)
+                    metrics += [m for m in scores if m not in metrics]
                 bar.update(1)
             models.append(entry)
     finally:
@@ -254,7 +237,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
     results = {
         "documents": {"count": len(texts), "chars": sum(map(len, texts)), "window": window, "source": str(source),
                       "split": "val"},
-        "suite": suite, "in_context_suite": suite_metric if in_context in wanted else None,
+        "suite": suite, "in_context_suite": next((s["suite"] for m in models[:1] for name, s in m["suites"].items()
+                                                  if SUITES[name].in_context), None),
         "max_per_task": max_per_task, "metrics": metrics, "models": models, **derived(models, metrics),
     }
     target = Path(out).expanduser() if out else first.base_path() / "compare" / "+".join(names)
@@ -351,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="revjax compare", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="revjax run folders (checkpoint folders)")
     parser.add_argument("--out", default=None, help="output folder (default: <base dir>/compare/<names>)")
-    parser.add_argument("--suite", choices=SUITES, default="all",
+    parser.add_argument("--suite", choices=COMPARE_CHOICES, default="all",
                         help="core: CORE when its bundle is there, else the OLMo-offline suite")
     parser.add_argument("--max-per-task", type=int, default=None, metavar="N", help="examples per task")
     parser.add_argument("--data", default=None, help="corpus folder whose val split is read (default: the first "

@@ -15,17 +15,27 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 
 from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
-from revjax.eval.core import evaluate_core
 from revjax.eval.icl import EvalError
 from revjax.eval.scorer import MIN_LEN, Scorer
+from revjax.eval.suites import SUITES, SuiteRun
 
-SUITES = ("bpb", "core", "offline", "chat")
-CHOICES = (*SUITES, "all")
+
+class _Choices:
+    """``--suite`` choices, read live from the suite table: every registered suite, and ``all``."""
+
+    def __iter__(self):
+        return iter([*SUITES, "all"])
+
+    def __contains__(self, name: object) -> bool:
+        return name == "all" or name in SUITES
+
+
+CHOICES = _Choices()
 
 
 def _read_params(run_dir: str | os.PathLike[str], step: int | None):
@@ -75,55 +85,6 @@ def _ways(direction: Direction, directions: Sequence[str] | None) -> list[Direct
     return ways
 
 
-def _val_texts(config, max_chars: int) -> list[str]:
-    from revjax.data.shards import iter_texts
-
-    texts, total = [], 0
-    for batch in iter_texts(config.data_path(), "val"):
-        for text in batch:
-            texts.append(text)
-            total += len(text)
-            if total >= max_chars:
-                return texts
-    return texts
-
-
-def _run_suite(name: str, run: LoadedRun, ways: list[Direction], *, max_per_task: int | None, bpb_tokens: int,
-               bundle: str | None, chat_source: str, tick: Callable[[str], Any]) -> dict:
-    config, tok = run.config, run.tokenizer
-    max_len = config.model.sequence_len
-    if name == "bpb":
-        from revjax.eval.bpb import evaluate_bpb, greedy_samples
-
-        texts = _val_texts(config, max_chars=8 * bpb_tokens)
-        out = evaluate_bpb(run.graphdef, run.params, tok, run.direction, texts, ways=ways, seq_len=max_len,
-                           max_tokens=bpb_tokens, token_bytes_method=config.tokenizer.token_bytes,
-                           packing=config.data.val_packing, packing_buffer=config.data.packing_buffer)
-        tick("bpb")
-        samples = greedy_samples(run.graphdef, run.params, tok, run.direction, ways, max_len)
-        tick("samples")
-        return {"suite": "bpb", "ways": {w: {**out[w], "samples": samples[w]} for w in out}}
-    if name == "core":
-        return evaluate_core(run.scorer, tok, run.direction, config.base_path(), ways=ways, max_per_task=max_per_task,
-                             max_len=max_len, bundle=bundle, progress=tick)
-    if name == "offline":
-        from revjax.eval.suites import evaluate_offline
-
-        return evaluate_offline(run.scorer, tok, run.direction, ways=ways, max_per_task=max_per_task,
-                                max_len=max_len, cache_dir=config.tasks_path(), progress=tick)
-    from revjax.eval.chat import evaluate_chat, load_chat_tasks
-
-    tasks, errors = load_chat_tasks(source=chat_source, cache_dir=config.tasks_path())
-    return evaluate_chat(tasks, run.scorer, run.graphdef, run.params, tok, run.direction, run.mode, ways=ways,
-                         max_per_task=max_per_task, errors=errors, progress=tick)
-
-
-def _steps_per_suite(name: str, ways: int) -> int:
-    from revjax.eval.chat import CHAT_TASKS
-
-    return {"bpb": 2, "core": ways, "offline": ways, "chat": len(CHAT_TASKS) * ways}[name]  # in-context: a pass per way
-
-
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -151,7 +112,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
     names = list(SUITES) if suite == "all" else [suite]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=sum(_steps_per_suite(n, len(ways)) for n in names), desc="eval", unit="task",
+    bar = tqdm(total=sum(SUITES[n].steps(len(ways)) for n in names), desc="eval", unit="task",
                disable=not progress)
     results: dict[str, Any] = {
         "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value, "mode": run.mode,
@@ -165,8 +126,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
 
             suite_start = time.perf_counter()
             try:
-                out = _run_suite(name, run, ways, max_per_task=max_per_task, bpb_tokens=bpb_tokens, bundle=bundle,
-                                 chat_source=chat_source, tick=tick)
+                row = SUITES[name]
+                job = SuiteRun(run, [w for w in ways if w in row.directions(run.direction)], max_per_task,
+                               bpb_tokens, bundle, chat_source, tick)
+                out = row.evaluate(job)
             except RevjaxError as err:
                 if suite != "all":
                     raise
@@ -180,36 +143,6 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
     return results
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _task_table(title: str, metric: str, per_way: dict[str, dict]) -> list[str]:
-    ways = list(per_way)
-    labels: list[str] = []
-    for part in per_way.values():
-        skipped = {**part.get("not_applicable", {}), **part.get("not_run", {})}
-        labels += [t for t in [*part["tasks"], *skipped] if t not in labels]
-    lines = [f"### {title}", "", "| task | " + " | ".join(f"{w} acc | {w} centered" for w in ways) + " |",
-             "|---|" + "---:|---:|" * len(ways)]
-    notes: dict[str, str] = {}
-    for label in labels:
-        cells = []
-        for way in ways:
-            task = per_way[way]["tasks"].get(label)
-            if task is not None:
-                cells += [_fmt(task["accuracy"]), _fmt(task["centered"])]
-            else:
-                reason = {**per_way[way].get("not_applicable", {}), **per_way[way].get("not_run", {})}.get(
-                    label, "not run")
-                notes[reason] = f"[{len(notes) + 1}]" if reason not in notes else notes[reason]
-                cells += [f"n/a {notes[reason]}", ""]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append(f"| **{metric}** | " + " | ".join(f" | **{_fmt(per_way[w]['score'])}**" for w in ways) + " |")
-    lines += [""] + [f"{mark} {reason}" for reason, mark in notes.items()] + ([""] if notes else [])
-    return lines
-
-
 def format_markdown(results: dict) -> str:
     """Markdown tables of :func:`evaluate_run`'s results, one section per suite, one column pair per direction."""
     lines = [f"## Evaluation of {results['run_dir']} (step {results['step']}, {results['direction']})", ""]
@@ -217,19 +150,7 @@ def format_markdown(results: dict) -> str:
         if "error" in out:
             lines += [f"### {name}", "", f"not run: {out['error']}", ""]
             continue
-        if name == "bpb":
-            lines += ["### validation bits per byte", "", "| direction | bpb | loss |", "|---|---:|---:|"]
-            lines += [f"| {w} | {_fmt(v['bpb'])} | {_fmt(v['loss'])} |" for w, v in out["ways"].items()]
-            for way, v in out["ways"].items():
-                lines += ["", f"samples ({way}):"] + [f"- {s!r}" for s in v["samples"]]
-        elif name == "chat":
-            lines += _task_table("ChatCORE (asked and answered)", "ChatCORE",
-                                 {w: v["answer"] for w, v in out["ways"].items()})
-            lines += _task_table("joint likelihood (every direction)", "ChatCORE-joint",
-                                 {w: v["joint"] for w, v in out["ways"].items()})
-            lines += [f"unavailable: {label}: {why}" for label, why in out.get("unavailable", {}).items()]
-        else:
-            lines += _task_table(out["suite"], out["suite"], out["ways"])
+        lines += SUITES[name].render(out) if name in SUITES else [f"### {name}", "", "(no renderer)"]
         lines.append("")
     return "\n".join(lines)
 
