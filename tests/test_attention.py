@@ -14,7 +14,7 @@ from revjax.config import MeshConfig, ModelConfig
 from revjax.interop.state_dict import build_model, model_params
 from revjax.model import GPT, causal_attention, loss_fn, splash_attention
 from revjax.sharding import make_mesh
-from tests.test_model import perturbed_model
+from tests.helpers import perturbed_model
 
 
 def xla_attention(q, k, v):

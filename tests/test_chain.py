@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_phases import make_corpus, overrides
+from tests.helpers import make_corpus
+from tests.helpers import phase_overrides as overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("base", "mid", "sft", "rl")

@@ -13,62 +13,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import jax
-import jax.numpy as jnp
-import numpy as np
 import portpicker
 import pytest
-from flax import nnx
 
 from revjax.chat import cli as chat_cli
 from revjax.chat import server as chat_server
 from revjax.chat.batcher import wait_idle
 from revjax.chat.protocol import Limits
-from revjax.chat.session import ChatModel, ChatSession, TextStream, load_model
-from revjax.checkpoint import Checkpointer, build_metadata
-from revjax.config import load_config
-from revjax.model import GPT
-from revjax.tokenizer import Tokenizer
-from tests.conftest import GOLDEN_DIR
+from revjax.chat.session import ChatModel, ChatSession, TextStream
+from tests.helpers import SEQ, model, run_dir  # noqa: F401  (the tiny chat run's fixtures)
 
-TOKENIZER_DIR = (GOLDEN_DIR / "tokenizer").resolve()
-SEQ = 256
 # the golden tokenizer's specials and a few encodings, checked by hand
 BOS, US, UE, AS, AE, FWD, BWD = 2037, 2038, 2039, 2040, 2041, 2046, 2047
 Q, HI, FOUR = "What is 2+2?", "hi", "Four"
 Q_IDS, HI_IDS, FOUR_IDS = [528, 327, 32, 50, 43, 50, 63], [383], [70, 324]
 GREEDY = {"temperature": 0.0, "top_k": 0, "max_tokens": 4, "seed": 0}
-
-
-def make_run(folder: Path, direction: str, mode: str) -> None:
-    """A revjax run folder holding a tiny model with random weights (2 layers, n_embd 64), golden tokenizer."""
-    tokenizer = Tokenizer.load(TOKENIZER_DIR)
-    config = load_config(overrides=[
-        f"base_dir={folder}", "run_name=tiny-chat", "tokenizer.vocab_size=2048", f"tokenizer.dir={TOKENIZER_DIR}",
-        "model.depth=null", "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.n_kv_head=2",
-        f"model.sequence_len={SEQ}", "model.compute_dtype=float32", f"direction.direction={direction}",
-        f"direction.conversation={mode}", f"checkpoint.dir={folder}", "training.phase=sft"])
-    _, state = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.2, s.shape).astype(np.float32)),
-                          nnx.to_pure_dict(state))
-    metadata = build_metadata(step=3, direction=direction, phase="sft", model_config=config.model.gpt_config(),
-                              config=config.to_dict(), tokenizer_identity=tokenizer.identity(),
-                              tokenizer_path=str(TOKENIZER_DIR), val_bpb=None)
-    with Checkpointer(folder, async_save=False) as checkpointer:
-        checkpointer.save(3, {"params": params}, data_state=None, metadata=metadata)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("chat") / "tiny-chat"
-    make_run(folder, "bidirectional", "sequence")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def model(run_dir):
-    return load_model(run_dir)
 
 
 def variant(model: ChatModel, direction: str, mode: str) -> ChatModel:

@@ -17,7 +17,7 @@ from revjax.eval.compare import compare_runs, main, pieces, validation_documents
 from revjax.eval.run import evaluate_run
 from revjax.interop.state_dict import load_params, model_params
 from revjax.model import GPT
-from tests.test_eval import write_bundle
+from tests.helpers import write_bundle
 
 CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
                      compute_dtype="float32")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from revjax.config import Config, ConfigError, dims_from_depth, load_config, parse_override
+from tests.helpers import laughs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -162,15 +163,6 @@ def test_checkpoints_store_absolute_paths(tmp_path, monkeypatch):
 
 
 # ---- the YAML loader: aliases bounded -------------------------------------------------------------------------
-
-
-def laughs(levels: int) -> str:
-    """A "billion laughs" list in flow style: level k holds nine aliases of level k-1, so the last level alone
-    expands to 9**levels strings, written in a few hundred characters."""
-    names = "abcdefghijklmnop"
-    parts = ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    parts += [f"&{names[k]} [{', '.join([f'*{names[k - 1]}'] * 9)}]" for k in range(1, levels)]
-    return f"[{', '.join(parts)}]"
 
 
 def test_an_alias_bomb_in_a_config_file_is_refused_at_once_with_little_memory(tmp_path):

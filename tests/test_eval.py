@@ -1,14 +1,12 @@
 """Evaluation: nanochat's prompts and spans, direction-neutral scoring against hand computations, CORE on a miniature
 bundle, the offline suite's loader, bits per byte, the code sandbox, ChatCORE's scorers and ``revjax eval``."""
 
-import csv
 import hashlib
 import io
 import json
 import math
 import socket
 import zipfile
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,32 +32,12 @@ from revjax.model import GPT
 from revjax.sharding import make_mesh
 from revjax.tasks import ListTask, get_task, render_mc
 from revjax.tasks.graders import grade_choice, run_program
+from tests.helpers import LM_ITEMS, MC_ITEMS, SCHEMA_ITEMS, write_bundle
 
 CONFIG = ModelConfig(sequence_len=64, vocab_size=2048, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
                      compute_dtype="float32")
 SCORER = {"tokens_per_call": 1024}  # rows of 64 tokens go 16 to a call
 PAD = 128  # hand computations run every sequence padded to this length (a causal model ignores what follows)
-
-MC_ITEMS = [
-    {"query": "The sky is", "choices": ["blue", "green", "made of cheese"], "gold": 0},
-    {"query": "Two plus two is", "choices": ["four", "five"], "gold": 0},
-    {"query": "Water is", "choices": ["wet", "dry", "very loud"], "gold": 0},
-    {"query": "The sun rises in the", "choices": ["east", "west"], "gold": 0},
-    {"query": "Cats like to", "choices": ["sleep", "swim", "fly"], "gold": 1},
-]
-SCHEMA_ITEMS = [
-    {"context_options": ["The cup fell because it was", "The cup fell because Sam was"],
-     "continuation": "slippery.", "gold": 0},
-    {"context_options": ["Anna thanked Maria because Anna", "Anna thanked Maria because Maria"],
-     "continuation": "had helped her.", "gold": 1},
-    {"context_options": ["The ball broke the window so the ball", "The ball broke the window so the window"],
-     "continuation": "was in pieces.", "gold": 1},
-]
-LM_ITEMS = [
-    {"context": "One, two, three,", "continuation": "four"},
-    {"context": "Monday, Tuesday,  ", "continuation": "Wednesday"},
-    {"context": "a b c d e", "continuation": "f g"},
-]
 
 
 def specs() -> list[TaskSpec]:
@@ -251,34 +229,6 @@ def test_suite_centered_accuracy_and_mean(tok, scorer):
 
 
 # ------------------------------------------------------------------------------------------------ CORE bundle
-
-def write_bundle(root: Path) -> Path:
-    """A miniature eval bundle with the real layout: core.yaml, eval_meta_data.csv, eval_data/*.jsonl."""
-    folder = root / "eval_bundle"
-    (folder / "eval_data" / "sub").mkdir(parents=True)
-    tasks = [("mini_mc", "multiple_choice", "mc.jsonl", 1, None, MC_ITEMS, 33.3),
-             ("mini_schema", "schema", "sub/schema.jsonl", 0, None, SCHEMA_ITEMS, 50.0),
-             ("mini_lm", "language_modeling", "lm.jsonl", 1, "\nAnswer: ", LM_ITEMS, 0.0)]
-    entries = []
-    with open(folder / "eval_meta_data.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Eval Task", "Task Category", "Random baseline"])
-        for label, kind, uri, shots, delim, items, baseline in tasks:
-            writer.writerow([label, "test", baseline])
-            (folder / "eval_data" / uri).write_text("".join(json.dumps(i) + "\n" for i in items))
-            entry = {"label": label, "icl_task_type": kind, "dataset_uri": uri, "num_fewshot": [shots]}
-            if delim is not None:
-                entry["continuation_delimiter"] = delim
-            entries.append(entry)
-    import yaml
-
-    (folder / "core.yaml").write_text(yaml.safe_dump({"icl_tasks": entries}))
-    archive = root / "eval_bundle.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            zf.write(path, path.relative_to(root).as_posix())
-    return archive
-
 
 def test_core_bundle_download_verify_and_score(tmp_path, tok, scorer):
     archive = write_bundle(tmp_path / "src")

@@ -564,7 +564,7 @@ def test_a_sweep_file_setting_a_key_twice_is_refused(tmp_path, capsys):
 
 
 def test_an_alias_bomb_in_a_sweep_file_is_refused_at_once(tmp_path, capsys):
-    from tests.test_config import laughs
+    from tests.helpers import laughs
 
     path = tmp_path / "bomb.yaml"
     path.write_text(f"name: bomb\noverrides:\n  base_dir: {tmp_path}\nzip:\n  logging.project: {laughs(6)}\n")

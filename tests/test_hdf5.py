@@ -21,7 +21,8 @@ from revjax.tracking import hdf5 as h5log
 from revjax.train.diagnostics import GROUPS, PERCENTILES
 from revjax.train.loop import train
 from revjax.train.step import build_train_step, next_token_loss
-from tests.test_train import base, overrides  # noqa: F401  (base: the tiny corpus and tokenizer fixture)
+from tests.helpers import base  # noqa: F401  (the tiny corpus and tokenizer fixture)
+from tests.helpers import train_overrides as overrides
 
 L, T, ACCUM, ROWS, V = 2, 32, 2, 8, 320
 

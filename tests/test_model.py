@@ -15,55 +15,20 @@ from revjax.interop.state_dict import (
     StateDictError,
     expected_shapes,
     from_torch_layout,
-    load_params,
     model_params,
     to_torch_layout,
 )
 from revjax.model import (GPT, NORM_EPS, KVCache, cross_entropy, flops_per_token, loss_fn, num_params,
                           relu_squared_matmul, rms_norm)
+from tests.helpers import CONFIGS, PREFIX, cached_forward, decode_with_cache, forward, new_model, perturbed_model
 from tests.torch_reference import RefConfig, RefGPT
 
-# The two golden configurations (onanchat's own outputs exist for both): MHA and GQA.
-CONFIGS = {
-    "mha": ModelConfig(sequence_len=32, vocab_size=256, n_layer=2, n_head=1, n_kv_head=1, n_embd=64,
-                       compute_dtype="float32"),
-    "gqa": ModelConfig(sequence_len=32, vocab_size=256, n_layer=2, n_head=4, n_kv_head=2, n_embd=128,
-                       compute_dtype="float32"),
-}
-PREFIX = 10  # tokens prefilled through the KV cache before decoding one at a time
-
-
-forward = nnx.jit(lambda model, ids: model(ids))
-cached_forward = nnx.jit(lambda model, ids, cache: model(ids, cache))
 jit_loss = nnx.jit(loss_fn)
-
-
-def new_model(config: ModelConfig, seed: int = 0) -> GPT:
-    return nnx.jit(lambda: GPT(config, rngs=nnx.Rngs(seed)))()
 
 
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def perturbed_model(config: ModelConfig, seed: int = 0) -> GPT:
-    """A model whose every parameter is non-zero (zero-initialised projections would hide layout errors)."""
-    model = new_model(config, seed)
-    params = model_params(model)
-    rng = np.random.default_rng(seed)
-    load_params(model, jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.02, p.shape).astype(np.float32), params))
-    return model
-
-
-def decode_with_cache(model: GPT, ids: jax.Array, prefix: int = PREFIX) -> jax.Array:
-    cache = KVCache.zeros(model.config, ids.shape[0], ids.shape[1])
-    logits, cache = cached_forward(model, ids[:, :prefix], cache)
-    chunks = [logits]
-    for t in range(prefix, ids.shape[1]):
-        logits, cache = cached_forward(model, ids[:, t:t + 1], cache)
-        chunks.append(logits)
-    return jnp.concatenate(chunks, axis=1)
 
 
 def torch_model(config: ModelConfig, state_dict) -> RefGPT:

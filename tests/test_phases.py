@@ -10,45 +10,13 @@ from flax import nnx
 
 from revjax.checkpoint import Checkpointer
 from revjax.config import load_config
-from revjax.data.shards import write_shards
 from revjax.model import GPT
-from revjax.tasks import get_task
-from revjax.tokenizer import Tokenizer, train_tokenizer
+from revjax.tokenizer import Tokenizer
 from revjax.train.data import conversation_source, row_batches
 from revjax.phases import PHASES
 from revjax.train.loop import train
-
-WORDS = "what is plus the answer spell word letters who are you a language model seven twelve nineteen".split()
-TRAIN_TASKS = '[{task: arithmetic, size: 48}, {task: identity, size: 16}]'
-VAL_TASKS = '[{task: arithmetic, split: test, size: 8}]'
-
-
-def overrides(base: Path, run: str, **extra) -> list[str]:
-    values = {
-        "base_dir": base, "run_name": run, "data.corpus": "parquet", "data.dir": base / "corpus",
-        "tokenizer.vocab_size": 400, "model.depth": None, "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
-        "model.sequence_len": 64, "model.compute_dtype": "float32", "training.device_batch_size": 1,
-        "training.total_batch_tokens": 512, "training.num_iterations": 4, "training.eval_every": 100,
-        "training.eval_tokens": 512, "training.sample_every": 0, "logging.log_every": 1, "logging.progress": False,
-        "optimizer.ns_dtype": "float32", "tasks.train": TRAIN_TASKS, "tasks.val": VAL_TASKS,
-        "optimizer.muon_momentum_warmup_steps": 4,
-    }
-    values.update(extra)
-    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
-
-
-def make_corpus(base: Path) -> Path:
-    """A tiny parquet corpus and a 400-token tokenizer in ``base`` (the words of the conversations included)."""
-    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(20 + i % 13)) for i in range(100)]
-    for name in ("arithmetic", "identity"):  # the conversations' own words, so the tokenizer reaches its size
-        for conversation in get_task(name, size=100):
-            docs.append(" ".join(part["text"] if isinstance(part, dict) else part
-                                 for m in conversation["messages"]
-                                 for part in (m["content"] if isinstance(m["content"], list) else [m["content"]])))
-    write_shards(docs, base / "corpus", docs_per_shard=100)
-    train_tokenizer(docs, base / "tokenizer", 400, progress=False)
-    return base
-
+from tests.helpers import make_corpus
+from tests.helpers import phase_overrides as overrides
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

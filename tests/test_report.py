@@ -11,8 +11,8 @@ from revjax.analysis.report import chains, find_runs, main, make_report, summary
 from revjax.checkpoint import Checkpointer, build_metadata
 from revjax.config import load_config
 from revjax.train.loop import train
-from tests.test_eval import write_bundle
-from tests.test_train import overrides
+from tests.helpers import train_overrides as overrides
+from tests.helpers import write_bundle
 from tests.tiny_corpus import write_tiny_corpus
 
 

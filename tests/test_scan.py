@@ -17,7 +17,7 @@ from revjax.optim import build_optimizer
 from revjax.sharding import make_mesh
 from revjax.state import init_train_state, train_state_shardings
 from revjax.train.step import build_train_step
-from tests.test_model import CONFIGS, decode_with_cache, forward, perturbed_model
+from tests.helpers import CONFIGS, decode_with_cache, forward, perturbed_model
 
 CONFIG = CONFIGS["gqa"]  # 2 layers, 4 query heads over 2 kv heads, fp32
 IDS = jax.random.randint(jax.random.key(7), (2, CONFIG.sequence_len), 0, CONFIG.vocab_size)

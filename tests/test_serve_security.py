@@ -15,7 +15,7 @@ import pytest
 from revjax.chat import server as chat_server
 from revjax.chat.protocol import Limits
 from revjax.chat.session import ChatError
-from tests.test_chat import SEQ, model, run_dir  # noqa: F401  (the tiny chat run's fixtures)
+from tests.helpers import SEQ, model, run_dir  # noqa: F401  (the tiny chat run's fixtures)
 
 KEY = "s3cret-key"
 HELLO = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 2}

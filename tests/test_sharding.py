@@ -13,7 +13,7 @@ from revjax.optim import build_optimizer
 from revjax.sharding import ShardingError, make_mesh, mesh_shape, param_shardings
 from revjax.state import init_train_state
 from revjax.train.step import accumulation_steps, build_train_step
-from tests.test_model import new_model
+from tests.helpers import new_model
 
 ROWS, SEQ, STEPS = 16, 32, 3
 # fp32 Newton–Schulz and a larger Adam eps make the comparison well-conditioned: with nanochat's bf16 iteration and

@@ -14,32 +14,10 @@ import pytest
 from revjax.checkpoint import Checkpointer, CheckpointMismatch
 from revjax.config import load_config
 from revjax.train.loop import TrainingError, train
-from tests.tiny_corpus import write_tiny_corpus
+from tests.helpers import SAVE_EVERY, STEPS, base  # noqa: F401  (base: the tiny corpus and tokenizer fixture)
+from tests.helpers import train_overrides as overrides
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS, SAVE_EVERY = 8, 3
-
-
-def overrides(base: Path, run: str, **extra) -> list[str]:
-    values = {
-        "base_dir": base, "run_name": run, "data.corpus": "parquet", "data.dir": base / "corpus",
-        "tokenizer.vocab_size": 320, "model.depth": None, "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
-        "model.sequence_len": 32, "model.compute_dtype": "float32", "training.device_batch_size": 1,
-        "training.total_batch_tokens": 512, "training.num_iterations": STEPS, "training.eval_every": 4,
-        "training.eval_tokens": 256, "training.sample_every": STEPS, "checkpoint.save_every": SAVE_EVERY,
-        "logging.log_every": 1, "logging.progress": False, "data.tokenizer_threads": 1, "data.slices": 2,
-        # fp32 Newton–Schulz: bf16 would amplify the cross-process summation order to ~1e-4 (see test_sharding)
-        "optimizer.ns_dtype": "float32",
-        # what `python -m revjax.train` reads from configs/default.yaml, so in-process and command-line runs agree
-        "data.packing": "marked", "data.val_packing": "marked",
-    }
-    values.update(extra)
-    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return write_tiny_corpus(tmp_path_factory.mktemp("train"))
 
 
 @pytest.fixture(scope="module")
