@@ -4,7 +4,7 @@ Each step is a directory ``<directory>/<step>`` holding three Orbax items:
 
 * ``state``: the training-state pytree (model and optimizer state), restored into the caller's layout;
 * ``data``: the data-iterator state as JSON (``{"data_state": ...}``, so ``None`` round-trips);
-* ``meta``: the run metadata as JSON (:func:`build_metadata`), also copied into Orbax's custom metadata.
+* ``meta``: the run metadata as JSON (:func:`revjax.runs.build_metadata`), also copied into Orbax's custom metadata.
 
 Nothing committed is ever lost:
 
@@ -19,6 +19,8 @@ Nothing committed is ever lost:
   checksum). If steps exist and none is intact it stops with :class:`NoIntactCheckpoint`.
 * Steps that must leave the way (damaged ones, or newer ones when an earlier step is chosen) are moved into
   ``<directory>/set-aside/``, never deleted.
+
+What a run's metadata holds, and loading a trained run (its parameters only), is :mod:`revjax.runs`.
 """
 
 from __future__ import annotations
@@ -27,23 +29,16 @@ import datetime
 import hashlib
 import json
 import shutil
-import subprocess
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-import revjax
-
 from revjax.errors import RevjaxError
-
-if TYPE_CHECKING:
-    from revjax.config import Config
 
 PyTree = Any
 
@@ -122,15 +117,12 @@ def _path_name(path: tuple) -> str:
     return ".".join(parts)
 
 
-def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
-    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-        return tuple(leaf.shape), np.dtype(leaf.dtype)
-    value = np.asarray(leaf)
-    return value.shape, value.dtype
-
-
 def _shapes_and_dtypes(tree: PyTree) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    return {_path_name(path): _shape_and_dtype(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    """Dotted path → (shape, dtype) of every leaf: arrays, abstract arrays or plain values."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    values = {_path_name(path): leaf if hasattr(leaf, "shape") and hasattr(leaf, "dtype") else np.asarray(leaf)
+              for path, leaf in leaves}
+    return {name: (tuple(v.shape), np.dtype(v.dtype)) for name, v in values.items()}
 
 
 def _differences(stored: PyTree, expected: PyTree) -> list[str]:
@@ -153,9 +145,8 @@ def _require_json(value: Any, what: str, step: int, path: Path) -> None:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"the {what} for checkpoint step {step} at {path} is not JSON-serializable ({err})"
-        ) from err
+        raise CheckpointError(f"the {what} for checkpoint step {step} at {path} is not JSON-serializable "
+                              f"({err})") from err
 
 
 class Checkpointer:
@@ -272,7 +263,7 @@ class Checkpointer:
 
     def metadata(self, step: int | None = None) -> dict:
         """The metadata of ``step`` (default: the newest valid step), read without loading any arrays."""
-        return self._read_meta(self._resolve(step))
+        return self._read_meta(self.resolve(step))
 
     def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict | None, dict]:
         """``(state, data_state, metadata)`` of ``step``, or of the newest intact step when ``step`` is None.
@@ -284,7 +275,7 @@ class Checkpointer:
         :class:`DamagedCheckpoint` when it was asked for, and is skipped with a warning otherwise.
         """
         if step is not None:
-            return self._restore_step(abstract_state, self._resolve(step))
+            return self._restore_step(abstract_state, self.resolve(step))
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint found in {self.directory}")
@@ -297,8 +288,7 @@ class Checkpointer:
                 warnings.warn(f"skipping damaged {err}", stacklevel=2)
         raise NoIntactCheckpoint(
             f"none of the checkpoint steps {skipped} in {self.directory} is intact; move them away or set "
-            "checkpoint.start_over=true to set them aside and train from step 0"
-        )
+            "checkpoint.start_over=true to set them aside and train from step 0")
 
     def _restore_step(self, abstract_state: PyTree, step: int) -> tuple[PyTree, dict | None, dict]:
         path = self.step_path(step)
@@ -308,7 +298,7 @@ class Checkpointer:
             if stored is None:
                 raise FileNotFoundError("the array index is missing")
         except Exception as err:
-            raise self._damaged(step, err) from err
+            raise self.damaged(step, err) from err
         diffs = _differences(stored.tree, abstract_state)
         if diffs:
             listed = "; ".join(diffs[:MAX_LISTED_DIFFERENCES])
@@ -325,63 +315,9 @@ class Checkpointer:
             if not isinstance(data, dict) or "data_state" not in data:
                 raise ValueError("the data-iterator item has no 'data_state' entry")
         except Exception as err:
-            raise self._damaged(step, err) from err
+            raise self.damaged(step, err) from err
         self._verify(step, restored[STATE], data["data_state"], metadata)
         return restored[STATE], data["data_state"], metadata
-
-    def read_params(self, step: int | None = None, *, command: str = "export",
-                    batch: int = 1) -> tuple[dict, dict, "Config"]:
-        """See the module-level :func:`read_params`."""
-        from flax import nnx
-        from jax.sharding import SingleDeviceSharding
-
-        from revjax.config import Config
-        from revjax.memory import check_dimensions, check_fits
-        from revjax.model import GPT
-
-        candidates = [self._resolve(step)] if step is not None else list(reversed(self.steps()))
-        if not candidates:
-            raise CheckpointError(f"{self.directory} holds no revjax checkpoint")
-        for candidate in candidates:
-            try:
-                meta = self._read_meta(candidate)
-                where = f"the metadata of {self.step_path(candidate)}"
-                if "config" not in meta:
-                    raise CheckpointError(f"{where} has no 'config'; it was not written by revjax's training loop")
-                stored = meta["config"].get("model") if isinstance(meta["config"], Mapping) else None
-                for dims in (meta.get("model_config"), stored):
-                    if isinstance(dims, Mapping):  # absurd sizes are refused before anything is built
-                        check_dimensions(dims, where)
-                config = Config.from_dict(meta["config"], source=where)
-                check_fits(config.model, command, batch=batch, where=f"the model of {self.step_path(candidate)}")
-                _, abstract = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
-                cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-                target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
-                                      nnx.to_pure_dict(abstract))
-                params = self._restore_params(candidate, target, meta)
-                return jax.tree.map(lambda x: np.asarray(x, dtype=np.float32), params), meta, config
-            except DamagedCheckpoint as err:
-                if step is not None:
-                    raise
-                warnings.warn(f"skipping damaged {err}", stacklevel=2)
-        raise NoIntactCheckpoint(f"none of the checkpoint steps {candidates} in {self.directory} is intact")
-
-    def _restore_params(self, step: int, target: PyTree, metadata: dict) -> PyTree:
-        """Only the ``params`` subtree of ``step``'s state (in ``target``'s layout), checksums verified."""
-        args = ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                      restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))
-        try:
-            with ocp.PyTreeCheckpointer() as reader:
-                params = reader.restore(self.step_path(step) / STATE, args=args)
-        except Exception as err:
-            raise self._damaged(step, err) from err
-        want = {k: v for k, v in (metadata.get(CHECKSUMS) or {}).items() if k.startswith("params.")}
-        if want:
-            got = checksums(params)
-            bad = sorted(name for name in want if want[name] != got.get(name))
-            if bad:
-                raise self._damaged(step, ValueError(f"wrong checksum for {', '.join(bad[:MAX_LISTED_DIFFERENCES])}"))
-        return params["params"]
 
     def _verify(self, step: int, state: PyTree, data_state: Any, metadata: dict) -> None:
         """Compare the restored arrays and data state with the checksums saved in the metadata (if any)."""
@@ -391,10 +327,10 @@ class Checkpointer:
             bad = sorted(name for name in want.keys() | got.keys() if want.get(name) != got.get(name))
             if bad:
                 more = f" and {len(bad) - MAX_LISTED_DIFFERENCES} more" if len(bad) > MAX_LISTED_DIFFERENCES else ""
-                raise self._damaged(step, ValueError(
+                raise self.damaged(step, ValueError(
                     f"wrong checksum for {', '.join(bad[:MAX_LISTED_DIFFERENCES])}{more}"))
         if DATA_DIGEST in metadata and metadata[DATA_DIGEST] != data_digest(data_state):
-            raise self._damaged(step, ValueError("wrong checksum for the data-iterator state"))
+            raise self.damaged(step, ValueError("wrong checksum for the data-iterator state"))
 
     def close(self) -> None:
         """Finish any save in flight, prune, and release Orbax's resources."""
@@ -409,7 +345,7 @@ class Checkpointer:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _resolve(self, step: int | None) -> int:
+    def resolve(self, step: int | None) -> int:
         if step is None:
             latest = self.latest_step()
             if latest is None:
@@ -424,7 +360,7 @@ class Checkpointer:
         try:
             return self._load_meta(step)
         except Exception as err:
-            raise self._damaged(step, err) from err
+            raise self.damaged(step, err) from err
 
     def _load_meta(self, step: int) -> dict:
         meta = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
@@ -443,7 +379,8 @@ class Checkpointer:
             return f"metadata unreadable ({_reason(err)})"
         return None
 
-    def _damaged(self, step: int, err: BaseException) -> DamagedCheckpoint:
+    def damaged(self, step: int, err: BaseException) -> DamagedCheckpoint:
+        """The error that says ``step`` is damaged or incomplete, and why (``err``)."""
         return DamagedCheckpoint(
             f"checkpoint step {step} at {self.step_path(step)} is damaged or incomplete ({_reason(err)}); "
             "continue from an earlier step (checkpoint.resume_step) or move that folder away"
@@ -461,86 +398,3 @@ class Checkpointer:
                 self._manager.delete(step)
         self._manager.reload()
 
-
-def read_params(run_dir: str | Path, step: int | None = None, *, command: str = "export",
-                batch: int = 1) -> tuple[dict, dict, "Config"]:
-    """``(params, metadata, config)`` of step ``step`` of a revjax run folder, or of its newest intact step (damaged
-    ones are skipped with a warning); only the parameters are read, as numpy fp32 arrays, and their checksums are
-    verified.
-
-    Before any array is read, the metadata's model dimensions are checked and the memory ``command`` needs for the
-    model (``batch`` rows for chat/serve) is compared with what the machine has (:mod:`revjax.memory`); a
-    :class:`revjax.memory.SizeError` says so in one sentence."""
-    if not Path(run_dir).expanduser().is_dir():
-        raise CheckpointError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
-    with Checkpointer(run_dir) as checkpointer:
-        return checkpointer.read_params(step, command=command, batch=batch)
-
-
-def check_compatible(
-    metadata: Mapping,
-    *,
-    direction: str,
-    tokenizer_identity: str,
-    model_config: Mapping | None = None,
-    force: bool = False,
-) -> None:
-    """Refuse to continue a checkpoint trained with another direction, tokenizer or model (any of
-    ``model_config``'s keys, e.g. ``sequence_len``), unless ``force``."""
-    wanted = [("direction", metadata.get("direction"), direction),
-              ("tokenizer_identity", metadata.get("tokenizer_identity"), tokenizer_identity)]
-    stored_model = metadata.get("model_config") or {}
-    wanted += [(f"model.{key}", stored_model.get(key), value) for key, value in (model_config or {}).items()]
-    diffs = [f"{key} is {have!r} in the checkpoint but {want!r} in this run" for key, have, want in wanted
-             if have != want]
-    if not diffs:
-        return
-    where = f"checkpoint step {metadata.get('step')}"
-    if force:
-        warnings.warn(f"continuing {where} although {'; '.join(diffs)}, because force is set", stacklevel=2)
-        return
-    raise CheckpointMismatch(
-        f"{where} cannot be continued by this run ({'; '.join(diffs)}); set checkpoint.force=true to continue it "
-        "anyway"
-    )
-
-
-def _git_commit() -> str | None:
-    """The commit of the repository revjax is imported from, or None outside a git checkout."""
-    root = Path(revjax.__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return None
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def build_metadata(
-    *,
-    step: int,
-    direction: str,
-    phase: str,
-    model_config: dict,
-    config: dict,
-    tokenizer_identity: str,
-    tokenizer_path: str,
-    val_bpb: float | None,
-) -> dict:
-    """The JSON metadata stored with a checkpoint, plus the revjax version, git commit and UTC save time."""
-    return {
-        "step": int(step),
-        "direction": direction,
-        "phase": phase,
-        "model_config": dict(model_config),
-        "config": config,
-        "tokenizer_identity": tokenizer_identity,
-        "tokenizer_path": str(Path(tokenizer_path).expanduser().resolve()),
-        "val_bpb": None if val_bpb is None else float(val_bpb),
-        "revjax_version": revjax.__version__,
-        "git_commit": _git_commit(),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }

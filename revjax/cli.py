@@ -3,22 +3,34 @@
 Commands for corpora, tokenizers, configs, quickstart, training, chains, evaluation, comparison, report cards, chat,
 sweeps and PyTorch export/import.
 
-The config commands take ``--config FILE`` (repeatable; a bare name such as ``default`` or ``model/d20`` is looked
-up in ``configs/``) and ``key.sub=value`` overrides; the delegated ones (train, eval, compare, report, plot, chat,
-serve, sweep, export, import) parse their own arguments.
+Every command is one row of :data:`COMMANDS`: the functions that add its arguments to a parser and run it. The
+config commands (quickstart, chain, prepare, tokenizer, config) and train take train's arguments, ``--config FILE``
+(repeatable; a bare name such as ``default`` or ``model/d20`` is looked up in ``configs/``) and ``key.sub=value``
+overrides (:mod:`revjax.train.command`); the others come from their own modules, whose ``main(argv)`` runs them
+alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
+from revjax.analysis import experiment_report, report
+from revjax.chat import cli as chat_cli
+from revjax.chat import server as chat_server
+from revjax.compilation import use_compilation_cache
 from revjax.config import Config, ConfigError, load_config
 from revjax.config_args import config_files, config_from_args
 from revjax.errors import exit_on_interrupt, run_command
+from revjax.eval import compare
+from revjax.eval import run as eval_run
+from revjax.experiments import cli as sweep_cli
+from revjax.interop import export, importer
+from revjax.train import command as train_command
+
 
 def prepare_corpus(config: Config) -> Path:
     """Build or download the configured corpus; returns its folder."""
@@ -86,19 +98,34 @@ def show_directions(config: Config, tokenizer, text: str) -> None:
         print(f"  {direction.value:>13}: {'|'.join(pieces)!r}")
 
 
+def config_command(func: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    """``func`` run as :func:`revjax.errors.run_command` runs a command: a user-fixable error prints ``revjax: error:
+    …`` and gives its exit code."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        return run_command("revjax", lambda: func(args))
+
+    return run
+
+
+@config_command
 def cmd_prepare(args: argparse.Namespace) -> None:
     config = config_from_args(args, ["default"])
     print(f"corpus ready at {prepare_corpus(config)}")
 
 
+@config_command
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     train_tokenizer(config_from_args(args, ["default"]))
 
 
+@config_command
 def cmd_config(args: argparse.Namespace) -> None:
     print(config_from_args(args, ["default"]).to_yaml(), end="")
 
 
+@config_command
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from revjax.train.loop import exit_code, train
 
@@ -127,6 +154,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+@config_command
 def cmd_chain(args: argparse.Namespace) -> int:
     from revjax.train.chain import run_chain, summary_table
     from revjax.train.loop import exit_code
@@ -148,72 +176,82 @@ def cmd_chain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
-    "quickstart": (cmd_quickstart, "prepare the default corpus, train its tokenizer, a forward and a backward model"),
-    "chain": (cmd_chain, "run base → mid → SFT → RL for the configured direction, each phase resumable"),
-    "prepare": (cmd_prepare, "build or download the configured corpus"),
-    "tokenizer": (cmd_tokenizer, "train the configured tokenizer and print compression stats"),
-    "config": (cmd_config, "print the resolved configuration as YAML"),
+class Command(NamedTuple):
+    """A revjax command: ``add_arguments(parser)`` adds its arguments, ``run(args)`` runs it (errors already reported
+    as one sentence) and returns its exit code."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    help: str
+    description: str | None = None  # the --help page's text (default: help)
+    cached: bool = False  # keeps compiled programs in <base dir>/jax_cache (jax's persistent cache)
+    own_module: bool = True  # ends the process with its exit code, 0 included, as its module's own main does
+
+
+COMMANDS: dict[str, Command] = {
+    "quickstart": Command(train_command.add_arguments, cmd_quickstart,
+                          "prepare the default corpus, train its tokenizer, a forward and a backward model",
+                          own_module=False),
+    "chain": Command(train_command.add_arguments, cmd_chain,
+                     "run base → mid → SFT → RL for the configured direction, each phase resumable", own_module=False),
+    "prepare": Command(train_command.add_arguments, cmd_prepare, "build or download the configured corpus",
+                       own_module=False),
+    "tokenizer": Command(train_command.add_arguments, cmd_tokenizer,
+                         "train the configured tokenizer and print compression stats", own_module=False),
+    "config": Command(train_command.add_arguments, cmd_config, "print the resolved configuration as YAML",
+                      own_module=False),
+    "train": Command(train_command.add_arguments, train_command.run,
+                     "train (or continue) the configured run, like python -m revjax.train (--help for options)",
+                     train_command.DESCRIPTION),
+    "eval": Command(eval_run.add_arguments, eval_run.run,
+                    "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)",
+                    eval_run.DESCRIPTION, cached=True),
+    "compare": Command(compare.add_arguments, compare.run,
+                       "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)",
+                       compare.DESCRIPTION, cached=True),
+    "report": Command(report.add_arguments, report.run,
+                      "a report card (markdown and HTML) of one or more chains, per direction (--help)",
+                      report.DESCRIPTION),
+    "plot": Command(experiment_report.add_arguments, experiment_report.run,
+                    "plots and a report (markdown, HTML) of an experiment, intervals over seeds (--help)",
+                    experiment_report.DESCRIPTION),
+    "chat": Command(chat_cli.add_arguments, chat_cli.run,
+                    "chat with a trained model in the terminal (--help for options)", chat_cli.DESCRIPTION),
+    "serve": Command(chat_server.add_arguments, chat_server.run,
+                     "serve a model over an OpenAI-compatible API with a web page (--help for options)",
+                     chat_server.DESCRIPTION),
+    "sweep": Command(sweep_cli.add_arguments, sweep_cli.run,
+                     "run an experiment sweep locally, on SLURM or on a pod (--help for options)",
+                     sweep_cli.DESCRIPTION),
+    "export": Command(export.add_arguments, export.run,
+                      "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)",
+                      export.DESCRIPTION),
+    "import": Command(importer.add_arguments, importer.run,
+                      "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)",
+                      importer.DESCRIPTION),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (func, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", action="append", metavar="FILE", help="YAML config (repeatable, merged in order)")
-        p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-        p.set_defaults(func=func)
-    for name, (_, help_text) in DELEGATED.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for name, command in COMMANDS.items():
+        page = sub.add_parser(name, help=command.help, description=command.description or command.help)
+        command.add_arguments(page)
     return parser
-
-
-# Subcommands with their own arguments (no config): ``revjax NAME ...`` hands the rest to ``module:function`` as
-# is. Those marked ``cached`` keep compiled programs in ``<base dir>/jax_cache`` (jax's persistent cache).
-DELEGATED: dict[str, tuple[str, str]] = {
-    "train": ("revjax.train.loop:run_from_args",
-              "train (or continue) the configured run, like python -m revjax.train (--help for options)"),
-    "eval": ("revjax.eval.run:main", "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)"),
-    "compare": ("revjax.eval.compare:main",
-                "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)"),
-    "report": ("revjax.analysis.report:main",
-               "a report card (markdown and HTML) of one or more chains, per direction (--help)"),
-    "plot": ("revjax.analysis.experiment_report:main",
-             "plots and a report (markdown, HTML) of an experiment, intervals over seeds (--help)"),
-    "chat": ("revjax.chat.cli:main", "chat with a trained model in the terminal (--help for options)"),
-    "serve": ("revjax.chat.server:main",
-              "serve a model over an OpenAI-compatible API with a web page (--help for options)"),
-    "sweep": ("revjax.experiments:main", "run an experiment sweep locally, on SLURM or on a pod (--help for options)"),
-    "export": ("revjax.interop.export:main",
-               "export a revjax checkpoint to onanchat/nanochat's PyTorch layout (--help for options)"),
-    "import": ("revjax.interop.importer:main",
-               "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)"),
-}
-CACHED = ("eval", "compare")
-
-
-def run_delegated(name: str, argv: list[str]) -> int:
-    """Run subcommand ``name`` of :data:`DELEGATED` with its own arguments ``argv``."""
-    if name == "train":
-        exit_on_interrupt("revjax.train")
-    if name in CACHED:
-        from revjax.compilation import use_compilation_cache
-
-        use_compilation_cache()
-    module, _, function = DELEGATED[name][0].partition(":")
-    return getattr(importlib.import_module(module), function)(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        raise SystemExit(run_delegated(argv[0], argv[1:]))
     args = build_parser().parse_args(argv)
-    code = run_command("revjax", lambda: args.func(args))
-    if code:
-        raise SystemExit(code)
+    command = COMMANDS[args.command]
+    if args.command == "train":
+        exit_on_interrupt("revjax.train")  # until the training loop's own handler, which saves
+    if command.cached:
+        use_compilation_cache()
+    code = command.run(args)
+    if code or command.own_module:
+        raise SystemExit(code or 0)
 
 
 if __name__ == "__main__":

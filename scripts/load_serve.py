@@ -161,7 +161,8 @@ def random_run(folder: Path, configs: list[str], overrides: list[str]) -> Path:
     import jax
     from flax import nnx
 
-    from revjax.checkpoint import Checkpointer, build_metadata
+    from revjax.checkpoint import Checkpointer
+    from revjax.runs import build_metadata
     from revjax.config import load_config
     from revjax.config_args import find_config
     from revjax.model import GPT

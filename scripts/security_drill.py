@@ -848,7 +848,8 @@ def _sizes_tiny_run(folder: Path) -> Path:
     import numpy as np
     from flax import nnx
 
-    from revjax.checkpoint import Checkpointer, build_metadata
+    from revjax.checkpoint import Checkpointer
+    from revjax.runs import build_metadata
     from revjax.config import load_config
     from revjax.model import GPT
     from revjax.tokenizer import train_tokenizer

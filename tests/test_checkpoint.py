@@ -20,12 +20,11 @@ from revjax.checkpoint import (
     CheckpointMismatch,
     DamagedCheckpoint,
     NoIntactCheckpoint,
-    build_metadata,
-    check_compatible,
     checksums,
 )
 from revjax.config import ModelConfig
 from revjax.model import GPT
+from revjax.runs import build_metadata, check_compatible
 
 CONFIG = ModelConfig(sequence_len=32, vocab_size=256, n_layer=2, n_head=1, n_kv_head=1, n_embd=64,
                      compute_dtype="float32")

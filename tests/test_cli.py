@@ -78,10 +78,11 @@ def test_commands_keep_a_compilation_cache_under_the_base_dir(tmp_path):
         == str(tmp_path / "own")
 
     # training, in a process that has compiled before: the run's base dir, and new programs are written there
-    train = ("import jax, jax.numpy as jnp; import revjax.train.loop as loop; from revjax.config import Config\n"
+    train = ("import jax, jax.numpy as jnp; import revjax.train.loop as loop; import revjax.train.setup as setup\n"
+             "from revjax.config import Config\n"
              "jax.jit(lambda x: x + 1)(jnp.ones(3))\n"
              "def stop(config): raise SystemExit(0)\n"
-             "loop.prepare_run = stop\n"
+             "setup.prepare_run = stop\n"
              "try:\n    loop.train(Config(base_dir=%r))\n"
              "finally:\n    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
              "    jax.jit(lambda x: x * 3 - 1)(jnp.ones(5)).block_until_ready()\n") % str(tmp_path / "run-base")

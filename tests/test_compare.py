@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from revjax.checkpoint import Checkpointer, build_metadata
+from revjax.checkpoint import Checkpointer
+from revjax.runs import build_metadata
 from revjax.config import ModelConfig, load_config
 from revjax.data.shards import write_shards
 from revjax.direction import Specials

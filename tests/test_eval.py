@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 from flax import nnx
 
-from revjax.checkpoint import Checkpointer, build_metadata
+from revjax.checkpoint import Checkpointer
+from revjax.runs import build_metadata
 from revjax.config import MeshConfig, ModelConfig, load_config
 from revjax.data.shards import write_shards
 from revjax.eval import Scorer, TaskSpec, build_examples, centered, model_order, render_prompts, score_examples

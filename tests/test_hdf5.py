@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from revjax.checkpoint import read_params
+from revjax.runs import read_params
 from revjax.config import ConfigError, MeshConfig, ModelConfig, OptimizerConfig, load_config
 from revjax.optim import build_optimizer
 from revjax.sharding import make_mesh

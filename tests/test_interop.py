@@ -13,9 +13,9 @@ import pytest
 import torch
 from flax import nnx
 
-from revjax.checkpoint import Checkpointer, build_metadata
+from revjax.checkpoint import Checkpointer
 from revjax.config import MeshConfig, load_config
-from revjax.checkpoint import read_params
+from revjax.runs import build_metadata, read_params
 from revjax.interop.export import InteropError, export_checkpoint, main as export_main
 from revjax.interop.importer import import_checkpoint, main as import_main
 from revjax.interop.state_dict import StateDictError, build_model, expected_shapes

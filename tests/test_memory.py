@@ -14,7 +14,8 @@ from flax import nnx
 
 from revjax import memory
 from revjax.chat.session import load_model
-from revjax.checkpoint import Checkpointer, build_metadata, read_params
+from revjax.checkpoint import Checkpointer
+from revjax.runs import build_metadata, read_params
 from revjax.config import ConfigError, MeshConfig, ModelConfig, load_config
 from revjax.eval.run import LoadedRun
 from revjax.interop.export import InteropError

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from revjax.analysis.report import chains, find_runs, main, make_report, summary_rows, to_html
-from revjax.checkpoint import Checkpointer, build_metadata
+from revjax.checkpoint import Checkpointer
+from revjax.runs import build_metadata
 from revjax.config import load_config
 from revjax.train.loop import train
 from tests.helpers import train_overrides as overrides

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from revjax.checkpoint import Checkpointer, build_metadata, read_params
+from revjax.checkpoint import Checkpointer
+from revjax.runs import build_metadata, read_params
 from revjax.config import ConfigError, load_config
 from revjax.interop.export import torch_state_dict
 from revjax.interop.state_dict import build_model, model_params

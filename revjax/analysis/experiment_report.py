@@ -142,10 +142,12 @@ def analyse(experiment_dir: str | Path, out: str | Path | None = None, compare: 
     return target
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax plot EXPERIMENT_DIR [--out DIR] [--compare DIR_OR_JSON]… [--level 0.95]``."""
-    parser = argparse.ArgumentParser(prog="revjax plot", description="The PNG plots and the report (markdown and "
-                                     "HTML) of an experiment folder, with means and t-intervals over seeds.")
+DESCRIPTION = ("The PNG plots and the report (markdown and HTML) of an experiment folder, with means and t-intervals "
+               "over seeds.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``EXPERIMENT_DIR [--out DIR] [--compare DIR_OR_JSON]… [--level 0.95]``."""
     parser.add_argument("experiment", metavar="EXPERIMENT_DIR",
                         help="an experiment folder (<base_dir>/experiments/<name>, one subfolder per run)")
     parser.add_argument("--out", default=None, help="output folder (default: analysis/ inside the experiment)")
@@ -153,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a `revjax compare` output whose per-position losses replace the research logs' for "
                              "the runs it measured (repeatable)")
     parser.add_argument("--level", type=float, default=LEVEL, help="confidence level of the intervals (0.95)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write and print the plots and report of the experiment ``args`` name; returns the exit code."""
 
     def body() -> int:
         target = analyse(args.experiment, args.out, args.compare, args.level)
@@ -162,3 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command("revjax plot", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax plot EXPERIMENT_DIR [--out DIR] [--compare DIR_OR_JSON]… [--level 0.95]``."""
+    parser = argparse.ArgumentParser(prog="revjax plot", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

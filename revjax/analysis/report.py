@@ -61,14 +61,15 @@ def is_run(path: Path) -> bool:
 
 
 def read_run(run_dir: Path) -> PhaseRun:
-    from revjax.checkpoint import Checkpointer
+    from revjax.checkpoint import NoIntactCheckpoint
+    from revjax.runs import load_run
     from revjax.tracking import read_metrics
 
-    with Checkpointer(run_dir) as checkpointer:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise ReportError(f"{run_dir} holds no intact checkpoint; train it first or leave it out")
-        meta = checkpointer.metadata(step)
+    try:
+        meta = load_run(run_dir, weights=False).meta  # the newest intact step's metadata, no weights
+    except NoIntactCheckpoint as err:
+        raise ReportError(f"{err}; train it first or leave it out") from None
+    step = int(meta["step"])
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     evals: dict[str, tuple[float, dict]] = {}
     for path in (run_dir / "eval").glob(f"*-step{step}.json"):
@@ -301,13 +302,18 @@ def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> P
     return target
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax report RUN_DIR_OR_CHAIN_DIR… [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="revjax report", description=__doc__.splitlines()[0])
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR_OR_CHAIN_DIR… [--out DIR]``."""
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CHAIN_DIR",
                         help="run folders (their parent phases come along) or folders holding run folders")
     parser.add_argument("--out", default=None, help="output folder (default: report/ inside the first path)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write and print the report card of the runs ``args`` name; returns the exit code."""
 
     def body() -> int:
         target = make_report(args.paths, args.out)
@@ -316,3 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command("revjax report", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax report RUN_DIR_OR_CHAIN_DIR… [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="revjax report", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

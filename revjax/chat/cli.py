@@ -102,9 +102,13 @@ def repl(session: ChatSession, settings: dict, out: TextIO = sys.stdout) -> None
             show_reply(session, line, settings, out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax chat RUN_DIR``: chat with a revjax run (multi-turn, streaming; -p answers one prompt)."""
-    parser = argparse.ArgumentParser(prog="revjax chat", description=main.__doc__, epilog=HELP)
+DESCRIPTION = "``revjax chat RUN_DIR``: chat with a revjax run (multi-turn, streaming; -p answers one prompt)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR [-p PROMPT] [--temperature T] [--top-k K] [--max-tokens N] [--step N] [--direction …] [--seed N]``,
+    and the in-chat commands as the epilog."""
+    parser.epilog = HELP
     parser.add_argument("run_dir", help="a revjax run folder (imported onanchat exports too)")
     parser.add_argument("-p", "--prompt", help="answer this one prompt (an answer, for the reverse task) and exit")
     parser.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6)")
@@ -114,9 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--direction", choices=("forward", "backward"), help="generation direction to start with "
                         "(bidirectional models; default forward)")
     parser.add_argument("--seed", type=int, help="random seed of every reply (default: a fresh one per reply)")
-    args = parser.parse_args(argv)
 
-    def run() -> None:
+
+def run(args: argparse.Namespace) -> int:
+    """Chat with the run ``args`` name (or answer ``--prompt``); returns the exit code."""
+
+    def body() -> None:
         if args.temperature < 0 or args.top_k < 0 or args.max_tokens < 1:
             raise ChatError("--temperature and --top-k must be non-negative and --max-tokens at least 1")
         session = ChatSession(load_model(args.run_dir, args.step), generate=args.direction)
@@ -127,5 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return
         repl(session, settings)
 
-    return run_command("revjax chat", run)
+    return run_command("revjax chat", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax chat RUN_DIR``: chat with a revjax run (multi-turn, streaming; -p answers one prompt)."""
+    parser = argparse.ArgumentParser(prog="revjax chat", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 

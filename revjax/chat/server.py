@@ -265,9 +265,11 @@ def make_server(app, sock: socket.socket | None = None, *, head_timeout_s: float
                                          log_level=log_level, **config))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax serve RUN_DIR``: an OpenAI-compatible chat server with a web UI for a revjax run."""
-    parser = argparse.ArgumentParser(prog="revjax serve", description=main.__doc__)
+DESCRIPTION = "``revjax serve RUN_DIR``: an OpenAI-compatible chat server with a web UI for a revjax run."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR [--host H] [--port P] [--step N] [--api-key KEY | --no-auth] [--allowed-host NAME]… [limits]``."""
     parser.add_argument("run_dir", help="a revjax run folder (imported onanchat exports too)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only); another address needs "
@@ -295,9 +297,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="waiting requests before 429")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="largest max_tokens allowed (cut to the model's context length)")
-    args = parser.parse_args(argv)
 
-    def run() -> None:
+
+def run(args: argparse.Namespace) -> int:
+    """Serve the run ``args`` name until stopped; returns the exit code."""
+
+    def body() -> None:
         require("fastapi", "serve", "revjax serve")
         require("uvicorn", "serve", "revjax serve")
         from revjax.chat.session import ChatError, load_model
@@ -332,4 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             sock.close()
 
-    return run_command("revjax serve", run)
+    return run_command("revjax serve", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax serve RUN_DIR``: an OpenAI-compatible chat server with a web UI for a revjax run."""
+    parser = argparse.ArgumentParser(prog="revjax serve", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

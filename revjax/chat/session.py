@@ -116,27 +116,11 @@ def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int 
     Before any array is read, the model's dimensions are checked and its parameters plus the KV cache of ``batch``
     rows at its full ``sequence_len`` are compared with the machine's memory (``command``: ``chat``, or ``serve``
     with the server's largest batch); a :class:`revjax.memory.SizeError` refuses in one sentence."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+    from revjax.runs import load_run
 
-    from revjax.checkpoint import read_params
-    from revjax.model import GPT
-    from revjax.tokenizer import Tokenizer
-
-    run_dir = Path(run_dir).expanduser()
-    params, meta, config = read_params(run_dir, step, command=command, batch=batch)
-    tokenizer_dir = meta.get("tokenizer_path") or str(config.tokenizer_path())
-    if not Path(tokenizer_dir).is_dir():
-        raise ChatError(f"the tokenizer of {run_dir} is not at {tokenizer_dir}; move it back or point the run at it")
-    tokenizer = Tokenizer.load(tokenizer_dir)
-    if meta.get("tokenizer_identity", tokenizer.identity()) != tokenizer.identity():
-        raise ChatError(f"the tokenizer at {tokenizer_dir} is not the one {run_dir} was trained with")
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: GPT(config.model, rngs=nnx.Rngs(0))))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    direction = meta.get("direction") or config.direction.direction
-    return ChatModel(graphdef, state, tokenizer, direction, config.direction.conversation, config.model.sequence_len,
-                     name=run_dir.resolve().name, step=int(meta.get("step", 0)), chunk_size=chunk_size)
+    run = load_run(run_dir, step, command=command, batch=batch)
+    return ChatModel(run.graphdef, run.params, run.tokenizer, run.direction, run.mode, run.config.model.sequence_len,
+                     name=run.run_dir.resolve().name, step=run.step, chunk_size=chunk_size)
 
 
 # ---- text in reading order ------------------------------------------------------------------------------------

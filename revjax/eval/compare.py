@@ -165,12 +165,11 @@ def derived(models: list[dict], metrics: Sequence[str]) -> dict[str, list[dict]]
 
 
 def _sequence_len(run_dir: Path) -> int:
-    from revjax.checkpoint import Checkpointer
+    from revjax.runs import load_run
 
     if not run_dir.is_dir():
         raise EvalError(f"{run_dir} is not a folder; pass revjax run folders")
-    with Checkpointer(run_dir) as checkpointer:
-        return int(checkpointer.metadata()["model_config"]["sequence_len"])
+    return int(load_run(run_dir, weights=False).meta["model_config"]["sequence_len"])
 
 
 def _names(run_dirs: Sequence[Path]) -> list[str]:
@@ -330,9 +329,12 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax compare RUN_DIR… [--out DIR] [--suite bpb|core|chat|all] [--max-per-task N]``."""
-    parser = argparse.ArgumentParser(prog="revjax compare", description=__doc__.splitlines()[0])
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR… [--out DIR] [--suite bpb|core|chat|all] [--max-per-task N] [--data DIR] [--max-chars N]
+    [--bundle DIR] [--chat-source …] [--batch-tokens N]``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="revjax run folders (checkpoint folders)")
     parser.add_argument("--out", default=None, help="output folder (default: <base dir>/compare/<names>)")
     parser.add_argument("--suite", choices=COMPARE_CHOICES, default="all",
@@ -345,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundle", default=None, help="an unpacked CORE eval bundle folder")
     parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline")
     parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N", help="tokens per model call")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compare the runs ``args`` name, write the outputs and print the tables; returns the exit code."""
 
     def body() -> int:
         results = compare_runs(args.run_dirs, args.out, suite=args.suite, max_per_task=args.max_per_task,
@@ -356,3 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command("revjax compare", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax compare RUN_DIR… [--out DIR] [--suite bpb|core|chat|all] [--max-per-task N]``."""
+    parser = argparse.ArgumentParser(prog="revjax compare", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -38,34 +38,18 @@ class _Choices:
 CHOICES = _Choices()
 
 
-def _read_params(run_dir: str | os.PathLike[str], step: int | None):
-    """The run's parameters, after its dimensions and the memory ``eval`` needs are checked (revjax.memory)."""
-    from revjax.checkpoint import read_params
-
-    return read_params(run_dir, step, command="eval")
-
-
 class LoadedRun:
-    """A run's model (graphdef, params), config, metadata, tokenizer and direction, ready to evaluate."""
+    """A run's model (graphdef, params), config, metadata, tokenizer and direction (:func:`revjax.runs.load_run`),
+    with a scorer, ready to evaluate."""
 
     def __init__(self, run_dir: str | os.PathLike[str], step: int | None = None, *, tokens_per_call: int = 8192,
                  min_len: int = MIN_LEN):
-        from flax import nnx
+        from revjax.runs import load_run
 
-        from revjax.interop.state_dict import build_model
-        from revjax.tokenizer import Tokenizer
-
-        self.run_dir = Path(run_dir).expanduser()
-        params, self.meta, self.config = _read_params(self.run_dir, step)
-        self.step = int(self.meta["step"])
-        tokenizer_dir = self.meta.get("tokenizer_path") or self.config.tokenizer_path()
-        self.tokenizer = Tokenizer.load(tokenizer_dir)
-        if self.meta.get("tokenizer_identity", self.tokenizer.identity()) != self.tokenizer.identity():
-            raise EvalError(f"the tokenizer at {tokenizer_dir} is not the one step {self.step} of {self.run_dir} was "
-                            "trained with (its identity differs); point tokenizer.dir at the right one")
-        self.graphdef, self.params = nnx.split(build_model(self.config.model, params))
-        self.direction = Direction.parse(self.meta.get("direction") or self.config.direction.direction)
-        self.mode = self.config.direction.conversation
+        run = load_run(run_dir, step, command="eval")
+        self.run_dir, self.step, self.meta, self.config = run.run_dir, run.step, run.meta, run.config
+        self.tokenizer, self.direction, self.mode = run.tokenizer, run.direction, run.mode
+        self.graphdef, self.params = run.graphdef, run.params
         self.scorer = Scorer(self.graphdef, self.params, pad_id=self.tokenizer.bos_id, tokens_per_call=tokens_per_call,
                              min_len=min_len)
 
@@ -155,9 +139,12 @@ def format_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax eval RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N]``."""
-    parser = argparse.ArgumentParser(prog="revjax eval", description=__doc__.splitlines()[0])
+DESCRIPTION = __doc__.splitlines()[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N] [--bundle DIR] [--chat-source …]
+    [--batch-tokens N]``."""
     parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
     parser.add_argument("--suite", choices=CHOICES, default="all")
     parser.add_argument("--directions", nargs="+", default=None, metavar="DIRECTION",
@@ -168,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline")
     parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
                         help="tokens per scoring call (rows × length; lower it if memory runs short)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate the run ``args`` name and print the tables; returns the exit code."""
     directions = [d for item in args.directions or [] for d in item.split(",") if d] or None
 
     def body() -> int:
@@ -178,3 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_command("revjax eval", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax eval RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N]``."""
+    parser = argparse.ArgumentParser(prog="revjax eval", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

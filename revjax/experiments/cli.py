@@ -29,8 +29,18 @@ from revjax.experiments.table import print_table
 PROG = "revjax sweep"
 
 
+DESCRIPTION = __doc__.splitlines()[0].strip("`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].strip("`"))
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``SWEEP.yaml [--backend local|slurm|pod] [--parallel N] [--dry-run] [--retry-failed] [--status] [--run]
+    [--dir DIR]``."""
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file, or a name under configs/experiments")
     parser.add_argument("--backend", choices=("local", "slurm", "pod"), default="local")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="local: chains trained at once")
@@ -41,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run", action="store_true", help="pod: run the per-host command on this host")
     parser.add_argument("--dir", metavar="DIR", help="the experiment folder (default: the sweep's dir, else "
                                                      "<base_dir>/experiments/<name>)")
-    return parser
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -83,7 +92,11 @@ def sweep(args: argparse.Namespace) -> int:
     return run_local(spec, chains, parallel=args.parallel, retry_failed=args.retry_failed)
 
 
+def run(args: argparse.Namespace) -> int:
+    """Run, plan or show the sweep ``args`` name; returns the exit code."""
+    return run_command(PROG, lambda: sweep(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``revjax sweep`` command; returns its exit code."""
-    args = build_parser().parse_args(argv)
-    return run_command(PROG, lambda: sweep(args))
+    return run(build_parser().parse_args(argv))

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 
-from revjax.checkpoint import read_params
 from revjax.config import Config
 from revjax.errors import RevjaxError, require, run_command
 from revjax.interop.state_dict import check_finite, to_torch_layout
 from revjax.phases import EXPORT_DIRS
 from revjax.replace import check_replaceable, move_aside, output_path, overlaps, publish_folder, temp_dir
-from revjax.runlock import RunLock
+from revjax.runs import TrainedRun, load_run
 from revjax.tokenizer import Tokenizer, TokenizerError
 
 PHASE_DIRS = EXPORT_DIRS  # onanchat's checkpoint folder per phase, from the phase table
@@ -150,10 +149,10 @@ def export_checkpoint(
     elif overlaps(out.resolve(), source):  # onanchat's layout writes files into a base folder: no marker there
         raise InteropError(f"{out} is (or holds, or lies inside) the run {source} being exported; choose another "
                            "output folder")
-    with RunLock(source, "export"):  # no training may save or set steps aside while they are read
-        params, meta, config = read_params(source, step)
-        return _export(params, meta, config, out, source, layout=layout, phase=phase, tag=tag, all_fp32=all_fp32,
-                       safetensors=safetensors, force=force)
+    # under the run lock: no training may save or set steps aside while they are read
+    run = load_run(source, step, lock=True, command="export")
+    return _export(run, out, source, layout=layout, phase=phase, tag=tag, all_fp32=all_fp32,
+                   safetensors=safetensors, force=force)
 
 
 def is_flat_export(folder: Path) -> bool:
@@ -161,9 +160,10 @@ def is_flat_export(folder: Path) -> bool:
     return (folder / "model.pt").is_file() and (folder / "meta.json").is_file()
 
 
-def _export(params, meta: dict, config: Config, out: Path, source: Path, *, layout: Layout, phase: str | None, tag: str | None,
+def _export(run: TrainedRun, out: Path, source: Path, *, layout: Layout, phase: str | None, tag: str | None,
             all_fp32: bool, safetensors: bool, force: bool) -> Path:
     torch = torch_for("revjax export")
+    meta, config, tokenizer = run.meta, run.config, run.tokenizer
     phase = phase or meta.get("phase") or config.training.phase
     if phase not in PHASE_DIRS:
         raise InteropError(f"phase must be one of {', '.join(PHASE_DIRS)}, not {phase!r}")
@@ -172,15 +172,11 @@ def _export(params, meta: dict, config: Config, out: Path, source: Path, *, layo
     folder = out / PHASE_DIRS[phase] / tag
     if layout == "onanchat" and (folder / f"model_{n:06d}.pt").exists() and not force:
         raise InteropError(f"{folder / f'model_{n:06d}.pt'} already exists; pass force to replace it")
-    tokenizer = Tokenizer.load(meta.get("tokenizer_path") or config.tokenizer_path())
-    if tokenizer.identity() != meta.get("tokenizer_identity", tokenizer.identity()):
-        raise InteropError(f"the tokenizer at {meta.get('tokenizer_path')} is not the one this checkpoint was "
-                           "trained with (its identity differs)")
     if tokenizer.vocab_size != config.model.vocab_size:
         raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
                            f"vocab_size={config.model.vocab_size}")
-    state_dict = torch_state_dict(params, config, all_fp32=all_fp32)
-    del params
+    state_dict = torch_state_dict(run.arrays, config, all_fp32=all_fp32)
+    run.arrays = None  # the numpy copy is no longer needed
     tok_files = {"tokenizer.pkl": pickle.dumps(tokenizer.encoding),
                  "token_bytes.pt": _torch_bytes(torch.from_numpy(tokenizer.token_bytes(config.tokenizer.token_bytes)))}
     meta_text = json.dumps(onanchat_meta(meta, config), indent=2)
@@ -235,9 +231,11 @@ def _report_aside(path: Path) -> None:
     print(f"moved what this export replaces aside to {path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanchat's PyTorch format."""
-    parser = argparse.ArgumentParser(prog="revjax export", description=main.__doc__)
+DESCRIPTION = "``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanchat's PyTorch format."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN_DIR OUT [--step N] [--flat] [--phase PHASE] [--tag TAG] [--fp32] [--safetensors] [--force]``."""
     parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
     parser.add_argument("out", help="onanchat base dir (or, with --flat, the folder to create)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
@@ -251,15 +249,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "earlier revjax export wrote it; otherwise: the same step's files and a different "
                              "tokenizer); what is replaced is moved aside to .<name>.replaced-<UTC time>, never "
                              "deleted")
-    args = parser.parse_args(argv)
 
-    def run() -> None:
+
+def run(args: argparse.Namespace) -> int:
+    """Export the run ``args`` name; returns the exit code."""
+
+    def body() -> None:
         path = export_checkpoint(args.run_dir, args.out, step=args.step, layout="flat" if args.flat else "onanchat",
                                  phase=args.phase, tag=args.tag, all_fp32=args.fp32, safetensors=args.safetensors,
                                  force=args.force)
         print(f"exported {path}")
 
-    return run_command("revjax export", run)
+    return run_command("revjax export", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanchat's PyTorch format."""
+    parser = argparse.ArgumentParser(prog="revjax export", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from revjax.checkpoint import Checkpointer, build_metadata
+from revjax.checkpoint import Checkpointer
 from revjax.config import Config, MeshConfig
 from revjax.errors import run_command
 from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, torch_for
 from revjax.replace import check_replaceable, output_path, publish_folder
 from revjax.interop.state_dict import StateDictError, from_torch_layout
+from revjax.runs import build_metadata
 from revjax.tokenizer import Tokenizer
 
 PHASES = {folder: phase for phase, folder in PHASE_DIRS.items()}
@@ -174,9 +175,11 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax import SRC OUT_RUN_DIR``: convert an onanchat PyTorch checkpoint into a revjax run folder."""
-    parser = argparse.ArgumentParser(prog="revjax import", description=main.__doc__)
+DESCRIPTION = "``revjax import SRC OUT_RUN_DIR``: convert an onanchat PyTorch checkpoint into a revjax run folder."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``SRC OUT_RUN_DIR [--phase PHASE] [--step N] [--force]``."""
     parser.add_argument("src", help="a <phase>_checkpoints/<tag> folder, or a flat folder with model.pt + meta.json")
     parser.add_argument("out_run_dir", help="the revjax run folder to create")
     parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="phase (default: from the folder name, else base)")
@@ -184,13 +187,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace OUT_RUN_DIR if an earlier revjax import wrote it and no training holds it; "
                              "it is moved aside to .<name>.replaced-<UTC time>, never deleted")
-    args = parser.parse_args(argv)
 
-    def run() -> None:
+
+def run(args: argparse.Namespace) -> int:
+    """Import the checkpoint ``args`` name; returns the exit code."""
+
+    def body() -> None:
         path = import_checkpoint(args.src, args.out_run_dir, phase=args.phase, step=args.step, force=args.force)
         print(f"imported into {path}")
 
-    return run_command("revjax import", run)
+    return run_command("revjax import", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``revjax import SRC OUT_RUN_DIR``: convert an onanchat PyTorch checkpoint into a revjax run folder."""
+    parser = argparse.ArgumentParser(prog="revjax import", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

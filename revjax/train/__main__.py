@@ -6,6 +6,6 @@ from revjax.errors import exit_on_interrupt
 
 exit_on_interrupt("revjax.train")  # before jax and the rest load
 
-from revjax.train.loop import run_from_args  # noqa: E402
+from revjax.train.command import main  # noqa: E402  (imports nothing heavy: jax loads once training starts)
 
-sys.exit(run_from_args())
+sys.exit(main())
