@@ -3,12 +3,16 @@
 :func:`causal_attention` is the XLA path, :func:`splash_attention` the Pallas splash kernel (TPU; interpret mode
 elsewhere), :func:`masked_attention` attention under any per-row mask (packed sequences, shared prefixes) and
 :func:`cached_attention` decoding over the KV cache. cuDNN's flash attention is ``jax.nn.dot_product_attention``'s.
+
+:data:`CAUSAL_KERNELS` is the table ``model.attention`` chooses from (besides ``auto``): a new causal kernel is a
+function ``(q (B,T,H,D), k (B,T,K,D), v (B,T,K,D)) → (B,T,H,D)`` and one row, added with :func:`register_kernel`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -100,3 +104,22 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) ->
         spec = jax.sharding.PartitionSpec(batch, heads, None, None)
         local = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
     return local(q, k, v).transpose(0, 2, 1, 3)
+
+
+def cudnn_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
+    """Causal attention by cuDNN's flash kernel (GPU only)."""
+    return jax.nn.dot_product_attention(q_BTHD, k_BTKD, v_BTKD, is_causal=True, implementation="cudnn")
+
+
+CAUSAL_KERNELS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
+    "xla": causal_attention,
+    "splash": splash_attention,
+    "cudnn": cudnn_attention,
+}
+
+
+def register_kernel(name: str, kernel: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> None:
+    """Add ``kernel`` as ``model.attention=<name>``."""
+    if name == "auto" or name in CAUSAL_KERNELS:
+        raise ValueError(f"an attention kernel named {name!r} exists already")
+    CAUSAL_KERNELS[name] = kernel

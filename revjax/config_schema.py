@@ -35,7 +35,7 @@ class ModelConfig:
     n_embd: int | None = None
     compute_dtype: Dtype = "bfloat16"
     # auto: cuDNN flash attention on GPU in bf16, Pallas splash attention on TPU, XLA elsewhere
-    attention: Literal["auto", "xla", "cudnn", "splash"] = "auto"
+    attention: str = "auto"  # or a key of revjax.attention.CAUSAL_KERNELS (xla, cudnn, splash)
     # recompute in the backward pass: none, all but the matmuls ("dots"), everything ("full"); true/false (older
     # configs) mean full/none
     remat: Literal["none", "dots", "full"] | bool = "none"

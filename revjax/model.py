@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from revjax.attention import cached_attention, causal_attention, masked_attention, splash_attention
-from revjax.config import ModelConfig
+from revjax.attention import CAUSAL_KERNELS, cached_attention, masked_attention
+from revjax.config import ConfigError, ModelConfig
 
 ROPE_BASE = 10_000.0
 SOFTCAP = 15.0
@@ -171,12 +171,7 @@ class Attention(nnx.Module):
         if mask is not None:
             return self.c_proj(masked_attention(q, k, v, mask)), None
         if cache is None:
-            if implementation == "splash":
-                y = splash_attention(q, k, v)
-            elif implementation == "xla":
-                y = causal_attention(q, k, v)
-            else:
-                y = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+            y = CAUSAL_KERNELS[implementation](q, k, v)
             return self.c_proj(y.reshape(B, T, -1)), None
         at = (layer, 0, 0, cache.pos, 0)
         k_all = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3)[None].astype(cache.k.dtype), at)
@@ -235,13 +230,18 @@ class GPT(nnx.Module):
     def compute_dtype(self):
         return DTYPES[self.config.compute_dtype]
 
-    def attention_implementation(self) -> str | None:
+    def attention_implementation(self) -> str:
+        """The key of :data:`revjax.attention.CAUSAL_KERNELS` that ``model.attention`` names (``auto``: splash on
+        TPU, cuDNN on GPU in bf16, else XLA)."""
         choice = self.config.attention
         if choice == "auto":
             backend = jax.default_backend()
             if backend == "tpu":
                 return "splash"
             return "cudnn" if backend == "gpu" and self.config.compute_dtype == "bfloat16" else "xla"
+        if choice not in CAUSAL_KERNELS:
+            raise ConfigError(f"model.attention={choice!r} is not an attention kernel; choose auto or one of "
+                              f"{', '.join(CAUSAL_KERNELS)}")
         return choice
 
     def _trunk(self, idx_BT: jax.Array, cache: KVCache | None = None, stats: bool = False,

@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec as P
 
 from revjax.config import MeshConfig, ModelConfig
 from revjax.interop.state_dict import build_model, model_params
-from revjax.model import GPT, causal_attention, loss_fn, splash_attention
+from revjax.attention import causal_attention, splash_attention
+from revjax.model import GPT, loss_fn
 from revjax.sharding import make_mesh
 from tests.helpers import perturbed_model
 

@@ -1,12 +1,23 @@
 """Adding a suite or a phase is one row of a table: a NEW suite and a NEW phase registered from this file alone
-run on a tiny model; and the hook cadence, as a table."""
+run on a tiny model; so is a new attention kernel; trackers and sweep backends are tables too; and the hook
+cadence, as a table."""
 
+import dataclasses
+from types import SimpleNamespace
+
+import jax
+import numpy as np
 import pytest
 
-from revjax.config import load_config
+from revjax.attention import CAUSAL_KERNELS, causal_attention, register_kernel
+from revjax.config import ConfigError, ModelConfig, load_config
+from revjax.experiments.cli import BACKENDS, build_parser
+from revjax.interop.state_dict import build_model, model_params
+from revjax.train.setup import TRACKERS
 from revjax.eval.suites import SUITES, Suite, register_suite
 from revjax.phases import PHASES, Phase, register_phase
 from revjax.train.hooks import Cadence
+from tests.helpers import perturbed_model
 from tests.tiny_corpus import write_tiny_corpus
 
 
@@ -73,3 +84,42 @@ def test_a_new_phase_and_suite_run_from_this_file_alone(tiny_train_overrides, ne
     with pytest.raises(Exception, match="does not train a backward model"):
         load_config(overrides=tiny_train_overrides("refused", **{"training.phase": "polish",
                                                                  "direction.direction": "backward"}))
+
+
+def test_a_new_attention_kernel_is_one_row():
+    """A kernel added to the table is what ``model.attention=<name>`` runs; an unknown name is one sentence."""
+    calls = []
+
+    def counting(q, k, v):
+        calls.append(q.shape)
+        return causal_attention(q, k, v)
+
+    config = ModelConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+                         compute_dtype="float32", attention="xla")
+    model = perturbed_model(config)
+    ids = jax.random.randint(jax.random.key(0), (2, 16), 0, 64)
+    register_kernel("counting", counting)
+    try:
+        with pytest.raises(ValueError, match="exists already"):
+            register_kernel("xla", counting)
+        mine = build_model(dataclasses.replace(config, attention="counting"), model_params(model))
+        np.testing.assert_allclose(mine(ids), model(ids), rtol=1e-6, atol=1e-6)
+        assert calls == [(2, 16, 2, 16)] * 2  # once per layer
+    finally:
+        CAUSAL_KERNELS.pop("counting")
+    wrong = build_model(dataclasses.replace(config, attention="flash9"), model_params(model))
+    with pytest.raises(ConfigError, match=r"model.attention='flash9' is not an attention kernel; choose auto or one "
+                                          r"of xla, splash, cudnn$"):
+        wrong.attention_implementation()
+
+
+def test_trackers_and_sweep_backends_are_tables(tmp_path):
+    """What records a run and what runs a sweep are each one table that the code reads (a row is all a new one
+    needs): the trackers the config switches on, and ``--backend``'s choices."""
+    assert list(TRACKERS) == ["metrics.jsonl", "research.h5", "wandb"]
+    config = load_config(overrides=["logging.hdf5=false", "logging.wandb=disabled"])
+    run = SimpleNamespace(config=config, run_dir=tmp_path, start=0)
+    assert [name for name, build in TRACKERS.items() if build(run) is not None] == ["metrics.jsonl"]
+    assert list(BACKENDS) == ["local", "slurm", "pod"]
+    backend = next(a for a in build_parser()._actions if a.dest == "backend")
+    assert tuple(backend.choices) == tuple(BACKENDS)

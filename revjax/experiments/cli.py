@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``SWEEP.yaml [--backend local|slurm|pod] [--parallel N] [--dry-run] [--retry-failed] [--status] [--run]
     [--dir DIR]``."""
     parser.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file, or a name under configs/experiments")
-    parser.add_argument("--backend", choices=("local", "slurm", "pod"), default="local")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="local")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="local: chains trained at once")
     parser.add_argument("--dry-run", action="store_true",
                         help="local: list what would run; slurm: write the script without submitting it")
@@ -55,41 +55,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sweep(args: argparse.Namespace) -> int:
     spec = load_sweep(args.sweep, args.dir)
-    title = f"experiment {spec.name}: {spec.dir}"
     if args.status:
-        print_table(spec.runs, title)
+        print_table(spec.runs, f"experiment {spec.name}: {spec.dir}")
         return 0
     check_backend(spec, args.backend)
     prepare(spec)
     chains, left = plan(spec, args.retry_failed)
-    if args.backend == "pod":
-        command = pod_command(spec, retry_failed=args.retry_failed)
-        if not args.run:
-            print(pod_instructions(spec, command))
-            return 0
-        return run_pod_command(command)
-    if not chains:
-        print_table(spec.runs, title)
-        if left:
-            raise RunsFailed(f"nothing to train: {len(left)} of {len(spec.runs)} runs failed earlier (their status.json "
-                             "holds the last lines of their logs); --retry-failed trains them again")
-        print(f"nothing to train: all {len(spec.runs)} runs finished")
+    return BACKENDS[args.backend](spec, chains, left, args)
+
+
+def nothing_to_train(spec, chains: list, left: list) -> bool:
+    """True (after saying so, or raising when runs failed earlier) when no chain is left to train."""
+    if chains:
+        return False
+    print_table(spec.runs, f"experiment {spec.name}: {spec.dir}")
+    if left:
+        raise RunsFailed(f"nothing to train: {len(left)} of {len(spec.runs)} runs failed earlier (their status.json "
+                         "holds the last lines of their logs); --retry-failed trains them again")
+    print(f"nothing to train: all {len(spec.runs)} runs finished")
+    return True
+
+
+def run_on_pod(spec, chains: list, left: list, args: argparse.Namespace) -> int:
+    """Print the per-host command of a pod (every host runs it), or run it here with ``--run``."""
+    command = pod_command(spec, retry_failed=args.retry_failed)
+    if not args.run:
+        print(pod_instructions(spec, command))
         return 0
-    if args.backend == "slurm":
-        path = write_slurm_script(spec, chains, retry_failed=args.retry_failed)
-        if args.dry_run:
-            print(path.read_text(), end="")
-            print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): "
-                  f"sbatch {shlex.quote(str(path))}", file=sys.stderr)
-            return 0
-        job = submit(path, chains)
-        print(f"submitted {path} as job {job}: {len(chains)} array tasks; "
-              f"follow them with revjax sweep {shlex.quote(args.sweep)} --status")
+    return run_pod_command(command)
+
+
+def run_on_slurm(spec, chains: list, left: list, args: argparse.Namespace) -> int:
+    """Write the array job's script and submit it (``--dry-run``: print it)."""
+    if nothing_to_train(spec, chains, left):
+        return 0
+    path = write_slurm_script(spec, chains, retry_failed=args.retry_failed)
+    if args.dry_run:
+        print(path.read_text(), end="")
+        print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): "
+              f"sbatch {shlex.quote(str(path))}", file=sys.stderr)
+        return 0
+    job = submit(path, chains)
+    print(f"submitted {path} as job {job}: {len(chains)} array tasks; "
+          f"follow them with revjax sweep {shlex.quote(args.sweep)} --status")
+    return 0
+
+
+def run_here(spec, chains: list, left: list, args: argparse.Namespace) -> int:
+    """Train the chains on this machine, ``--parallel`` at once (``--dry-run``: list them)."""
+    if nothing_to_train(spec, chains, left):
         return 0
     if args.dry_run:
         describe_plan(spec, chains, left)
         return 0
     return run_local(spec, chains, parallel=args.parallel, retry_failed=args.retry_failed)
+
+
+# --backend NAME → what runs the planned chains: (spec, chains, runs that failed earlier, args) → exit code
+BACKENDS = {"local": run_here, "slurm": run_on_slurm, "pod": run_on_pod}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -197,20 +197,35 @@ def prepare_run(config: Config) -> RunSetup:
                     parent=parent, train_source=source)
 
 
+def metrics_log(run: RunSetup):
+    return JsonlTracker(run.run_dir / "metrics.jsonl", run.start)
+
+
+def research_log(run: RunSetup):
+    if not run.config.logging.hdf5:
+        return None
+    from revjax.tracking.hdf5 import FILENAME, Hdf5Tracker, run_attrs
+
+    return Hdf5Tracker(run.run_dir / FILENAME, run.start, run_attrs(run.config))
+
+
+def weights_and_biases(run: RunSetup):
+    config = run.config
+    if config.logging.wandb == "disabled":
+        return None
+    return WandbTracker(project=config.logging.project, name=config.run_name, mode=config.logging.wandb,
+                        directory=run.run_dir, config=config.to_dict())
+
+
+# What records a run's metrics on process 0: each row builds its tracker for a run, or None where it is switched off.
+TRACKERS = {"metrics.jsonl": metrics_log, "research.h5": research_log, "wandb": weights_and_biases}
+
+
 def trackers(run: RunSetup) -> Trackers | None:
-    """The run's metrics log, the research log (``logging.hdf5``) and Weights & Biases, on process 0."""
+    """The trackers of :data:`TRACKERS` switched on for the run, on process 0."""
     if not run.is_main:
         return None
-    config = run.config
-    found: list = [JsonlTracker(run.run_dir / "metrics.jsonl", run.start)]
-    if config.logging.hdf5:
-        from revjax.tracking.hdf5 import FILENAME, Hdf5Tracker, run_attrs
-
-        found.append(Hdf5Tracker(run.run_dir / FILENAME, run.start, run_attrs(config)))
-    if config.logging.wandb != "disabled":
-        found.append(WandbTracker(project=config.logging.project, name=config.run_name, mode=config.logging.wandb,
-                                  directory=run.run_dir, config=config.to_dict()))
-    return Trackers(found)
+    return Trackers([t for build in TRACKERS.values() if (t := build(run)) is not None])
 
 
 def setup_run(config: Config, stack: contextlib.ExitStack) -> RunSetup:
