@@ -52,6 +52,30 @@ def prepare_corpus(config: Config) -> Path:
     return config.data_path()
 
 
+def describe_corpus(folder: Path) -> str:
+    """One line saying what the corpus folder holds: documents and characters per split (from its manifest when
+    it has one), else its shards."""
+    import json
+
+    try:
+        splits = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))["splits"]
+        parts = [f"{int(v['docs']):,} {k} documents ({int(v['chars']):,} characters)" for k, v in splits.items()]
+    except (OSError, ValueError, KeyError, TypeError):
+        parts = [f"{len(list(folder.glob('*.parquet')))} shards"]
+    return f"corpus ready at {folder}: {', '.join(parts)}"
+
+
+def corpus_chars(config: Config) -> int | None:
+    """Characters of the corpus's train split from its manifest, or None when it has none."""
+    import json
+
+    try:
+        return int(json.loads((config.data_path() / "manifest.json").read_text(encoding="utf-8"))
+                   ["splits"]["train"]["chars"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def train_tokenizer(config: Config):
     """The configured tokenizer: the one already at ``tokenizer_path()`` if it has the configured size (a tokenizer
     that checkpoints may reference is never overwritten), else a new one trained on the corpus's train split, its
@@ -80,6 +104,7 @@ def train_tokenizer(config: Config):
             config.tokenizer.vocab_size,
             doc_cap=config.tokenizer.doc_cap,
             max_chars=config.tokenizer.max_chars,
+            total_chars=corpus_chars(config),
             token_bytes_method=config.tokenizer.token_bytes,
             eval_texts=iter_documents(data, "val"),
         )
@@ -112,7 +137,7 @@ def config_command(func: Callable[[argparse.Namespace], int | None]) -> Callable
 @config_command
 def cmd_prepare(args: argparse.Namespace) -> None:
     config = config_from_args(args, ["default"])
-    print(f"corpus ready at {prepare_corpus(config)}")
+    print(describe_corpus(prepare_corpus(config)))
 
 
 @config_command
@@ -132,14 +157,16 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     files = config_files(args, ["default"])
     config = load_config(files, args.overrides)
     print(f"revjax quickstart: run '{config.run_name}', files under {config.base_path()}")
-    print("\n[1/3] corpus")
-    prepare_corpus(config)
-    print("\n[2/3] tokenizer")
+    directions = ("forward", "backward")
+    stages = 2 + len(directions)
+    print(f"\n[1/{stages}] corpus")
+    print(describe_corpus(prepare_corpus(config)))
+    print(f"\n[2/{stages}] tokenizer")
     tokenizer = train_tokenizer(config)
     show_directions(config, tokenizer, "In the beginning was the Word.")
     results = {}
-    for direction in ("forward", "backward"):
-        print(f"\n[3/3] training a {direction} model")
+    for stage, direction in enumerate(directions, start=3):
+        print(f"\n[{stage}/{stages}] training a {direction} model")
         run = load_config(files, [*args.overrides, f"direction.direction={direction}",
                                   f"run_name={config.run_name}-{direction}"])
         results[direction] = train(run)
@@ -169,7 +196,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if last is not None and last.interrupted:
         print("interrupted: run the same command again to continue")
         return exit_code(last)
-    if last is not None:
+    if last is not None:  # a phase trained now, or what a finished one recorded
         for way, texts in last.samples.items():
             for text in texts:
                 print(f"[{way}] {text}")
@@ -236,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="revjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        page = sub.add_parser(name, help=command.help, description=command.description or command.help)
+        page = sub.add_parser(name, help=command.help, description=command.description or command.help,
+                              formatter_class=eval_run.DefaultsHelpFormatter)
         command.add_arguments(page)
     return parser
 

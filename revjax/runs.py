@@ -215,7 +215,8 @@ def check_compatible(
         return
     where = f"checkpoint step {metadata.get('step')}"
     if force:
-        warnings.warn(f"continuing {where} although {'; '.join(diffs)}, because force is set", stacklevel=2)
+        warnings.warn(f"continuing {where} although {'; '.join(diffs)}, because force is set (checkpoint.force=true)",
+                      stacklevel=2)
         return
     raise CheckpointMismatch(
         f"{where} cannot be continued by this run ({'; '.join(diffs)}); set checkpoint.force=true to continue it "

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import socket
 import zipfile
 
@@ -450,3 +451,28 @@ def test_evaluate_run_end_to_end(tmp_path, golden_dir, tok, model, capsys):
     assert "validation bits per byte" in format_markdown(results)
     assert main([str(run_dir), "--suite", "core", "--directions", "sideways"]) == 1
     assert "sideways" in capsys.readouterr().err
+
+
+def test_eval_and_compare_default_to_bpb_and_the_capped_offline_suite_and_write_files_0666_less_umask(tmp_path):
+    import argparse
+    import stat
+
+    from revjax.eval import compare
+    from revjax.eval import run as eval_run
+
+    for module in (eval_run, compare):
+        parser = argparse.ArgumentParser(formatter_class=eval_run.DefaultsHelpFormatter)
+        module.add_arguments(parser)
+        assert eval_run.chosen(parser.parse_args(["r"])) == ("default", 50)
+        assert eval_run.chosen(parser.parse_args(["r", "--full"])) == ("all", None)
+        assert eval_run.chosen(parser.parse_args(["r", "--max-per-task", "0"])) == ("default", None)
+        assert "(default: 8192)" in parser.format_help()
+    assert eval_run.suite_names("default") == ["bpb", "offline"]
+    assert [s.name for s in compare.wanted_suites("default", None, None)] == ["offline"]
+    old = os.umask(0o022)
+    try:
+        eval_run.write_json(tmp_path / "eval" / "x.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "eval" / "x.json").stat().st_mode) == 0o644
+    assert [p.name for p in (tmp_path / "eval").iterdir()] == ["x.json"]

@@ -18,6 +18,7 @@ import yaml
 from revjax.experiments import SweepError, load_sweep, main
 from revjax.experiments.cluster import slurm_script
 from revjax.experiments.lineage import read_status
+from revjax.experiments.runner import prepare
 from tests.tiny_corpus import write_tiny_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,6 +298,9 @@ def test_slurm_array_script_holds_each_tasks_runs(tmp_path, capsys):
     sweep = load_sweep(sweep_file)
     path = sweep.dir / "slurm" / "cluster.sbatch"
     assert path.read_text() == script
+    # a dry run writes its script only: the run folders come with the real submission (or prepare)
+    assert sorted(p.name for p in sweep.dir.iterdir()) == ["slurm"]
+    prepare(sweep)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     for option in ("--array=0-5%2", "--nodes=1", "--partition=gpu", "--time=01:00:00", "--gpus-per-node=8"):
         assert f"#SBATCH {option}\n" in script
@@ -590,7 +594,7 @@ def test_a_broken_status_file_is_one_sentence_for_every_reader(tmp_path, capsys,
     from revjax.experiments.execute import main as execute_main
 
     sweep_file = script_sweep(tmp_path)
-    assert main([str(sweep_file), "--dry-run"]) == 0  # writes the run folder
+    prepare(load_sweep(sweep_file))  # writes the run folder (a dry run writes nothing)
     run = load_sweep(sweep_file).runs[0]
     status = run.dir / "status.json"
     status.write_text(content)
@@ -605,3 +609,20 @@ def test_a_broken_status_file_is_one_sentence_for_every_reader(tmp_path, capsys,
     if "wrong type" not in problem:  # the analysis reads only the state and name
         with pytest.raises(AnalysisError, match=f"the status file {re.escape(str(status))} {problem}.*; delete it"):
             read_experiment(run.dir.parent)
+
+
+def test_an_experiment_is_found_by_name_and_a_local_dry_run_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REVJAX_BASE_DIR", str(tmp_path))  # the base_dir tiny() sets
+    (tmp_path / "elsewhere").mkdir()
+    sweep_file = write_sweep(tmp_path / "elsewhere" / "named.yaml", name="named", overrides=tiny(tmp_path),
+                             grid={"direction.direction": ["forward", "backward"]})
+    experiment = tmp_path / "experiments" / "named"
+    assert main([str(sweep_file), "--dry-run"]) == 0
+    assert "2 to train" in capsys.readouterr().out and not experiment.exists()
+    assert main(["named", "--status"]) == 2  # not run yet: nothing to find by name
+    prepare(load_sweep(sweep_file))
+    assert main(["named", "--status"]) == 0
+    assert f"experiment named: {experiment}" in capsys.readouterr().out
+    sweep_file.unlink()  # the copy in the experiment folder stands in for a moved sweep file
+    assert main(["named", "--status"]) == 0
+    assert "pending" in capsys.readouterr().out

@@ -133,16 +133,31 @@ def test_chain_skips_finished_phases_and_each_phase_starts_from_its_parent(base)
     assert first.result.step == 2 and first.run_dir.name == "chain-forward-base"
     outcomes = run_chain([], args + ["chain.phases=[base, sft]", "chain.sft={training.num_iterations: 2}"])
     assert [o.phase for o in outcomes] == ["base", "sft"]
-    assert outcomes[0].result is None and outcomes[0].note == "finished earlier"
+    # a finished phase is skipped, what it measured read back from its result.json
+    assert outcomes[0].note == "finished earlier" and outcomes[0].result.val_bpb == first.result.val_bpb
     sft = outcomes[1]
     assert sft.result.step == 2 and sft.run_dir.name == "chain-forward-sft"
     parent = Checkpointer(sft.run_dir).metadata(2)["parent"]
     assert parent == {"run": str(first.run_dir), "step": 2, "phase": "base"}
     assert Checkpointer(sft.run_dir).metadata(2)["finished"] is True
     table = summary_table(outcomes)
-    assert "| base | | finished earlier |" in table and "| sft | 2 | val bpb" in table
+    assert f"| base (finished earlier) | 2 | val bpb {first.result.val_bpb:.4f}" in table
+    assert "| sft | 2 | val bpb" in table and "(scores the assistant turns)" in table
     backward = run_chain([], args + ["chain.phases=[rl]", "direction.direction=backward"])
     assert backward[0].result is None and "sequence-mode backward" in backward[0].note
+
+
+def test_chain_points_at_a_finished_run_with_the_same_config_instead_of_training_it_again(base, capsys):
+    from revjax.train.chain import run_chain, summary_table
+
+    args = overrides(base, "quick", **{"training.num_iterations": 2, "chain.phases": "[base]"})
+    made = train(load_config(overrides=[*args, "run_name=quick-forward", "logging.log_every=2"]))  # as quickstart
+    [reused] = run_chain([], args)
+    assert reused.run_dir == made.run_dir and reused.note == "reused quick-forward"
+    assert reused.result.val_bpb == made.val_bpb and not made.run_dir.with_name("quick-forward-base").exists()
+    assert f"| base (reused quick-forward) | 2 | val bpb {made.val_bpb:.4f}" in summary_table([reused])
+    other = run_chain([], [*args, "training.seed=7"])[0]  # another config trains its own base run
+    assert other.run_dir.name == "quick-forward-base" and other.note == ""
 
 
 def test_chain_table_gives_rl_evaluations_before_and_after(tmp_path):

@@ -114,12 +114,14 @@ def grad_norm_series(group: Group, name: str) -> list[tuple[np.ndarray, np.ndarr
 
 
 def plot_grad_norms(groups: Sequence[Group], path: str | os.PathLike[str], level: float = LEVEL) -> Path | None:
-    """L2 gradient norm of each parameter group (``/layers``) over steps, one panel per parameter group."""
+    """L2 gradient norm of each parameter group (``/layers``) over steps, one panel per parameter group, every panel
+    on one step axis (a group whose norm is zero at first, such as zero-initialised weights, starts later)."""
     found = {(g.label, name): grad_norm_series(g, name) for g in groups for name in PARAM_GROUPS}
     if not any(found.values()):
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(PARAM_GROUPS), figsize=(4.2 * len(PARAM_GROUPS), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(PARAM_GROUPS), figsize=(4.2 * len(PARAM_GROUPS), 4.2), squeeze=False,
+                             sharex=True)
     for ax, name in zip(axes[0], PARAM_GROUPS):
         for i, g in enumerate(groups):
             series = found[(g.label, name)]

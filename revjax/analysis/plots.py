@@ -97,56 +97,80 @@ def plot_position_losses(curves: Mapping[tuple[str, str], Sequence[float | None]
     return save_figure(fig, plt, path)
 
 
+def _grid(panels: int, columns: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a grid holding ``panels`` panels, at most ``columns`` a row."""
+    cols = max(1, min(columns, panels))
+    return math.ceil(max(1, panels) / cols), cols
+
+
 def plot_bars(metrics: Mapping[str, Mapping[tuple[str, str], float | None]], path: str | os.PathLike[str], *,
               title: str = "Scores by model and reading direction",
               errors: Mapping[str, Mapping[tuple[str, str], tuple[float, float]]] | None = None,
               colours: Mapping[str, str] | None = None, ylabel: str | None = None,
               fmt: str = "%.3f", bottom: float | None = None) -> Path:
-    """``metrics[name][(model, way)]`` → one panel per metric, bars grouped by model and coloured by way
-    (``colours[way]``, else the reading-direction colours); missing or None values are left out (a panel with no
+    """``metrics[name][(model, way)]`` → one panel per metric (at most three a row), bars grouped by model, centred
+    on the model's tick, coloured by way (``colours[way]``, else the reading-direction colours). A None value is a
+    direction the metric does not apply to: it is left out and the panel names it below its bars (a panel with no
     value says so). ``errors[name][(model, way)]`` is an optional ``(low, high)`` interval drawn as an error bar;
     ``bottom`` starts the value axis there instead of at 0 (for values that differ by little)."""
     plt = _pyplot()
     names = list(metrics)
     palette = {**WAY_COLOURS, **(colours or {})}
     spare = itertools.cycle(OTHER_COLOURS)
-    width_in = max(4.2, 1.6 * max((len({m for m, _ in metrics[n]}) for n in names), default=1) + 1.5)
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(width_in * max(1, len(names)), 4.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        values = {key: v for key, v in metrics[name].items() if v is not None and math.isfinite(v)}
-        models = list(dict.fromkeys(model for model, _ in values))
-        ways = list(dict.fromkeys(way for _, way in values))
-        for way in ways:
-            palette.setdefault(way, next(spare))
-        width = 0.8 / max(1, len(ways))
-        for j, way in enumerate(ways):
-            keys = [(m, way) for m in models if (m, way) in values]
-            xs = [models.index(m) + (j - (len(ways) - 1) / 2) * width for m, _ in keys]
-            ys = [values[k] for k in keys]
-            spans = [(errors or {}).get(name, {}).get(k) for k in keys]
-            yerr = None
-            if any(s is not None for s in spans):
-                yerr = [[max(0.0, y - s[0]) if s else 0.0 for y, s in zip(ys, spans)],
-                        [max(0.0, s[1] - y) if s else 0.0 for y, s in zip(ys, spans)]]
-            bars = ax.bar(xs, ys, width=width, color=palette[way], label=way, yerr=yerr, capsize=3 if yerr else 0,
-                          error_kw={"elinewidth": 1.0, "ecolor": "black"})
-            ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
-        long = max((len(line) for m in models for line in m.split("\n")), default=0) > 20
-        ax.set_xticks(range(len(models)), models, rotation=20 if long else 0, ha="right" if long else "center",
-                      fontsize=8)
-        ax.set_title(name)
-        if ylabel:
-            ax.set_ylabel(ylabel)
-        if bottom is None:
-            ax.axhline(0.0, color="black", linewidth=0.6)
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.margins(y=0.08)
-        low, high = ax.get_ylim()
-        low = low if bottom is None else bottom
-        ax.set_ylim(low, high + 0.14 * (high - low))  # room for the legend above the bars and their labels
-        if not values:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-        elif len(ways) > 1 or name == names[0]:
-            ax.legend(fontsize=8, loc="upper center", ncol=min(len(ways), 4))
+    rows, cols = _grid(len(names))
+    width_in = max(4.2, 1.4 * max((len({m for m, _ in metrics[n]}) for n in names), default=1) + 1.5)
+    fig, axes = plt.subplots(rows, cols, figsize=(width_in * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        _bar_panel(ax, name, metrics[name], palette, spare, (errors or {}).get(name, {}), fmt, bottom, ylabel,
+                   legend=name == names[0])
     fig.suptitle(title)
     return save_figure(fig, plt, path)
+
+
+def _bar_panel(ax, name: str, metric: Mapping[tuple[str, str], float | None], palette: dict, spare, errors: Mapping,
+               fmt: str, bottom: float | None, ylabel: str | None, *, legend: bool) -> None:
+    """One metric's bars: each model's bars centred on its tick, whatever ways it has."""
+    values = {key: v for key, v in metric.items() if v is not None and math.isfinite(v)}
+    models = list(dict.fromkeys(model for model, _ in metric))
+    ways = list(dict.fromkeys(way for _, way in values))
+    for way in ways:
+        palette.setdefault(way, next(spare))
+    width = 0.8 / max(1, max((sum((m, w) in values for w in ways) for m in models), default=1))
+    placed: dict[str, list[tuple[float, float, tuple[str, str]]]] = {w: [] for w in ways}
+    for i, model in enumerate(models):
+        present = [w for w in ways if (model, w) in values]
+        for j, way in enumerate(present):
+            placed[way].append((i + (j - (len(present) - 1) / 2) * width, values[(model, way)], (model, way)))
+    for way, bars_at in placed.items():
+        xs, ys, keys = [x for x, _, _ in bars_at], [y for _, y, _ in bars_at], [k for _, _, k in bars_at]
+        spans = [errors.get(k) for k in keys]
+        yerr = None
+        if any(sp is not None for sp in spans):
+            yerr = [[max(0.0, y - sp[0]) if sp else 0.0 for y, sp in zip(ys, spans)],
+                    [max(0.0, sp[1] - y) if sp else 0.0 for y, sp in zip(ys, spans)]]
+        bars = ax.bar(xs, ys, width=width, color=palette[way], label=way, yerr=yerr, capsize=3 if yerr else 0,
+                      error_kw={"elinewidth": 1.0, "ecolor": "black"})
+        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+    long = max((len(line) for m in models for line in m.split("\n")), default=0) > 20
+    ax.set_xticks(range(len(models)), models, rotation=20 if long else 0, ha="right" if long else "center",
+                  fontsize=8)
+    ax.set_title(name)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if bottom is None:
+        ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.margins(y=0.08)
+    low, high = ax.get_ylim()
+    low = low if bottom is None else bottom
+    ax.set_ylim(low, high + 0.14 * (high - low))  # room for the legend above the bars and their labels
+    missing = [f"{model} ({way})" for (model, way), v in metric.items() if v is None]
+    if not values:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    elif missing:
+        ax.text(0.5, 0.02, "not applicable: " + ", ".join(missing), ha="center", va="bottom", fontsize=7,
+                style="italic", transform=ax.transAxes, wrap=True)
+    if values and (len(ways) > 1 or legend):
+        ax.legend(fontsize=8, loc="upper center", ncol=min(len(ways), 4))

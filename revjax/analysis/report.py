@@ -7,7 +7,8 @@ the corpus is there), each phase's training log (``metrics.jsonl``: steps, final
 RL's pass@k and reward, scores logged by the in-training suite hook, an estimate of the training time) and the
 ``revjax eval`` results saved in the run at its newest step. The summary table has one row per direction and
 metric and one column per phase, like nanochat's report card with a direction column. Output: ``report.md`` and
-``report.html`` (markdown-it-py's rendering in a plain page).
+``report.html`` (markdown-it-py's rendering in a plain page) in ``<base dir>/reports/<chain names>`` (``--out``
+chooses another folder).
 """
 
 from __future__ import annotations
@@ -74,10 +75,13 @@ def read_run(run_dir: Path) -> PhaseRun:
     evals: dict[str, tuple[float, dict]] = {}
     for path in (run_dir / "eval").glob(f"*-step{step}.json"):
         try:
-            suites = json.loads(path.read_text())["suites"]
+            data = json.loads(path.read_text())
+            suites = data["suites"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         for name, out in suites.items():
+            if isinstance(out, dict) and "max_per_task" not in out:
+                out["max_per_task"] = data.get("max_per_task")
             if "error" not in out and path.stat().st_mtime >= evals.get(name, (-1.0, {}))[0]:
                 evals[name] = (path.stat().st_mtime, out)
     return PhaseRun(run_dir.resolve(), meta, rows, {name: out for name, (_, out) in evals.items()})
@@ -188,7 +192,8 @@ def _cell(value: Any, digits: int = 4) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        # a small non-zero number (RL's policy-gradient loss, whose advantages sum to about zero) keeps its digits
+        return f"{value:.{digits}f}" if value == 0 or abs(value) >= 10 ** -(digits - 1) else f"{value:.2e}"
     return str(value)
 
 
@@ -263,7 +268,8 @@ def format_report(groups: Sequence[Sequence[PhaseRun]]) -> str:
         for run in chain:
             if run.evals:
                 text = format_markdown({"run_dir": str(run.run_dir), "step": run.meta["step"],
-                                        "direction": run.direction, "suites": run.evals})
+                                        "direction": run.direction, "suites": run.evals,
+                                        "max_per_task": per_task_cap(run.evals)})
                 lines += [text.replace("## Evaluation of", f"### {run.phase}: evaluation of", 1)
                           .replace("\n### ", "\n#### "), ""]
     return "\n".join(lines) + "\n"
@@ -290,12 +296,30 @@ def to_html(markdown: str, title: str = "revjax report card") -> str:
     return HTML_PAGE.format(title=html.escape(title), body=MarkdownIt("commonmark").enable("table").render(markdown))
 
 
+def per_task_cap(evals: dict) -> int | str | None:
+    """The examples-per-task cap of a run's evaluation results: one number, None (every example), or each suite's."""
+    caps = {name: out.get("max_per_task") for name, out in evals.items()}
+    if len(set(caps.values())) <= 1:
+        return next(iter(caps.values()), None)
+    return "; ".join(f"{name}: {'all' if cap is None else cap}" for name, cap in caps.items())
+
+
+def default_folder(groups: Sequence[Sequence[PhaseRun]]) -> Path:
+    """``<base dir>/reports/<chain names>``: the base dir of the first chain's first run, the name of each chain's
+    first run joined with ``+``."""
+    from revjax.runs import TrainedRun
+
+    head = groups[0][0]
+    base = TrainedRun(head.run_dir, head.meta).config.base_path()
+    return base / "reports" / "+".join(dict.fromkeys(chain[0].run_dir.name for chain in groups))
+
+
 def make_report(paths: Sequence[str | Path], out: str | Path | None = None) -> Path:
-    """Write ``report.md`` and ``report.html`` for the runs of ``paths`` into ``out`` (default: ``report/``
-    inside the first path); returns ``out``."""
+    """Write ``report.md`` and ``report.html`` for the runs of ``paths`` into ``out`` (default:
+    :func:`default_folder`); returns ``out``."""
     groups = chains(find_runs(paths))
     markdown = format_report(groups)
-    target = Path(out).expanduser() if out else Path(paths[0]).expanduser() / "report"
+    target = Path(out).expanduser() if out else default_folder(groups)
     target.mkdir(parents=True, exist_ok=True)
     (target / "report.md").write_text(markdown, encoding="utf-8")
     (target / "report.html").write_text(to_html(markdown), encoding="utf-8")
@@ -309,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``RUN_DIR_OR_CHAIN_DIR… [--out DIR]``."""
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR_OR_CHAIN_DIR",
                         help="run folders (their parent phases come along) or folders holding run folders")
-    parser.add_argument("--out", default=None, help="output folder (default: report/ inside the first path)")
+    parser.add_argument("--out", default=None, help="output folder (default: <base dir>/reports/<chain names>)")
 
 
 def run(args: argparse.Namespace) -> int:

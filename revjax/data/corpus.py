@@ -163,7 +163,8 @@ def prepare_default_corpus(
     local = _local_sources(sources or {}, verify)
     expected = {name: sha256_file(local[name]) if name in local else SOURCES[name].sha256 for name in SOURCES}
     if not force and _is_cached(out, expected):
-        _say(progress, f"default corpus is cached at {out} (use force=True to rebuild)")
+        _say(progress, f"default corpus is cached at {out} (delete it, or run python -m revjax.data.corpus --force, "
+                       "to rebuild)")
         return out
 
     t0 = time.perf_counter()

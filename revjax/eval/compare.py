@@ -8,9 +8,11 @@ For each model and each direction it reads (:func:`revjax.direction.known_direct
   exactly once in every direction and every model counts the same bytes (special tokens have none);
 * the mean loss at each context position ``0 … window−1`` of those pieces (the arrow-of-time curve: position
   ``k`` is the loss of the token read after ``k`` others of its piece);
-* the in-context suite — CORE when its bundle is there (``bundle``, or ``<base dir>/eval_bundle``), else the
-  OLMo-offline suite — and ChatCORE, taken from ``revjax eval`` results already in the run folder when they were
-  measured at the same step with the same per-task cap, else computed (and saved there as ``revjax eval`` does).
+* the chosen suites — by default (``--suite default``) the OLMo-offline suite, at most 50 examples per task; with
+  ``all`` (``--full``: no cap) the in-context suite — CORE when its bundle is there (``bundle``, or
+  ``<base dir>/eval_bundle``), else the OLMo-offline suite — and ChatCORE — taken from ``revjax eval`` results
+  already in the run folder when they were measured at the same step with the same per-task cap, else computed
+  (and saved there as ``revjax eval`` does).
 
 Derived numbers: *gap* (a backward model's number − a forward model's), *balance* (a bidirectional model's
 backward − forward) and *native vs cross* (a bidirectional model in each mode − the dedicated model of that
@@ -35,15 +37,16 @@ from revjax.errors import run_command
 from revjax.eval.bpb import validation_documents  # noqa: F401  (the one reader of validation text)
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
-from revjax.eval.suites import SUITES, compare_suites
+from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, compare_suites
 
 
 class _CompareChoices:
     """``--suite`` choices, live from the suite table: ``bpb`` (compare's own measure only), each compare suite,
-    and ``all``."""
+    each in-context suite, ``default`` (bpb and :data:`revjax.eval.suites.DEFAULT_SUITES`) and ``all``."""
 
     def __iter__(self):
-        return iter(["bpb", *(name for name, row in SUITES.items() if row.compare), "all"])
+        named = [name for name, row in SUITES.items() if row.compare or row.in_context]
+        return iter(["bpb", *named, "default", "all"])
 
     def __contains__(self, name: object) -> bool:
         return name in list(self)
@@ -138,6 +141,15 @@ def suite_results(run_dir: Path, step: int, name: str, ways: Sequence[str], *, m
 # ------------------------------------------------------------------------------------------------ comparison
 
 
+def wanted_suites(suite: str, config: Any, bundle: str | os.PathLike[str] | None) -> list:
+    """The suite rows ``--suite suite`` runs besides compare's own bits per byte."""
+    if suite == "default":
+        return [SUITES[n] for n in DEFAULT_SUITES if n in SUITES and n != "bpb"]
+    if suite in SUITES and not SUITES[suite].compare:
+        return [SUITES[suite]]
+    return compare_suites(suite, config, None if bundle is None else str(bundle))
+
+
 def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
@@ -202,11 +214,12 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
                 first = run.config
                 source = Path(data).expanduser() if data else first.data_path()
                 texts = validation_documents(source, max_chars)
-                wanted = compare_suites(suite, first, bundle)
+                wanted = wanted_suites(suite, first, bundle)
                 metrics = ["bpb"]  # compare's own measurement, then each suite's headline scores
                 bar = tqdm(total=len(dirs) * (1 + len(wanted)), desc="compare", unit="model·suite",
                            disable=not progress)
             ways = [w.value for w in known_directions(run.direction)]
+            bar.set_postfix_str(f"{name}: bits per byte")
             chunks = pieces(texts, run.tokenizer, window)
             entry = {"name": name, "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value,
                      "mode": run.mode, "phase": run.meta.get("phase"), "ways": {}, "suites": {}}
@@ -219,6 +232,7 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
             bar.update(1)
             del run
             for row in wanted:
+                bar.set_postfix_str(f"{name}: {row.name}")
                 result, reused = suite_results(run_dir, entry["step"], row.name, ways, max_per_task=max_per_task,
                                                evaluate=evaluate_run, bundle=bundle, chat_source=chat_source,
                                                tokens_per_call=tokens_per_call, progress=False)
@@ -293,6 +307,8 @@ def format_markdown(results: dict) -> str:
              f"Validation documents: {docs['count']} from {docs['source']} ({docs['chars']:,} characters), read in "
              f"pieces of {docs['window']} tokens from BOS; bits per byte: lower is better; suite scores (centered "
              "accuracy): higher is better.", "",
+             "Examples per task: " + ("all" if results.get("max_per_task") is None
+                                      else f"at most {results['max_per_task']}") + ".", "",
              "| model | direction | phase | step | reads | " + " | ".join(metrics) + " | bytes |",
              "|---|---|---|---:|---|" + "---:|" * (len(metrics) + 1)]
     for m in results["models"]:
@@ -333,27 +349,35 @@ DESCRIPTION = __doc__.splitlines()[0]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``RUN_DIR… [--out DIR] [--suite bpb|core|chat|all] [--max-per-task N] [--data DIR] [--max-chars N]
-    [--bundle DIR] [--chat-source …] [--batch-tokens N]``."""
+    """``RUN_DIR… [--out DIR] [--suite …] [--full] [--max-per-task N] [--data DIR] [--max-chars N] [--bundle DIR]
+    [--chat-source …] [--batch-tokens N]``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="revjax run folders (checkpoint folders)")
     parser.add_argument("--out", default=None, help="output folder (default: <base dir>/compare/<names>)")
-    parser.add_argument("--suite", choices=COMPARE_CHOICES, default="all",
-                        help="core: CORE when its bundle is there, else the OLMo-offline suite")
-    parser.add_argument("--max-per-task", type=int, default=None, metavar="N", help="examples per task")
+    parser.add_argument("--suite", choices=COMPARE_CHOICES, default="default",
+                        help="default (the default): bits per byte and the offline suite, at most "
+                             f"{DEFAULT_MAX_PER_TASK} examples per task (about two minutes on the default models); "
+                             "core: CORE when its bundle is there, else the OLMo-offline suite; all: every suite")
+    parser.add_argument("--full", action="store_true", help="every suite, every example (--suite all, no cap)")
+    parser.add_argument("--max-per-task", type=int, default=None, metavar="N",
+                        help=f"examples per task; 0: all (default: {DEFAULT_MAX_PER_TASK}, all with --full)")
     parser.add_argument("--data", default=None, help="corpus folder whose val split is read (default: the first "
                                                      "run's)")
     parser.add_argument("--max-chars", type=int, default=1 << 18, metavar="N",
-                        help="characters of validation text (default 262144)")
-    parser.add_argument("--bundle", default=None, help="an unpacked CORE eval bundle folder")
-    parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline")
+                        help="characters of validation text (default: 262144)")
+    parser.add_argument("--bundle", default=None,
+                        help="an unpacked CORE eval bundle folder (default: <base dir>/eval_bundle)")
+    parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline", help="ChatCORE's tasks")
     parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N", help="tokens per model call")
 
 
 def run(args: argparse.Namespace) -> int:
     """Compare the runs ``args`` name, write the outputs and print the tables; returns the exit code."""
+    from revjax.eval.run import chosen
+
+    suite, cap = chosen(args)
 
     def body() -> int:
-        results = compare_runs(args.run_dirs, args.out, suite=args.suite, max_per_task=args.max_per_task,
+        results = compare_runs(args.run_dirs, args.out, suite=suite, max_per_task=cap,
                                data=args.data, max_chars=args.max_chars, bundle=args.bundle,
                                chat_source=args.chat_source, tokens_per_call=args.batch_tokens)
         print(format_markdown(results))
@@ -364,7 +388,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax compare RUN_DIR… [--out DIR] [--suite bpb|core|chat|all] [--max-per-task N]``."""
-    parser = argparse.ArgumentParser(prog="revjax compare", description=DESCRIPTION)
+    """``revjax compare RUN_DIR… [--out DIR] [--suite …] [--full] [--max-per-task N]``."""
+    from revjax.eval.run import DefaultsHelpFormatter
+
+    parser = argparse.ArgumentParser(prog="revjax compare", description=DESCRIPTION,
+                                     formatter_class=DefaultsHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

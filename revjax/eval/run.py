@@ -2,8 +2,10 @@
 
 :func:`evaluate_run` loads the parameters (not the optimizer state) of a run's checkpoint, its config and
 tokenizer, runs the chosen suites — ``bpb`` (validation bits per byte and greedy samples), ``core`` (nanochat's
-CORE), ``offline`` (the OLMo-offline in-context suite), ``chat`` (ChatCORE and the joint-likelihood score) or
-``all`` — for each reading direction, writes the results as JSON into ``<run_dir>/eval/`` and returns them.
+CORE), ``offline`` (the OLMo-offline in-context suite), ``chat`` (ChatCORE and the joint-likelihood score),
+``default`` (bits per byte and the offline suite, the command's default with at most :data:`DEFAULT_MAX_PER_TASK`
+examples per task: about two minutes on the default models on 2 cores) or ``all`` (``--full``: every suite, no cap) —
+for each reading direction, writes the results as JSON into ``<run_dir>/eval/`` and returns them.
 :func:`format_markdown` renders them as tables; :func:`main` is the command line.
 """
 
@@ -12,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,17 +24,17 @@ from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
 from revjax.eval.icl import EvalError
 from revjax.eval.scorer import MIN_LEN, Scorer
-from revjax.eval.suites import SUITES, SuiteRun
+from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, SuiteRun
 
 
 class _Choices:
-    """``--suite`` choices, read live from the suite table: every registered suite, and ``all``."""
+    """``--suite`` choices, read live from the suite table: every registered suite, ``default`` and ``all``."""
 
     def __iter__(self):
-        return iter([*SUITES, "all"])
+        return iter([*SUITES, "default", "all"])
 
     def __contains__(self, name: object) -> bool:
-        return name == "all" or name in SUITES
+        return name in ("default", "all") or name in SUITES
 
 
 CHOICES = _Choices()
@@ -69,12 +71,26 @@ def _ways(direction: Direction, directions: Sequence[str] | None) -> list[Direct
     return ways
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON at ``path`` atomically (a temporary file beside it, then a rename), the file's mode
+    0666 less the umask like any file a command creates."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def suite_names(suite: str) -> list[str]:
+    """The suites ``--suite`` names: ``all`` every registered one, ``default`` :data:`DEFAULT_SUITES`."""
+    if suite == "all":
+        return list(SUITES)
+    return [n for n in DEFAULT_SUITES if n in SUITES] if suite == "default" else [suite]
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions: Sequence[str] | None = None,
@@ -84,7 +100,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
     """Evaluate step ``step`` (default: newest intact) of the run in ``run_dir`` on ``suite`` for ``directions``
     (default: every direction the model knows); writes ``<run_dir>/eval/<suite>-step<N>.json`` and returns it.
 
-    With ``suite="all"`` a suite that cannot run (no validation shards, the CORE bundle offline) is recorded with
+    With ``suite="all"`` or ``"default"`` a suite that cannot run (no validation shards, the CORE bundle offline) is recorded with
     its error and the others still run; a single suite that cannot run raises. ``tokens_per_call`` and ``min_len``
     shape the scorer's batches (:class:`revjax.eval.scorer.Scorer`).
     """
@@ -93,21 +109,23 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
     start = time.perf_counter()
     run = LoadedRun(run_dir, step, tokens_per_call=tokens_per_call, min_len=min_len)
     ways = _ways(run.direction, directions)
-    names = list(SUITES) if suite == "all" else [suite]
+    names = suite_names(suite)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(SUITES[n].steps(len(ways)) for n in names), desc="eval", unit="task",
                disable=not progress)
     results: dict[str, Any] = {
         "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value, "mode": run.mode,
-        "phase": run.meta.get("phase"), "ways": [w.value for w in ways], "suites": {},
+        "phase": run.meta.get("phase"), "ways": [w.value for w in ways], "max_per_task": max_per_task,
+        "suites": {},
     }
     try:
         for name in names:
             def tick(label: str, name: str = name) -> None:
-                bar.set_postfix_str(f"{name}:{label}", refresh=False)
+                bar.set_postfix_str(f"{run.run_dir.name} {name}:{label}", refresh=False)
                 bar.update(1)
 
+            bar.set_postfix_str(f"{run.run_dir.name} {name}")
             suite_start = time.perf_counter()
             try:
                 row = SUITES[name]
@@ -115,7 +133,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
                                bpb_tokens, bundle, chat_source, tick)
                 out = row.evaluate(job)
             except RevjaxError as err:
-                if suite != "all":
+                if suite not in ("all", "default"):
                     raise
                 out = {"suite": name, "error": str(err)}
             out["seconds"] = time.perf_counter() - suite_start
@@ -123,13 +141,22 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
     finally:
         bar.close()
     results["seconds"] = time.perf_counter() - start
-    _write_json(run.run_dir / "eval" / f"{suite}-step{run.step}.json", results)
+    write_json(results_path(run.run_dir, suite, run.step), results)
     return results
+
+
+def results_path(run_dir: str | os.PathLike[str], suite: str, step: int) -> Path:
+    """Where :func:`evaluate_run` writes suite ``suite``'s results at ``step``: ``<run_dir>/eval/``."""
+    return Path(run_dir) / "eval" / f"{suite}-step{step}.json"
 
 
 def format_markdown(results: dict) -> str:
     """Markdown tables of :func:`evaluate_run`'s results, one section per suite, one column pair per direction."""
+    cap = results.get("max_per_task")
     lines = [f"## Evaluation of {results['run_dir']} (step {results['step']}, {results['direction']})", ""]
+    if "max_per_task" in results:
+        lines += [f"examples per task: {'all' if cap is None else cap if isinstance(cap, str) else f'at most {cap}'}",
+                  ""]
     for name, out in results["suites"].items():
         if "error" in out:
             lines += [f"### {name}", "", f"not run: {out['error']}", ""]
@@ -142,36 +169,61 @@ def format_markdown(results: dict) -> str:
 DESCRIPTION = __doc__.splitlines()[0]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default after its help (unless the help names its default already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, False)
+                and action.default is not argparse.SUPPRESS):
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N] [--bundle DIR] [--chat-source …]
-    [--batch-tokens N]``."""
+    """``RUN_DIR [--suite …] [--full] [--directions …] [--max-per-task N] [--step N] [--bundle DIR]
+    [--chat-source …] [--batch-tokens N]``."""
     parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
-    parser.add_argument("--suite", choices=CHOICES, default="all")
+    parser.add_argument("--suite", choices=CHOICES, default="default",
+                        help=f"default (the default): {' and '.join(DEFAULT_SUITES)}, at most "
+                             f"{DEFAULT_MAX_PER_TASK} examples per task (about two minutes on the default models); all: every suite")
+    parser.add_argument("--full", action="store_true",
+                        help="every suite, every example (--suite all, no per-task cap)")
     parser.add_argument("--directions", nargs="+", default=None, metavar="DIRECTION",
                         help="forward and/or backward (default: every direction the model knows)")
-    parser.add_argument("--max-per-task", type=int, default=None, metavar="N", help="examples per task")
+    parser.add_argument("--max-per-task", type=int, default=None, metavar="N",
+                        help=f"examples per task; 0: all (default: {DEFAULT_MAX_PER_TASK}, all with --full)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest intact)")
     parser.add_argument("--bundle", default=None, help="an unpacked CORE eval bundle folder (default: download)")
-    parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline")
+    parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline", help="ChatCORE's tasks")
     parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
                         help="tokens per scoring call (rows × length; lower it if memory runs short)")
+
+
+def chosen(args: argparse.Namespace) -> tuple[str, int | None]:
+    """``(suite, per-task cap)`` of ``--suite``, ``--full`` and ``--max-per-task`` (0: no cap)."""
+    suite = "all" if args.full and args.suite == "default" else args.suite
+    cap = args.max_per_task if args.max_per_task is not None else (None if args.full else DEFAULT_MAX_PER_TASK)
+    return suite, (cap if cap and cap > 0 else None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the run ``args`` name and print the tables; returns the exit code."""
     directions = [d for item in args.directions or [] for d in item.split(",") if d] or None
+    suite, cap = chosen(args)
 
     def body() -> int:
-        results = evaluate_run(args.run_dir, args.suite, directions, args.max_per_task, args.step,
+        results = evaluate_run(args.run_dir, suite, directions, cap, args.step,
                                bundle=args.bundle, chat_source=args.chat_source, tokens_per_call=args.batch_tokens)
         print(format_markdown(results))
+        print(f"wrote {results_path(results['run_dir'], suite, results['step'])}")
         return 0
 
     return run_command("revjax eval", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax eval RUN_DIR [--suite …] [--directions …] [--max-per-task N] [--step N]``."""
-    parser = argparse.ArgumentParser(prog="revjax eval", description=DESCRIPTION)
+    """``revjax eval RUN_DIR [--suite …] [--full] [--directions …] [--max-per-task N] [--step N]``."""
+    parser = argparse.ArgumentParser(prog="revjax eval", description=DESCRIPTION, formatter_class=DefaultsHelpFormatter)
     add_arguments(parser)
     return run(parser.parse_args(argv))

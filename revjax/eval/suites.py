@@ -56,6 +56,10 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {}
+# what ``revjax eval`` and ``revjax compare`` run without ``--suite``/``--full``: bits per byte and the offline
+# in-context suite, at most DEFAULT_MAX_PER_TASK examples per task (about two minutes on the default models, 2 cores)
+DEFAULT_SUITES = ("bpb", "offline")
+DEFAULT_MAX_PER_TASK = 50
 
 
 def register_suite(suite: Suite) -> Suite:

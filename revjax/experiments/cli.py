@@ -2,7 +2,9 @@
 
 Expands the sweep into run folders under the experiment folder, then trains what is not finished: here
 (``local``), as a SLURM array job (``slurm``), or by printing (``--run``: running) the command every host of a pod
-runs (``pod``). Running it again skips finished runs and resumes the others. ``--status`` only prints the table.
+runs (``pod``). Running it again skips finished runs and resumes the others. ``--status`` only prints the table;
+``SWEEP.yaml`` may also be the name of an experiment run before (``<base dir>/experiments/<name>``). ``--dry-run``
+writes nothing (on SLURM only the script it would submit).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``SWEEP.yaml [--backend local|slurm|pod] [--parallel N] [--dry-run] [--retry-failed] [--status] [--run]
     [--dir DIR]``."""
-    parser.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file, or a name under configs/experiments")
+    parser.add_argument("sweep", metavar="SWEEP.yaml", help="a sweep file, a name under configs/experiments, or the "
+                                                           "name of an experiment in <base dir>/experiments")
     parser.add_argument("--backend", choices=tuple(BACKENDS), default="local")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="local: chains trained at once")
     parser.add_argument("--dry-run", action="store_true",
-                        help="local: list what would run; slurm: write the script without submitting it")
+                        help="local: list what would run, writing nothing; slurm: write the script without "
+                             "submitting it")
     parser.add_argument("--retry-failed", action="store_true", help="train failed runs again")
     parser.add_argument("--status", action="store_true", help="print the status table and exit")
     parser.add_argument("--run", action="store_true", help="pod: run the per-host command on this host")
@@ -59,7 +63,8 @@ def sweep(args: argparse.Namespace) -> int:
         print_table(spec.runs, f"experiment {spec.name}: {spec.dir}")
         return 0
     check_backend(spec, args.backend)
-    prepare(spec)
+    if not args.dry_run:  # a dry run writes nothing (on SLURM: only its script)
+        prepare(spec)
     chains, left = plan(spec, args.retry_failed)
     return BACKENDS[args.backend](spec, chains, left, args)
 
@@ -92,8 +97,9 @@ def run_on_slurm(spec, chains: list, left: list, args: argparse.Namespace) -> in
     path = write_slurm_script(spec, chains, retry_failed=args.retry_failed)
     if args.dry_run:
         print(path.read_text(), end="")
-        print(f"# wrote {path} ({len(chains)} array tasks); not submitted (--dry-run): "
-              f"sbatch {shlex.quote(str(path))}", file=sys.stderr)
+        print(f"# wrote {path} ({len(chains)} array tasks) and nothing else (revjax sweep without --dry-run writes "
+              f"the run folders and submits); not submitted (--dry-run): sbatch {shlex.quote(str(path))}",
+              file=sys.stderr)
         return 0
     job = submit(path, chains)
     print(f"submitted {path} as job {job}: {len(chains)} array tasks; "

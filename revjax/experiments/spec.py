@@ -112,7 +112,9 @@ class Sweep:
 
 
 def find_sweep(name: str | Path) -> Path:
-    """A sweep file as given, or a name under configs/experiments (``directions`` → configs/experiments/...)."""
+    """A sweep file as given, a name under configs/experiments (``directions`` → configs/experiments/...), or the
+    name of an experiment run before: the sweep file ``<base dir>/experiments/<name>/runs.json`` names (while it is
+    there), else the copy beside it."""
     path = Path(name).expanduser()
     if path.is_file():
         return path.resolve()
@@ -121,8 +123,15 @@ def find_sweep(name: str | Path) -> Path:
             return find_config(candidate).resolve()
         except ConfigError:
             pass
-    raise SweepError(f"sweep file '{name}' was found neither as a file nor under configs/experiments/; give a path "
-                     "to a YAML sweep file")
+    folder = Config().base_path() / "experiments" / str(name)
+    if _PLAIN.match(str(name)) and (folder / "sweep.yaml").is_file():
+        try:
+            original = Path(json.loads((folder / "runs.json").read_text(encoding="utf-8"))["sweep"])
+        except (OSError, ValueError, KeyError, TypeError):
+            original = None
+        return original if original is not None and original.is_file() else (folder / "sweep.yaml").resolve()
+    raise SweepError(f"sweep file '{name}' was found neither as a file, under configs/experiments/ nor as an "
+                     f"experiment in {folder.parent}; give a path to a YAML sweep file")
 
 
 def _fail(path: Path, message: str) -> typing.NoReturn:

@@ -171,7 +171,7 @@ def _export(run: TrainedRun, out: Path, source: Path, *, layout: Layout, phase: 
     tag = tag or f"d{config.model.n_layer}_{meta['direction']}"
     folder = out / PHASE_DIRS[phase] / tag
     if layout == "onanchat" and (folder / f"model_{n:06d}.pt").exists() and not force:
-        raise InteropError(f"{folder / f'model_{n:06d}.pt'} already exists; pass force to replace it")
+        raise InteropError(f"{folder / f'model_{n:06d}.pt'} already exists; pass --force (revjax export --force) to replace it")
     if tokenizer.vocab_size != config.model.vocab_size:
         raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
                            f"vocab_size={config.model.vocab_size}")

@@ -10,7 +10,9 @@ checkpoint is kept; SIGTERM/SIGINT save, say so, and the command exits 128 + the
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -33,6 +35,14 @@ from revjax.train.step import LOSSES, build_train_step
 # Dense bf16 peak FLOP/s per device, by device kind (substring match, lower case).
 PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "h800": 989e12, "a100": 312e12, "l4": 121e12, "v5p": 459e12,
               "v5 lite": 197e12, "v5e": 197e12, "v6": 918e12, "v4": 275e12}
+
+
+RESULT_FILE = "result.json"  # what a finished run measured (RunResult.save)
+RECORDED = ("step", "val_bpb", "val_bpb_step", "val_loss", "evals", "samples", "seconds")
+
+
+# the progress bar until the first step completes: steps done and "compiling…" instead of a rate and an ETA
+COMPILING_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [compiling…]"
 
 
 @dataclass
@@ -65,6 +75,26 @@ class RunResult:
             self.val_bpb, self.val_bpb_step, self.val_loss = out["val_bpb"], step, out.get("val_loss")
         else:
             self.evals = {**out, "step": step}
+
+    def save(self) -> Path:
+        """Write what the run measured (steps, evaluations, samples, seconds; not the loss of every step) to
+        ``<run_dir>/result.json``, which :meth:`load` reads back (a finished chain prints it again)."""
+        data = {"step": self.step, "val_bpb": self.val_bpb, "val_bpb_step": self.val_bpb_step,
+                "val_loss": self.val_loss, "evals": self.evals, "samples": self.samples, "seconds": self.seconds}
+        path = Path(self.run_dir) / RESULT_FILE
+        tmp = path.with_name(f".{RESULT_FILE}.{os.getpid()}.part")
+        tmp.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunResult | None":
+        """The result :meth:`save` recorded in ``run_dir``, or None when there is none (or it cannot be read)."""
+        try:
+            data = json.loads((Path(run_dir) / RESULT_FILE).read_text(encoding="utf-8"))
+            return cls(run_dir=Path(run_dir), **{k: data[k] for k in RECORDED})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def summary(self) -> str:
         if self.evals:
@@ -130,8 +160,12 @@ class Trainer:
                                         diagnostics=self._research)
         peak = device_peak_flops(jax.devices()[0])
         self._peak_total = peak * jax.device_count() if peak else None
-        self._bar = tqdm(total=run.num_iterations, initial=run.start, disable=not (progress and run.is_main),
-                         desc=run.config.run_name, unit="step", dynamic_ncols=True)
+        self._show = progress and run.is_main
+        # a run finished before shows no bar (its hooks' lines would redraw it once each), only what they print
+        self._bar = tqdm(total=run.num_iterations, initial=run.start,
+                         disable=not self._show or run.start >= run.num_iterations, desc=run.config.run_name,
+                         unit="step", dynamic_ncols=True, bar_format=COMPILING_FORMAT)
+        self._compiling = True  # until the first step completes: no rate or ETA (they would count the compilation)
         self._pending: tuple[int, dict, dict, tuple[bool, bool]] | None = None
         self._last_time = self._start_time = time.perf_counter()
         self._last_row: dict = {}
@@ -156,8 +190,8 @@ class Trainer:
             self.tracker.log(row, scheduled=scheduled)
 
     def say(self, text: str) -> None:
-        if self.run.is_main and not self._bar.disable:
-            self._bar.write(text)
+        if self._show:
+            self._bar.write(text) if not self._bar.disable else print(text, flush=True)
 
     def _run_hook(self, hook: Hook, step: int, last: bool) -> None:
         info = StepInfo(step, self.state, dict(self._last_row), time.perf_counter() - self._start_time, last)
@@ -202,11 +236,21 @@ class Trainer:
             row["diagnostics"] = {name: jax.device_get(metrics["diagnostics"][name])
                                   for name, wanted in zip(("tokens", "layers"), due) if wanted}
         self.log(row, scheduled=step % self.run.config.logging.log_every == 0 or step == self.run.num_iterations - 1)
-        postfix = {"loss": f"{loss:.4f}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
+        # RL's policy-gradient loss (advantage-weighted, about zero on average) keeps its digits
+        postfix = {"loss": f"{loss:.4f}" if loss == 0 or abs(loss) >= 1e-3 else f"{loss:.2e}", "tok/s": f"{row['tokens_per_s']:,.0f}"}
+        if isinstance(stats.get("reward"), (int, float)):  # RL: the mean reward its loss weighs samples by
+            postfix["reward"] = f"{stats['reward']:.3f}"
         if "mfu" in row:
             postfix["mfu"] = f"{100 * row['mfu']:.1f}%"
         self._bar.set_postfix(postfix, refresh=False)
         self._bar.update(1)
+        if self._compiling:  # time the bar from the first completed step: its rate and ETA leave compilation out
+            self._compiling = False
+            done = self._bar.n
+            self._bar.bar_format = None
+            self._bar.reset(self._bar.total)
+            self._bar.n = self._bar.last_print_n = self._bar.initial = done
+            self._bar.refresh()
 
     def _stop(self, step: int, signum: int) -> None:
         save_checkpoint(self.run, self.state, step, self.result.val_bpb)
@@ -264,7 +308,11 @@ def train(config: Config, *, progress: bool | None = None) -> RunResult:
         for hook in [*default_hooks(run, source.evaluation), checkpoint_hook(trainer)]:
             trainer.add_hook(hook)
         result = trainer.fit()
+        again = run.start >= run.num_iterations  # finished before: keep what its training recorded
+        record = run.is_main and not result.interrupted and not (again and (run.run_dir / RESULT_FILE).exists())
     result.seconds = time.time() - start_time
+    if record:
+        result.save()
     return result
 
 
