@@ -3,6 +3,7 @@ the official ``openai`` client against a real uvicorn server, and a real headles
 
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ from revjax.chat.batcher import wait_idle
 from revjax.chat.protocol import Limits
 from revjax.chat.session import ChatModel, ChatSession, TextStream
 from tests.helpers import SEQ, model, run_dir  # noqa: F401  (the tiny chat run's fixtures)
+
+PY, PE, OS, OE = 2042, 2043, 2044, 2045
 
 # the golden tokenizer's specials and a few encodings, checked by hand
 BOS, US, UE, AS, AE, FWD, BWD = 2037, 2038, 2039, 2040, 2041, 2046, 2047
@@ -74,11 +77,12 @@ def test_session_prompts_and_reading_order(model, direction, mode, way, typed, f
     # the engine's own output for the same prompt, restored by hand: reversed when generated backward
     raw = chat.engine.generate([first], 4, stop_ids=[US if reply.task == "reverse" else AE], max_len=SEQ).tokens[0]
     backward = (way or direction) == "backward"
-    expected = raw[::-1] if backward else raw
     if reply.task == "reverse" and raw and raw[0] == UE:
-        expected = expected[:-1]
+        raw = raw[1:]
+    raw = raw[:next((i for i, t in enumerate(raw) if t in (BOS, US, UE, AS, AE, FWD, BWD)), len(raw))]  # turn's end
+    expected = raw[::-1] if backward else raw
     assert reply.tokens == expected
-    assert reply.text == chat.tokenizer.decode(expected)
+    assert reply.text == chat.tokenizer.decode(expected) and "<|" not in reply.text
     text = ""
     for piece in pieces:
         assert piece.prepend == backward
@@ -249,7 +253,8 @@ def test_completions_stream_and_not(client, model, direction, messages):
     (lambda b: {**b, "temperature": "hot"}, 400, "must be a number"),
     (lambda b: {**b, "direction": "sideways"}, 400, "unknown direction"),
     (lambda b: {**b, "messages": [{"role": "assistant", "content": "a"}]}, 400, "alternate user/assistant"),
-    (lambda b: {**b, "direction": "backward"}, 400, "start and end with an assistant message"),
+    (lambda b: {**b, "direction": "backward", "messages": [{"role": "user", "content": "a"}] * 2}, 400,
+     "start and end with an assistant message"),
     (lambda b: {**b, "messages": [{"role": "tool", "content": "a"}]}, 400, "only system"),
     (lambda b: {**b, "n": 2}, 400, "only n=1"),
     (lambda b: {**b, "stop": ["x"]}, 400, "stop sequences"),
@@ -437,6 +442,8 @@ def test_browser_streams_stops_edits_and_regenerates(served, model, monkeypatch,
 
     url, app = served
     batcher = app.state.batcher
+    real = model.engine.stream
+    scripted(monkeypatch, model, model.tokenizer.encode("word ") * 200, size=8)  # a long reply, whatever is sampled
     paced(monkeypatch, model, delay=0.15)
     browser = _browser()
     try:
@@ -462,6 +469,7 @@ def test_browser_streams_stops_edits_and_regenerates(served, model, monkeypatch,
         wait.until(lambda b: batcher.stats["cancelled"] == cancelled + 1)
 
         # the reverse task, backward: the question the model writes goes above the typed answer
+        monkeypatch.setattr(model.engine, "stream", real)
         Select(find(By.ID, "direction")).select_by_value("backward")
         assert "Reverse task" in find(By.ID, "task").text
         find(By.ID, "max-tokens").clear()
@@ -471,6 +479,7 @@ def test_browser_streams_stops_edits_and_regenerates(served, model, monkeypatch,
         wait.until(lambda b: b.find_element(By.ID, "status").text.startswith("done"))
         first = browser.find_elements(By.CSS_SELECTOR, ".message")[0]
         assert "reverse task" in first.text and "generated" in first.get_attribute("class")
+        assert find(By.TAG_NAME, "footer").location["y"] < first.location["y"]  # the input next to the newest
         assert browser.find_elements(By.CSS_SELECTOR, ".message")[1].text.endswith(FOUR + "\nEdit")
         browser.save_screenshot(str(tmp_path / "ui.png"))
         if os.environ.get("REVJAX_UI_SCREENSHOT"):
@@ -492,3 +501,108 @@ def test_browser_streams_stops_edits_and_regenerates(served, model, monkeypatch,
         assert len(messages) == 2 and "Hi again" in messages[0].text
     finally:
         browser.quit()
+
+
+# ---- text for people: every front end renders the same ids the same way ---------------------------------------
+
+def scripted(monkeypatch, chat: ChatModel, ids: list[int], size: int = 2):
+    """Make ``chat``'s engine write ``ids`` (model order, ``size`` per chunk) for every row, whatever it is asked."""
+    from types import SimpleNamespace
+
+    def stream(prompts, *args, **kwargs):
+        for i in range(0, len(ids), size):
+            yield SimpleNamespace(tokens=[ids[i:i + size]] * len(prompts), done=[i + size >= len(ids)] * len(prompts))
+
+    monkeypatch.setattr(chat.engine, "stream", stream)
+
+
+def test_tool_calls_and_turn_ends_read_the_same_in_chat_serve_and_the_client(served, model, monkeypatch):
+    import openai
+
+    tok = model.tokenizer
+    assert [tok.encode_special(n) for n in ("<|python_start|>", "<|python_end|>", "<|output_start|>",
+                                            "<|output_end|>")] == [PY, PE, OS, OE]
+    e = tok.encode
+    written = [*e("So "), PY, *e("7+9-17"), PE, OS, *e("-1"), OE, *e(" ok <|bos|>"), US, *e("more")]
+    want = "So [calculator: 7+9-17 = -1] ok <|bos|>"  # the literal text survives; the turn ends at US
+    scripted(monkeypatch, model, written)
+    session = ChatSession(model)
+    assert session.reply(Q, **GREEDY).run() == want
+    assert session.history[-1].ids == written[:written.index(US)]  # the next prompt holds what the model wrote
+    out = io.StringIO()
+    assert chat_cli.show_reply(ChatSession(model), Q, GREEDY, out, label=False) and out.getvalue() == want + "\n"
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": Q}]
+    whole = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=40, temperature=0)
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="tiny-chat", messages=messages, max_tokens=40, temperature=0, stream=True) if c.choices]
+    assert whole.choices[0].message.content == "".join(parts) == want and len(parts) > 2  # streamed in pieces
+    # backward (reverse task): written right to left, its call's output comes first in reading order
+    scripted(monkeypatch, model, [UE, *e("?17-9+7")[::-1], PE, *e("7+9-17")[::-1], PY, OE, *e("-1")[::-1], OS, US])
+    reverse = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": FOUR}],
+                                             max_tokens=40, temperature=0, extra_body={"direction": "backward"})
+    assert reverse.choices[0].message.content == "[calculator: 7+9-17 = -1]?17-9+7"
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward", "bidirectional"])
+def test_openai_client_chats_with_every_model(model, direction):
+    """A standard client's chat (user last) works with every model; a sequence-mode backward model answers it with
+    the reverse task, and a bidirectional model asked without a direction answers forward."""
+    import openai
+
+    from revjax.chat.session import Message
+
+    chat = model if direction == "bidirectional" else variant(model, direction, "sequence")
+    messages = [{"role": "user", "content": FOUR}, {"role": "assistant", "content": Q},
+                {"role": "user", "content": HI}]
+    with uvicorn_thread(chat_server.create_app(chat, Limits(max_batch=1))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        whole = client.chat.completions.create(model="tiny-chat", messages=messages, max_tokens=6, temperature=0)
+        parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="tiny-chat", messages=messages, max_tokens=6, temperature=0, stream=True) if c.choices]
+    reverse = direction == "backward"
+    assert whole.model_extra["task"] == ("reverse" if reverse else "answer")
+    assert whole.model_extra["direction"] == ("backward" if reverse else "forward")
+    content = whole.choices[0].message.content
+    assert "".join(parts) == content and "<|" not in content
+    session = ChatSession(chat)  # the same chat through the session: reverse reads it newest first
+    enc = chat.encode
+    session.history = ([Message("user", Q, enc(Q)), Message("assistant", FOUR, enc(FOUR))] if reverse else
+                       [Message("user", FOUR, enc(FOUR)), Message("assistant", Q, enc(Q))])
+    assert session.reply(HI, **{**GREEDY, "max_tokens": 6}).run() == content
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("direction,head", [("forward", "Assistant: "), ("backward", "Question (reverse task) ← ")])
+def test_cli_shows_a_waiting_line_until_the_reply_and_warns_of_a_base_model(model, direction, head):
+    chat = variant(model, direction, "sequence")
+    assert chat_cli.base_warning(ChatSession(chat)) is None  # the tiny run is an SFT run
+    base = ChatModel(chat.graphdef, chat.params, chat.tokenizer, direction, "sequence", chat.max_len, phase="base")
+    session = ChatSession(base)
+    assert "warning: this is a base model" in chat_cli.describe(session)
+    for note in ("compiling…", "thinking…"):
+        out = Terminal()
+        assert chat_cli.show_reply(session, FOUR, GREEDY, out)
+        shown = out.getvalue()
+        assert shown.startswith(head + note)
+        final = shown.split("\r\033[K")[-1]  # the waiting line is cleared; the reply stands in its place
+        written = session.history[0 if direction == "backward" else -1].content
+        assert final == f"{head.split(' ←')[0].removesuffix(': ')}: {written}\n"
+
+
+def test_samples_are_unquoted_reading_order_text(model):
+    from revjax.eval.samples import CHAT_SAMPLES, SAMPLE_PROMPTS, chat_samples, greedy_samples
+
+    args = (model.graphdef, model.params, model.tokenizer, "bidirectional")
+    chats = chat_samples(*args, "sequence", ["forward", "backward"], SEQ, 6)
+    assert chats["forward"][0].startswith(CHAT_SAMPLES[0][0] + " → ")
+    assert chats["backward"][0].startswith(CHAT_SAMPLES[0][1] + " → ")
+    texts = greedy_samples(*args, ["forward", "backward"], SEQ, 6)
+    assert texts["forward"][0].startswith(SAMPLE_PROMPTS["forward"][0])
+    assert texts["backward"][0].endswith(SAMPLE_PROMPTS["backward"][0])
+    assert all("<|" not in x for out in (chats, texts) for v in out.values() for x in v)

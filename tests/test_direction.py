@@ -633,3 +633,58 @@ def test_document_head_and_continued_rows_by_hand():
     assert row.tolist() == [B, K, 2, 1] and inputs_and_targets(row, mask)[1].tolist() == [-1, -1, 1]
     with pytest.raises(ValueError, match="non-empty"):
         continued_row([B], [], [])
+
+
+# ---- text for people: rendering generated ids ------------------------------------------------------------------
+
+def _golden_tokenizer():
+    from revjax.tokenizer import Tokenizer
+    from tests.helpers import TOKENIZER_DIR
+
+    return Tokenizer.load(TOKENIZER_DIR)
+
+
+def _streamed(rendering, ids, step):
+    """What a front end shows when ``ids`` (model order) arrive ``step`` at a time."""
+    text = ""
+    for i in range(0, len(ids), step):
+        piece = rendering.feed(ids[i:i + step])
+        text = piece + text if rendering.backward else text + piece
+    tail = rendering.finish()
+    return tail + text if rendering.backward else text + tail
+
+
+def test_render_shows_tool_calls_ends_turns_and_keeps_literal_specials():
+    from revjax.direction import Rendering, chat_turn, render, render_reply
+
+    tok = _golden_tokenizer()
+    s, tb, e = Specials.from_tokenizer(tok), tok.encoding.decode_single_token_bytes, tok.encode
+    call = [s.python_start, *e("7+9-17"), s.python_end, s.output_start, *e("-1"), s.output_end]
+    reading = [*e("So <|bos|> "), *call, *e(" é!")]  # the typed '<|bos|>' is plain text to the tokenizer
+    want = "So <|bos|> [calculator: 7+9-17 = -1] é!"
+    # forward: the reply ends at the turn's end; what the model wrote after it is not shown
+    generated = [*reading, s.assistant_end, *e("junk")]
+    assert render_reply(generated, "forward", s, tb, mode="sequence") == want
+    # backward (turn mode): the call was written right to left, so its output comes first in reading order
+    backward_reading = [*e("So <|bos|> "), s.output_start, *e("-1"), s.output_end, s.python_start, *e("7+9-17"),
+                        s.python_end, *e(" é!")]
+    assert render_reply([*backward_reading[::-1], s.assistant_end], "backward", s, tb, mode="turn") == want
+    # the reverse task: a leading user_end is skipped; any other turn token written instead of the stop ends it
+    reverse = [s.user_end, *e("Can you?")[::-1], s.assistant_start, s.user_end, *e("We are")[::-1]]
+    assert render_reply(reverse, "backward", s, tb, mode="sequence") == "Can you?"
+    assert chat_turn(reverse, "backward", s, mode="sequence") == e("Can you?")
+    assert chat_turn(generated, "forward", s, mode="sequence") == reading
+    # streamed one token (or three) at a time, the pieces add up to the same text in both directions
+    for step in (1, 3):
+        assert _streamed(Rendering(tb, s, backward=False, ends=[s.assistant_end]), generated, step) == want
+        assert _streamed(Rendering(tb, s, backward=True), backward_reading[::-1], step) == want
+    # a call held back until complete: nothing of it shows before its output has arrived
+    stream = Rendering(tb, s, backward=False)
+    assert stream.feed([s.python_start, *e("2*3"), s.python_end]) == ""
+    assert stream.feed([s.output_start, *e("6"), s.output_end]) == "[calculator: 2*3 = 6]"
+    # a call without a result, a stray output, and conversation tokens in a document sample
+    assert render([s.python_start, *e("1/0"), s.python_end, *e(" ok")], tb, s) == "[calculator: 1/0] ok"
+    assert render([s.output_start, *e("4"), s.output_end], tb, s) == "[calculator result: 4]"
+    sample = [s.user_start, *e("Hi"), s.user_end, s.assistant_start, *e("Yo"), s.assistant_end, s.bos]
+    assert render(sample, tb, s) == "User: Hi\nAssistant: Yo\n"
+    assert all("<|" not in render(ids, tb, s) for ids in (call, sample, call[::-1]))

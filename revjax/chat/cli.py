@@ -2,8 +2,12 @@
 
 A forward reply is printed as it is written. A backward one is written right to left: on a terminal the line
 being written is shown growing leftwards (its newest, leftmost part, redrawn in place), then replaced by the whole
-reply in reading order; when the output is not a terminal only the final reply is printed. A ``sequence``-mode
-backward model is offered the reverse task: you type an answer and the model writes the question that precedes it.
+reply in reading order; when the output is not a terminal only the final reply is printed. On a terminal a
+``thinking…`` line (``compiling…`` before the first reply, which compiles the model) stands where the reply will
+be until its first text arrives. Replies are rendered for people (:func:`revjax.direction.render_reply`): a tool
+call reads ``[calculator: EXPR = RESULT]``. A base model (trained on documents only) is announced with a warning.
+A ``sequence``-mode backward model is offered the reverse task: you type an answer and the model writes the
+question that precedes it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ def _labels(session: ChatSession) -> tuple[str, str]:
     return "You", "Assistant"
 
 
+def base_warning(session: ChatSession) -> str | None:
+    """One line saying the model is a base model (never taught to chat), or None for a chat model."""
+    if not session.model.is_base:
+        return None
+    return ("warning: this is a base model (phase base, trained on documents only): it continues text rather than "
+            "answering; chat with a mid, sft or rl run for replies")
+
+
 def describe(session: ChatSession) -> str:
     model = session.model
     step = "" if model.step is None else f", step {model.step}"
@@ -34,27 +46,42 @@ def describe(session: ChatSession) -> str:
              f"generating {session.generate.value}"]
     if session.task == REVERSE:
         lines.append("Reverse task: type an answer; the model writes the question that comes before it.")
+    lines += [w for w in [base_warning(session)] if w]
     lines.append(HELP)
     return "\n".join(lines)
+
+
+def waiting_note(session: ChatSession) -> str:
+    """What stands where the reply will be until its first text: ``compiling…`` for the session's first reply."""
+    return "thinking…" if session.replies else "compiling… (the first reply compiles the model)"
 
 
 def show_reply(session: ChatSession, text: str, settings: dict, out: TextIO, *, label: bool = True) -> bool:
     """Generate and print one turn; False if Ctrl-C stopped it (then nothing is added to the history).
 
-    Without ``label`` only the reply text is printed (``-p``)."""
+    Without ``label`` only the reply text is printed (``-p``). On a terminal a waiting note (:func:`waiting_note`)
+    is shown until the first text arrives, then cleared."""
     reply = session.reply(text, **settings)
     name = _labels(session)[1]
     head = f"{name}: " if label else ""
     live = out.isatty()
     width = max(20, shutil.get_terminal_size((80, 24)).columns - len(name) - 8)
     forward = reply.way is Direction.FORWARD
+    waiting = live
+    if live:
+        out.write(f"{head if forward else name + ' ← '}{waiting_note(session)}")
+        out.flush()
     try:
         if forward:
-            out.write(head)
+            if not live:
+                out.write(head)
             for piece in reply:
+                if waiting:
+                    out.write(f"\r\033[K{head}")
+                    waiting = False
                 out.write(piece.text)
                 out.flush()
-            out.write("\n")
+            out.write(f"\r\033[K{head}\n" if waiting else "\n")
         else:
             shown = ""
             for piece in reply:
@@ -64,7 +91,7 @@ def show_reply(session: ChatSession, text: str, settings: dict, out: TextIO, *, 
                     out.flush()
             out.write(("\r\033[K" if live else "") + f"{head}{reply.text}\n")
     except KeyboardInterrupt:
-        out.write("\r\033[K[stopped]\n" if live and not forward else " [stopped]\n")
+        out.write("\r\033[K[stopped]\n" if live and (waiting or not forward) else " [stopped]\n")
         return False
     finally:
         out.flush()
@@ -130,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         settings = {"temperature": args.temperature, "top_k": args.top_k, "max_tokens": args.max_tokens,
                     "seed": args.seed}
         if args.prompt is not None:
+            warning = base_warning(session)
+            if warning:
+                print(warning, file=sys.stderr)
             show_reply(session, args.prompt, settings, sys.stdout, label=False)
             return
         repl(session, settings)

@@ -9,10 +9,20 @@ ignored, except ``stop``, which is refused when set. The body must be UTF-8 JSON
 too deeply for the parser, is a 400 like any other bad request.
 
 Tasks (extension field ``task`` in every response): ``answer`` — ``messages`` alternate user/assistant, start with
-a user message and end with the user message to answer; ``reverse`` (a backward model in ``sequence`` mode) —
-``messages`` are the reading-order conversation *after* the turn to write, so they start and end with an assistant
-message, and the model writes the user message that precedes them (returned as the choice's message, role
-``assistant`` as the protocol requires, with ``task: "reverse"`` saying it is a user turn).
+a user message and end with the user message to answer; ``reverse`` (a backward model in ``sequence`` mode) — the
+model writes the question that comes before an answer, in one of two forms:
+
+* a standard chat (any client): ``messages`` alternate user/assistant and end with a user message, as for
+  ``answer``; each user message is an *answer* and each assistant message the question the model wrote for the
+  user message before it. The reply's ``content`` is the question for the last user message, in reading order.
+  (The conversation in reading order is the chat read newest first: each new pair goes before the earlier ones.)
+* the reading-order form: ``messages`` are the conversation *after* the turn to write, so they start and end with
+  an assistant message, and the model writes the user message that precedes them.
+
+Either way the reply is the choice's message (role ``assistant``, as the protocol requires), with ``task:
+"reverse"`` saying it is a question. A bidirectional model asked without ``direction`` generates forward (the
+``answer`` task). Reply text is rendered for people (:func:`revjax.direction.render_reply`): it ends at the turn's
+end and shows a calculator call as ``[calculator: EXPR = RESULT]``, never raw special tokens.
 
 Streaming a backward generation: the text is written right to left, so each piece is sent as ``delta.prepend``
 (it goes before the text so far) and the whole reading-order text comes as ``delta.content`` in the last chunk, so
@@ -145,7 +155,8 @@ def _turns(messages: list[tuple[str, str]], task: str) -> list[str]:
         system.append(messages.pop(0)[1])
     if any(role == "system" for role, _ in messages):
         raise _bad("system messages must come before the conversation", "messages")
-    first = "assistant" if task == REVERSE else "user"
+    chat_form = task == REVERSE and bool(messages) and messages[-1][0] == "user"  # a standard client's chat
+    first = "assistant" if task == REVERSE and not chat_form else "user"
     if system and task == REVERSE:
         raise _bad("the reverse task writes the first user message, so it takes no system message", "messages")
     if not messages:
@@ -157,6 +168,8 @@ def _turns(messages: list[tuple[str, str]], task: str) -> list[str]:
     if len(messages) % 2 == 0:
         raise _bad(_order_hint(task), "messages", "invalid_message_order")
     texts = [content for _, content in messages]
+    if chat_form:  # newest answer first: the chat read backwards is the reverse task's reading order
+        return texts[::-1]
     if system:
         texts[0] = "\n\n".join([*system, texts[0]])
     return texts
@@ -164,7 +177,8 @@ def _turns(messages: list[tuple[str, str]], task: str) -> list[str]:
 
 def _order_hint(task: str) -> str:
     if task == REVERSE:
-        return ("for the reverse task (a backward model in sequence mode) messages alternate assistant/user and start "
+        return ("for the reverse task (a backward model in sequence mode) messages alternate user/assistant and end "
+                "with the user message (an answer) to write the question for, or alternate assistant/user and start "
                 "and end with an assistant message: the model writes the user message before them")
     return "messages must alternate user/assistant and end with the user message to answer"
 

@@ -121,7 +121,7 @@ async def completions(request: Request):
             elif kind == "error":
                 raise APIError(500, value, type="server_error")
             else:
-                text = model.decode(model.content(generated, parsed.way))
+                text = model.render(generated, parsed.way)
                 return completion_body(ident, now, model.name, parsed, text, value, len(generated))
     finally:
         batcher.cancel(job)
@@ -177,7 +177,7 @@ async def _events(model: ChatModel, batcher: Batcher, job: Job, events: asyncio.
             else:
                 tail = stream.finish()
                 if backward:
-                    delta = {"content": model.decode(model.content(generated, request.way))}
+                    delta = {"content": model.render(generated, request.way)}
                     if tail:
                         delta["prepend"] = tail
                 else:

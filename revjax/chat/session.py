@@ -1,8 +1,10 @@
 """Chat with a revjax run: the loaded model, reading-order text streams, and a multi-turn session.
 
 Every token layout comes from :mod:`revjax.direction`: a prompt is always rebuilt from the reading-order history by
-:func:`~revjax.direction.chat_prompt`, generation stops at :func:`~revjax.direction.chat_stop_token`, and the
-reply is restored to reading order by :func:`~revjax.direction.chat_reply`.
+:func:`~revjax.direction.chat_prompt`, generation stops at :func:`~revjax.direction.chat_stop_token`, the reply's
+ids end at the turn's end (:func:`~revjax.direction.chat_turn`) and its text is rendered for people by
+:func:`~revjax.direction.render_reply` (streamed by :class:`~revjax.direction.Rendering`): reading order, tool
+calls as ``[calculator: EXPR = RESULT]``, never a raw special token.
 
 Two tasks, depending on the generation's direction and the model's conversation mode:
 
@@ -25,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-from revjax.direction import ConversationMode, Direction, Specials, chat_prompt, chat_reply, chat_stop_token
+from revjax.direction import (ConversationMode, Direction, Rendering, Specials, chat_prompt, chat_stop_token,
+                              chat_turn, chat_turn_ends, render_reply)
 from revjax.errors import RevjaxError
+from revjax.phases import PHASES
 
 ANSWER, REVERSE = "answer", "reverse"
 TASK_LABELS = {ANSWER: "reply", REVERSE: "question (reverse task)"}
@@ -49,6 +53,7 @@ class ChatModel:
     name: str = "revjax"
     step: int | None = None
     chunk_size: int = 8
+    phase: str | None = None  # the training phase of the run (``base``, ``mid``, ``sft``, ``rl``), when known
 
     def __post_init__(self) -> None:
         from revjax.engine import Engine
@@ -57,6 +62,12 @@ class ChatModel:
         self.mode = ConversationMode.parse(self.mode)
         self.specials = Specials.from_tokenizer(self.tokenizer)
         self.engine = Engine(self.graphdef, self.params, tokenizer=self.tokenizer, chunk_size=self.chunk_size)
+
+    @property
+    def is_base(self) -> bool:
+        """Whether the model was trained on documents only (a base model: it was never taught to chat)."""
+        row = PHASES.get(self.phase) if self.phase else None
+        return row is not None and not row.conversations
 
     @property
     def ways(self) -> list[Direction]:
@@ -95,12 +106,20 @@ class ChatModel:
         return chat_stop_token(self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
 
     def content(self, generated: Sequence[int], way: Direction) -> list[int]:
-        """Reading-order message ids of a generated turn (model order, as the engine returns it)."""
-        return chat_reply(generated, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+        """Reading-order message ids of a generated turn (model order, as the engine returns it), ended at the
+        turn's end."""
+        return chat_turn(generated, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+
+    def render(self, generated: Sequence[int], way: Direction) -> str:
+        """The reading-order text for people of a generated turn (model order in): what :meth:`text_stream`'s
+        pieces add up to."""
+        return render_reply(generated, self.direction, self.specials, self.tokenizer.encoding.decode_single_token_bytes,
+                            mode=self.mode, generate=self._generate_arg(way))
 
     def text_stream(self, way: Direction) -> TextStream:
-        skip = self.specials.user_end if self.task(way) == REVERSE else None
-        return TextStream(self.tokenizer, backward=way is Direction.BACKWARD, skip_first=skip)
+        backward, skip, ends = chat_turn_ends(self.direction, self.specials, mode=self.mode,
+                                              generate=self._generate_arg(way))
+        return TextStream(self.tokenizer, backward=backward, skip_first=skip, ends=ends)
 
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
@@ -120,42 +139,23 @@ def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int 
 
     run = load_run(run_dir, step, command=command, batch=batch)
     return ChatModel(run.graphdef, run.params, run.tokenizer, run.direction, run.mode, run.config.model.sequence_len,
-                     name=run.run_dir.resolve().name, step=run.step, chunk_size=chunk_size)
+                     name=run.run_dir.resolve().name, step=run.step, chunk_size=chunk_size, phase=run.meta.get("phase"))
 
 
 # ---- text in reading order ------------------------------------------------------------------------------------
 
-class TextStream:
-    """Turns generated ids (model order, arriving chunk by chunk) into reading-order text pieces.
+class TextStream(Rendering):
+    """Turns generated ids (model order, arriving chunk by chunk) into reading-order text pieces for people
+    (:class:`revjax.direction.Rendering` with the tokenizer's token bytes).
 
     ``feed`` returns the new piece: after the text so far when forward, before it when ``backward``. Bytes of a
-    character that is not complete yet are held back until it is.
+    character that is not complete yet, and a tool call not complete yet, are held back until they are; nothing
+    after an ``ends`` token is shown.
     """
 
-    def __init__(self, tokenizer, *, backward: bool, skip_first: int | None = None):
-        import codecs
-
-        self._bytes = tokenizer.encoding.decode_single_token_bytes
-        self.backward, self._skip, self._held = backward, skip_first, b""
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, ids: Sequence[int]) -> str:
-        ids = [int(t) for t in ids]
-        if self._skip is not None and ids:
-            ids = ids[1:] if ids[0] == self._skip else ids
-            self._skip = None
-        if not self.backward:
-            return self._decoder.decode(b"".join(self._bytes(t) for t in ids))
-        data = b"".join(self._bytes(t) for t in reversed(ids)) + self._held
-        start = next((i for i, b in enumerate(data) if b & 0xC0 != 0x80), len(data))
-        self._held = data[:start]
-        return data[start:].decode("utf-8", errors="replace")
-
-    def finish(self) -> str:
-        if not self.backward:
-            return self._decoder.decode(b"", final=True)
-        held, self._held = self._held, b""
-        return held.decode("utf-8", errors="replace")
+    def __init__(self, tokenizer, *, backward: bool, skip_first: int | None = None, ends=()):
+        super().__init__(tokenizer.encoding.decode_single_token_bytes, Specials.from_tokenizer(tokenizer),
+                         backward=backward, skip_first=skip_first, ends=ends)
 
 
 class Piece(NamedTuple):
@@ -207,14 +207,16 @@ class Reply:
                 piece = stream.feed(chunk.tokens[0])
                 if piece:
                     yield Piece(piece, stream.backward)
+                if stream.ended:  # the model ended its turn with another turn token: nothing more to show
+                    break
         finally:
             chunks.close()
         piece = stream.finish()
         if piece:
             yield Piece(piece, stream.backward)
-        self.finish_reason = "length" if len(generated) >= max_new else "stop"
+        self.finish_reason = "stop" if stream.ended or len(generated) < max_new else "length"
         self.tokens = model.content(generated, self.way)
-        self.text = model.decode(self.tokens)
+        self.text = model.render(generated, self.way)
         self.session._commit(self)
 
     def run(self) -> str:
@@ -231,6 +233,7 @@ class ChatSession:
         self.model = model
         self.generate = model.way(generate)
         self.history: list[Message] = []
+        self.replies = 0  # replies generated in full so far (the first one compiles the model)
 
     def set_direction(self, generate: Direction | str) -> Direction:
         self.generate = self.model.way(generate)
@@ -270,6 +273,7 @@ class ChatSession:
                                             "max_tokens": max_tokens, "seed": seed})
 
     def _commit(self, reply: Reply) -> None:
+        self.replies += 1
         typed = Message("assistant" if reply.task == REVERSE else "user", reply.typed, self.model.encode(reply.typed))
         written = Message("user" if reply.task == REVERSE else "assistant", reply.text, reply.tokens)
         if reply.task == REVERSE:

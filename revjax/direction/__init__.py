@@ -1,7 +1,7 @@
 """Direction semantics: every forward / backward / bidirectional token layout in revjax.
 
 The rest of revjax never reverses a token list itself; it asks this package, whose modules follow the sections
-below (``core``, ``documents``, ``conversations``, ``chat``, ``compat``; every name is importable from
+below (``core``, ``documents``, ``conversations``, ``chat``, ``render``, ``compat``; every name is importable from
 ``revjax.direction``). Everything here is pure Python/numpy on token ids: no model, no device, no file, no
 tokenizer import. Special token ids come in through :class:`Specials`.
 
@@ -57,6 +57,12 @@ Inference
     the end of the model-order sequence, and a bidirectional marker sits right after BOS, as in
     training.
 
+Text for people (``render``)
+    Every front end shows generated ids through :func:`render` / :class:`Rendering` (a chat turn
+    through :func:`render_reply`): reading order, a chat turn cut at its end token, a calculator
+    call shown as ``[calculator: EXPR = RESULT]``, never a raw special token; streamed piece by
+    piece, backward pieces going before the text so far.
+
 onanchat compatibility (explicit, opt-in; functions named ``compat_*``)
     Reproduces onanchat's layouts bug for bug, for comparing with published checkpoints: the base
     loader reverses whole micro-batch chunks of ``B·T+1`` tokens with ``chunk[0]`` pinned, and its
@@ -78,13 +84,14 @@ from revjax.direction.conversations import orient_conversation, restore_conversa
 from revjax.direction.core import ConversationMode, Direction, LossMask, Specials, Tokens, choose_direction
 from revjax.direction.documents import (continued_row, document_direction, document_head_length, inputs_and_targets,
                                         known_directions, orient_document, orient_documents, restore_document)
+from revjax.direction.render import Rendering, chat_turn, chat_turn_ends, render, render_reply
 
 __all__ = [
-    "ConversationMode", "Direction", "LossMask", "Specials", "Tokens",
-    "chat_prompt", "chat_reply", "chat_stop_token", "choose_direction",
+    "ConversationMode", "Direction", "LossMask", "Rendering", "Specials", "Tokens",
+    "chat_prompt", "chat_reply", "chat_stop_token", "chat_turn", "chat_turn_ends", "choose_direction",
     "compat_batches", "compat_chunk_to_batch", "compat_chunks", "compat_orient_chunk", "compat_orient_conversation",
     "compat_orient_sft_example",
     "continued_row", "document_direction", "document_head_length", "inputs_and_targets", "join_generation",
     "known_directions", "orient_conversation", "orient_document", "orient_documents", "orient_prompt",
-    "restore_conversation", "restore_document", "restore_generation", "restore_prompt",
+    "render", "render_reply", "restore_conversation", "restore_document", "restore_generation", "restore_prompt",
 ]

@@ -1,12 +1,12 @@
 """Greedy samples, the one sampler of training hooks and ``revjax eval``: continuations of fixed prompts (text), or
-chat turns (conversation phases), for each direction a model reads, shown in reading order."""
+chat turns (conversation phases), for each direction a model reads, shown in reading order and rendered for people
+by :func:`revjax.direction.render` (no raw special tokens; a chat turn ends at its end token)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from revjax.direction import (Direction, Specials, chat_prompt, chat_reply, chat_stop_token, join_generation,
-                              orient_prompt)
+from revjax.direction import Direction, Specials, chat_prompt, chat_stop_token, orient_prompt, render, render_reply
 from revjax.engine import generate
 
 SAMPLE_PROMPTS = {
@@ -29,14 +29,20 @@ def greedy_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direct
         oriented = [orient_prompt(p, direction, specials, generate=way) for p in prompts]
         room = min(max_len, max(map(len, oriented)) + max_new_tokens)
         generated = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id], max_len=room)
-        out[way.value] = [tokenizer.decode(join_generation(p, g, way)[1:]) for p, g in zip(prompts, generated)]
+        token_bytes = tokenizer.encoding.decode_single_token_bytes
+        texts = []
+        for prompt, ids in zip(prompts, generated):
+            given = render(prompt[1:], token_bytes, specials)
+            written = render(ids, token_bytes, specials, backward=way is Direction.BACKWARD, ends=[tokenizer.bos_id])
+            texts.append(written + given if way is Direction.BACKWARD else given + written)
+        out[way.value] = texts
     return out
 
 
 def chat_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str, mode: str,
                  ways: Sequence[Direction | str], max_len: int, max_new_tokens: int = 48) -> dict[str, list[str]]:
-    """Greedy chat turns for each way, in reading order, as ``given → generated``: the assistant's reply to a
-    question, or (sequence-mode backward) the question that an answer replies to."""
+    """Greedy chat turns for each way, in reading order, as ``given → generated`` (unquoted): the assistant's reply
+    to a question, or (sequence-mode backward) the question that an answer replies to."""
     specials = Specials.from_tokenizer(tokenizer)
     out: dict[str, list[str]] = {}
     for way in map(Direction.parse, ways):
@@ -47,6 +53,7 @@ def chat_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Directio
         stop = chat_stop_token(direction, specials, mode=mode, generate=way)
         generated = generate(graphdef, params, prompts, max_new_tokens, stop_ids=[stop],
                              max_len=min(max_len, max(map(len, prompts)) + max_new_tokens))
-        replies = [tokenizer.decode(chat_reply(g, direction, specials, mode=mode, generate=way)) for g in generated]
-        out[way.value] = [f"{text!r} → {reply!r}" for text, reply in zip(given, replies)]
+        token_bytes = tokenizer.encoding.decode_single_token_bytes
+        replies = [render_reply(g, direction, specials, token_bytes, mode=mode, generate=way) for g in generated]
+        out[way.value] = [f"{text} → {reply}" for text, reply in zip(given, replies)]
     return out
