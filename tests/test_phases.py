@@ -103,7 +103,7 @@ def test_chat_phases_sample_in_reading_order_for_every_direction(base, direction
     assert sorted(result.samples) == sorted(ways)
     backward = result.samples["backward"]
     given = "12 + 7 = 19. #### 19" if mode == "sequence" else "What is 12 plus 7?"
-    assert backward[0].startswith(repr(given) + " → ")
+    assert backward[0].startswith(given + " → ") and "<|" not in "".join(backward)
 
 
 def test_rl_logs_rewards_and_pass_at_k_and_resumes_its_prompt_position(base):
