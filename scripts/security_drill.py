@@ -731,11 +731,13 @@ def status_json_list(work: Path) -> Outcome:
     from revjax.analysis.experiment import read_experiment
     from revjax.errors import RevjaxError
     from revjax.experiments.execute import main as execute_main
+    from revjax.experiments.runner import prepare
     from revjax.experiments.spec import load_sweep
 
     sweep = _scripts_sweep(work, "drill.yaml")
-    _scripts_sweep_cli([str(sweep), "--dry-run"])  # writes the run folder
-    run_dir = load_sweep(sweep).runs[0].dir
+    spec = load_sweep(sweep)
+    prepare(spec)  # writes the run folders
+    run_dir = spec.runs[0].dir
     status = run_dir / "status.json"
     status.write_text("[1, 2]\n")
     readers = {"--status": lambda: _scripts_sweep_cli([str(sweep), "--status"]),

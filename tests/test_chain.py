@@ -1,6 +1,7 @@
 """An interrupted ``revjax chain`` resumes: killed with SIGKILL inside its SFT phase and run again, it skips the
-phases that finished, continues SFT from its newest checkpoint, and ends with exactly the losses, validation
-figures and rewards of a chain that was never interrupted."""
+phases that finished (its base phase is the earlier chain's identical base run, reused), continues SFT from its
+newest checkpoint, and ends with exactly the losses, validation figures and rewards of a chain that was never
+interrupted."""
 
 import json
 import os
@@ -73,18 +74,20 @@ def test_chain_killed_during_sft_resumes_to_the_uninterrupted_result(tmp_path):
     proc.wait()
     saved = sorted(int(p.name) for p in sft_dir.iterdir() if p.name.isdigit())
     assert saved and SFT_STEPS not in saved and not (checkpoints / "cut-forward-rl").exists()
-    finished_before = {phase: sorted(p.name for p in (checkpoints / f"cut-forward-{phase}").iterdir())
-                       for phase in ("base", "mid")}
+    # the base phase's config equals the whole chain's but for its name: the chain reuses that run, not training it
+    folders = {"base": checkpoints / "whole-forward-base", "mid": checkpoints / "cut-forward-mid"}
+    assert not (checkpoints / "cut-forward-base").exists()
+    finished_before = {phase: sorted(p.name for p in folder.iterdir()) for phase, folder in folders.items()}
 
     again = finish(start(base, "cut"))
-    assert "cut-forward-base: already finished, skipped" in again
+    assert f"cut-forward-base: {folders['base']} finished the same training" in again
     assert "cut-forward-mid: already finished, skipped" in again
     resumed = re.search(rf"resuming {re.escape(str(sft_dir))} from step (\d+)", again)
     assert resumed and int(resumed.group(1)) in saved, again
     assert f"starting {checkpoints / 'cut-forward-rl'} from the parameters of {sft_dir}" in again
-    for phase in ("base", "mid"):  # nothing of a finished phase was trained or written again
-        assert sorted(p.name for p in (checkpoints / f"cut-forward-{phase}").iterdir()) == finished_before[phase]
-    for phase in PHASES:
+    for phase, folder in folders.items():  # nothing of a finished phase was trained or written again
+        assert sorted(p.name for p in folder.iterdir()) == finished_before[phase]
+    for phase in PHASES[1:]:
         whole, cut = measured(checkpoints / f"whole-forward-{phase}"), measured(checkpoints / f"cut-forward-{phase}")
         assert cut == whole, phase
     assert any("reward" in row for row in measured(checkpoints / "cut-forward-rl"))
