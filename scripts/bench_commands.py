@@ -31,7 +31,7 @@ def commands(base: Path, scratch: Path) -> dict[str, list[str]]:
     runs = base / "checkpoints"
     forward, backward = runs / "default-forward", runs / "default-backward"
     sweep = scratch / "bench.yaml"
-    sweep.write_text("name: bench-commands\n"
+    sweep.write_text("name: bench-commands\nbase: [default]\n"
                      f"dir: {scratch / 'experiment'}\n"
                      "overrides: {training.num_iterations: 4, training.eval_every: 0, training.sample_every: 0}\n"
                      "seeds: [1]\n", encoding="utf-8")
