@@ -1,7 +1,7 @@
 """The one table of phase facts: what base, mid, SFT and RL training each read, optimise, accept and export to.
 
 Pure data, so every floor may ask it (the config layer, the loop, export, import and the report). A row names its
-data source (a key of :data:`revjax.train.data.DATA_SOURCES`), its loss (a key of :data:`revjax.train.step.LOSSES`),
+data source (a key of :data:`revjax.train.sources.DATA_SOURCES`), its loss (a key of :data:`revjax.train.step.LOSSES`),
 its learning-rate schedule (:func:`revjax.optim.lr_multiplier`'s kind), whether Muon's momentum warms up, the
 directions and conversation modes it trains, and onanchat's checkpoint folder it exports to. A new phase is one
 :func:`register_phase` call (plus, for a chain, ``configs/phase/<name>.yaml``).

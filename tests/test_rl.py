@@ -15,7 +15,7 @@ from revjax.train.loop import train
 from revjax.model import GPT
 from revjax.direction import Direction
 from revjax.train.rl import advantages, check_rl_direction, pass_at_k, prompt_contents, prompt_way, rollout_rows
-from revjax.train.setup import TrainingError
+from revjax.train.errors import TrainingError
 from revjax.train.step import policy_gradient_loss
 
 

@@ -24,7 +24,6 @@ from revjax.data.packing import PACKINGS, Packing, best_fit_rows
 from revjax.direction import Direction, Specials, continued_row, inputs_and_targets
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
-from revjax.eval.samples import greedy_samples  # noqa: F401  (the one sampler; re-exported)
 from revjax.eval.steps import build_eval_step, evaluate_loss
 from revjax.sharding import batch_sharding, make_mesh
 

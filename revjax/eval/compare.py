@@ -34,7 +34,7 @@ from flax import nnx
 
 from revjax.direction import Direction, Specials, known_directions
 from revjax.errors import run_command
-from revjax.eval.bpb import validation_documents  # noqa: F401  (the one reader of validation text)
+from revjax.eval.bpb import validation_documents
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
 from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, compare_suites
@@ -284,7 +284,9 @@ def write_outputs(results: dict, out: Path) -> None:
                                                                   for way, v in m["ways"].items()}
             for metric in results["metrics"]}
     plot_bars(bars, out / "scores.png")
-    (out / "compare.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    from revjax.eval.run import write_json
+
+    write_json(out / "compare.json", results)  # atomic: an interrupted compare leaves no torn results
     (out / "compare.md").write_text(format_markdown(results), encoding="utf-8")
 
 

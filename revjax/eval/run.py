@@ -24,7 +24,7 @@ from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
 from revjax.eval.icl import EvalError
 from revjax.eval.scorer import MIN_LEN, Scorer
-from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, SuiteRun
+from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, SuiteRun, directions_of
 
 
 class _Choices:
@@ -129,8 +129,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
             suite_start = time.perf_counter()
             try:
                 row = SUITES[name]
-                job = SuiteRun(run, [w for w in ways if w in row.directions(run.direction)], max_per_task,
-                               bpb_tokens, bundle, chat_source, tick)
+                job = SuiteRun(run, directions_of(row, run.direction, ways), max_per_task, bpb_tokens, bundle,
+                               chat_source, tick)
                 out = row.evaluate(job)
             except RevjaxError as err:
                 if suite not in ("all", "default"):

@@ -166,10 +166,6 @@ def validation_texts(config: Any, tokens: int, data: str | Path | None = None) -
     return validation_documents(data or config.data_path(), 8 * tokens)
 
 
-def names() -> list[str]:
-    return list(SUITES)
-
-
 def directions_of(suite: Suite, direction: Direction, wanted: Sequence[Direction]) -> list[Direction]:
     """The ways of ``wanted`` that ``suite`` applies to for a ``direction`` model."""
     known = suite.directions(direction)

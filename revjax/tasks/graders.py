@@ -15,7 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from revjax.tasks.sandbox import RunResult, SandboxUnavailable, run_program, sandbox_problem  # noqa: F401
+from revjax.tasks.sandbox import run_program
 
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 _LETTER_RE = re.compile(r"[A-Za-z0-9]+")

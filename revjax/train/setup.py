@@ -36,7 +36,7 @@ from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer, TokenizerError
 from revjax.tracking import JsonlTracker, Trackers, WandbTracker
 from revjax.state import TrainState, init_train_state, train_state_shardings
-from revjax.train.errors import TrainingError  # noqa: F401  (re-exported)
+from revjax.train.errors import TrainingError
 from revjax.train.sources import build_batches, mixture_epoch
 from revjax.train.step import accumulation_steps
 
