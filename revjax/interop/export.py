@@ -3,7 +3,8 @@
 Two layouts: ``onanchat`` writes ``<out>/<phase>_checkpoints/<tag>/model_<step:06d>.pt`` and
 ``meta_<step:06d>.json`` plus ``<out>/tokenizer/{tokenizer.pkl,token_bytes.pt}``, as onanchat's
 ``checkpoint_manager`` reads them; ``flat`` writes ``model.pt``, ``meta.json``, ``tokenizer.pkl`` and
-``token_bytes.pt`` side by side, as the Hugging Face releases do. Only the parameters are exported.
+``token_bytes.pt`` side by side, as the Hugging Face releases do. Only the parameters are exported. The command's
+``--format hf`` writes a folder for transformers' native NanoChat model instead (:mod:`revjax.interop.hf`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -235,11 +237,15 @@ DESCRIPTION = "``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``RUN_DIR OUT [--step N] [--flat] [--phase PHASE] [--tag TAG] [--fp32] [--safetensors] [--force]``."""
+    """``RUN_DIR OUT [--step N] [--format {onanchat,flat,hf}] [--flat] [--phase PHASE] [--tag TAG] [--fp32]
+    [--safetensors] [--force]``."""
     parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
     parser.add_argument("out", help="onanchat base dir (or, with --flat, the folder to create)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    parser.add_argument("--flat", action="store_true", help="model.pt/meta.json/tokenizer side by side (HF release)")
+    parser.add_argument("--format", choices=("onanchat", "flat", "hf"), default=None,
+                        help="onanchat: onanchat's base-dir layout (default); flat: model.pt/meta.json/tokenizer side "
+                             "by side (HF release); hf: a folder transformers' native NanoChat model loads")
+    parser.add_argument("--flat", action="store_true", help="the same as --format flat")
     parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="onanchat phase folder (default: the run's)")
     parser.add_argument("--tag", help="model tag folder (default: d<n_layer>_<direction>)")
     parser.add_argument("--fp32", action="store_true", help="store wte as fp32 too (default: bf16 wte)")
@@ -254,8 +260,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export the run ``args`` name; returns the exit code."""
 
+    fmt = args.format or ("flat" if args.flat else "onanchat")
+    if args.flat and fmt != "flat":
+        print(f"revjax export: error: --flat contradicts --format {fmt}", file=sys.stderr)
+        return 2
+
     def body() -> None:
-        path = export_checkpoint(args.run_dir, args.out, step=args.step, layout="flat" if args.flat else "onanchat",
+        if fmt == "hf":
+            from revjax.interop.hf import export_hf
+
+            print(f"exported {export_hf(args.run_dir, args.out, fp32=True, force=args.force, step=args.step)}")
+            return
+        path = export_checkpoint(args.run_dir, args.out, step=args.step, layout=fmt,
                                  phase=args.phase, tag=args.tag, all_fp32=args.fp32, safetensors=args.safetensors,
                                  force=args.force)
         print(f"exported {path}")

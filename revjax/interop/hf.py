@@ -1,0 +1,180 @@
+"""Export a revjax run as a Hugging Face folder that transformers' native NanoChat model loads.
+
+``AutoModelForCausalLM.from_pretrained(out)`` (transformers ≥ 5, ``model_type: "nanochat"``, no remote code) reads
+``model.safetensors``, ``config.json`` and ``generation_config.json``; ``README.md`` is the model card.
+
+How the two models line up (transformers' ``NanoChatForCausalLM`` against :mod:`revjax.model`):
+
+* token embedding, then a weightless RMSNorm (``model.norm`` is applied before the layers as well as after them);
+* pre-norm blocks with weightless RMSNorms; eps is revjax's fp32 machine epsilon, written as ``rms_norm_eps``;
+* attention without biases, split-halves RoPE (``rotate_half`` gives (x1·cos + x2·sin, −x1·sin + x2·cos), base
+  10000), QK-norm after RoPE, scale 1/√head_dim, GQA with each key/value head serving consecutive query heads;
+* relu² MLP (``hidden_act: relu2``) at 4×, untied ``lm_head`` without bias, logit softcap 15.
+
+One numerical difference remains and is not a different model: revjax (as onanchat) rounds its RoPE cos/sin tables
+to bf16, transformers keeps them in the activations' dtype, so fp32 logits differ by about 1e-3 (about 1e-6 with
+fp32 tables on both sides).
+Every revjax model of this family is representable; a model whose dimensions break that (an MLP other than 4×, a
+head size that is not n_embd/n_head) is refused with :class:`HFExportError`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from revjax.errors import RevjaxError, require
+from revjax.interop.state_dict import check_finite, to_torch_layout
+from revjax.model import NORM_EPS, ROPE_BASE, SOFTCAP
+from revjax.replace import publish_folder
+from revjax.runs import TrainedRun, load_run
+
+TRANSFORMERS_VERSION = "5.23.0"
+HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "README.md")
+
+class HFExportError(RevjaxError, ValueError):
+    """A Hugging Face export that cannot be done, described in one sentence."""
+
+
+# onanchat part name → transformers' NanoChat part name
+_PARTS = {"attn.c_q": "self_attn.q_proj", "attn.c_k": "self_attn.k_proj", "attn.c_v": "self_attn.v_proj",
+          "attn.c_proj": "self_attn.o_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+
+
+def hf_name(torch_name: str) -> str:
+    """transformers' NanoChat tensor name for an onanchat state_dict name."""
+    if torch_name == "transformer.wte.weight":
+        return "model.embed_tokens.weight"
+    if torch_name == "lm_head.weight":
+        return torch_name
+    _, _, layer, part, sub, _ = torch_name.split(".")
+    return f"model.layers.{layer}.{_PARTS[f'{part}.{sub}']}.weight"
+
+
+def check_representable(model_config) -> None:
+    """Raise HFExportError naming what transformers' NanoChat cannot represent in this model, if anything."""
+    m = model_config
+    if m.n_embd % m.n_head or m.head_dim != m.n_embd // m.n_head:
+        raise HFExportError(f"the head size {m.head_dim} is not n_embd/n_head={m.n_embd}/{m.n_head}, which "
+                           "transformers' NanoChat assumes")
+    if m.n_head % m.n_kv_head:
+        raise HFExportError(f"n_head={m.n_head} is not a multiple of n_kv_head={m.n_kv_head}, which transformers' "
+                           "NanoChat needs for grouped-query attention")
+
+
+def hf_tensors(params: dict, model_config) -> dict[str, np.ndarray]:
+    """The run's parameters under transformers' NanoChat names, fp32, PyTorch's (out, in) layout."""
+    arrays = to_torch_layout(params, model_config)
+    check_finite(arrays)
+    return {hf_name(name): np.ascontiguousarray(array, dtype=np.float32) for name, array in arrays.items()}
+
+
+def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
+    """``config.json`` for transformers' ``NanoChatConfig``."""
+    m, tok = run.config.model, run.tokenizer
+    return {
+        "architectures": ["NanoChatForCausalLM"],
+        "model_type": "nanochat",
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.n_embd,
+        "intermediate_size": 4 * m.n_embd,
+        "num_hidden_layers": m.n_layer,
+        "num_attention_heads": m.n_head,
+        "num_key_value_heads": m.n_kv_head,
+        "max_position_embeddings": m.sequence_len,
+        "hidden_act": "relu2",
+        "attention_dropout": 0.0,
+        "rms_norm_eps": NORM_EPS,
+        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
+        "final_logit_softcapping": SOFTCAP,
+        "attention_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.bos_id,
+        "pad_token_id": tok.bos_id,
+        "use_cache": True,
+        "dtype": "float32" if fp32 else "bfloat16",
+        "transformers_version": TRANSFORMERS_VERSION,
+    }
+
+
+def generation_config(run: TrainedRun) -> dict:
+    bos = run.tokenizer.bos_id
+    return {"bos_token_id": bos, "eos_token_id": bos, "pad_token_id": bos,
+            "transformers_version": TRANSFORMERS_VERSION}
+
+
+def model_card(run: TrainedRun) -> str:
+    """README.md: what the model is, its direction and how to prompt it, the step and validation bpb."""
+    meta, tok = run.meta, run.tokenizer
+    direction = meta.get("direction", "forward")
+    val_bpb = meta.get("val_bpb")
+    bpb = "not measured" if val_bpb is None else f"{float(val_bpb):.4f}"
+    if direction == "backward":
+        how = ("It was trained on reversed text: give it the token ids of the text reversed, BOS first, and read what "
+               "it generates in reverse.\n\n```python\nids = [BOS] + list(reversed(tokenizer_ids_of_text))\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)[0, len(ids):].tolist()\n"
+               "text_before = list(reversed(out))  # the text that comes before, in reading order\n```\n")
+    elif direction == "bidirectional":
+        how = (f"It reads either way: after BOS ({tok.bos_id}) put the direction token, <|forward|> "
+               f"({tok.forward_id}) then the ids in reading order, or <|backward|> ({tok.backward_id}) then the ids "
+               "reversed (read the continuation in reverse).\n\n```python\n"
+               f"ids = [{tok.bos_id}, {tok.forward_id}] + tokenizer_ids_of_text\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)\n```\n")
+    else:
+        how = ("It reads text in the ordinary order: BOS then the token ids.\n\n```python\n"
+               f"ids = [{tok.bos_id}] + tokenizer_ids_of_text\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)\n```\n")
+    return (f"# {run.config.run_name} ({direction})\n\n"
+            f"A {run.config.model.n_layer}-layer {direction} GPT trained with revjax, exported for transformers' "
+            "native NanoChat model (`model_type: nanochat`, transformers >= 5, no remote code).\n\n"
+            f"- direction: {direction}\n- step: {int(meta['step'])}\n- validation bpb: {bpb}\n\n"
+            "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM\n"
+            "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n```\n\n"
+            f"## Prompting\n\n{how}\n"
+            "No tokenizer files are included: encode text with the run's revjax tokenizer (tokenizer.pkl of "
+            "`revjax export --format flat`).\n\n"
+            "revjax rounds its RoPE tables to bf16 and transformers does not, so logits differ from revjax's by about "
+            "1e-3.\n")
+
+
+def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], fp32: bool) -> None:
+    if fp32:
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(path), metadata={"format": "pt"})
+        return
+    torch = require("torch", "torch", "revjax export --format hf")
+    from safetensors.torch import save_file as save_torch
+
+    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}, str(path),
+               metadata={"format": "pt"})
+
+
+def export_hf(run_dir: str | Path, out: str | Path, *, fp32: bool = True, force: bool = False,
+              step: int | None = None) -> Path:
+    """Write the run's step ``step`` (default: newest) as a transformers NanoChat folder ``out``; returns ``out``.
+
+    ``fp32`` stores every tensor in fp32 (else bf16). The folder is written beside ``out`` and renamed into place;
+    an earlier export there is replaced only with ``force`` and is moved aside (:func:`revjax.replace.publish_folder`).
+    """
+    source = Path(run_dir).expanduser().resolve()
+    if not source.is_dir():
+        raise HFExportError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
+    run = load_run(source, step, lock=True, command="export")
+    check_representable(run.config.model)
+    tensors = hf_tensors(run.arrays, run.config.model)
+    files = {"config.json": json.dumps(hf_config(run, fp32=fp32), indent=2) + "\n",
+             "generation_config.json": json.dumps(generation_config(run), indent=2) + "\n",
+             "README.md": model_card(run)}
+
+    def fill(tmp: Path) -> None:
+        _write_safetensors(tmp / "model.safetensors", tensors, fp32)
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    publish_folder(out, "export", fill, force=force, sources=[source],
+                   looks_like_old_output=lambda folder: all((folder / n).is_file() for n in HF_FILES[:2]))
+    return Path(out)

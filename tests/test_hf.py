@@ -1,0 +1,138 @@
+"""``revjax export --format hf``: transformers' native NanoChat loads the folder and computes revjax's logits."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import revjax.model
+from revjax.checkpoint import Checkpointer
+from revjax.config import MeshConfig, load_config
+from revjax.interop.export import main as export_main
+from revjax.interop.hf import HFExportError, check_representable, export_hf
+from revjax.interop.state_dict import build_model
+from revjax.optim import build_optimizer
+from revjax.runs import build_metadata
+from revjax.sharding import make_mesh
+from revjax.state import init_train_state
+from revjax.tokenizer import train_tokenizer
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+WORDS = "in the beginning god created heaven and earth to be or not to be that is the question".split()
+STEP = 5
+DIRECTIONS = ("forward", "backward", "bidirectional")
+
+
+def make_run(base: Path, direction: str, seed: int = 0):
+    """A tiny revjax run (d=64, 2 layers, GQA 2:1) with one checkpoint whose every parameter is non-zero."""
+    docs = [" ".join(WORDS[(i * 5 + 3 * j) % len(WORDS)] for j in range(20 + i % 7)) for i in range(200)]
+    tokenizer = train_tokenizer(docs, base / "tokenizer", 320, progress=False)
+    config = load_config(overrides=[
+        f"base_dir={base}", "run_name=tiny", "tokenizer.vocab_size=320", "model.depth=null", "model.n_layer=2",
+        "model.n_embd=64", "model.n_head=2", "model.n_kv_head=1", "model.sequence_len=16",
+        "model.compute_dtype=float32", f"direction.direction={direction}", "training.phase=base",
+        "training.total_batch_tokens=512"])
+    mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
+    optimizer = build_optimizer(config.optimizer, config.model)
+    _, fresh, _ = init_train_state(config.model, optimizer, mesh, seed=3)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda p: np.asarray(p) + rng.normal(0, 0.05, p.shape).astype(np.float32), fresh.params)
+    _, state, _ = init_train_state(config.model, optimizer, mesh, params=params)
+    metadata = build_metadata(step=STEP, direction=direction, phase="base", model_config=config.model.gpt_config(),
+                              config=config.to_dict(), tokenizer_identity=tokenizer.identity(),
+                              tokenizer_path=str(config.tokenizer_path()), val_bpb=1.5)
+    with Checkpointer(config.checkpoint_path(), async_save=False) as checkpointer:
+        checkpointer.save(STEP, {"params": state.params, "opt_state": state.opt_state}, data_state=None,
+                          metadata=metadata)
+    return config, tokenizer, params
+
+
+@pytest.fixture(scope="module", params=DIRECTIONS)
+def exported(request, tmp_path_factory):
+    base = tmp_path_factory.mktemp(f"hf-{request.param}")
+    config, tokenizer, params = make_run(base, request.param, seed=DIRECTIONS.index(request.param))
+    out = export_hf(config.checkpoint_path(), base / "hf")
+    return request.param, config, tokenizer, params, out
+
+
+def fp32_rope_tables(positions, head_dim):
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(revjax.model._inv_freq(head_dim))
+    return jnp.cos(freqs), jnp.sin(freqs)
+
+
+def revjax_logits(config, params, ids: np.ndarray) -> np.ndarray:
+    model = build_model(config.model, params)
+    return np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids)))
+
+
+def hf_logits(folder: Path, ids: np.ndarray) -> np.ndarray:
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=False,
+                                                                    dtype=torch.float32, output_loading_info=True)
+    assert type(model).__name__ == "NanoChatForCausalLM"
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(ids)).logits.numpy()
+
+
+def test_transformers_loads_and_matches(exported, monkeypatch):
+    direction, config, tokenizer, params, out = exported
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        ["model.safetensors", "config.json", "generation_config.json", "README.md"])
+    assert json.loads((out / "config.json").read_text())["model_type"] == "nanochat"
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, config.model.vocab_size, (2, 16)).astype(np.int64)
+    ids[:, 0] = tokenizer.bos_id
+    theirs = hf_logits(out, ids)
+    ours = revjax_logits(config, params, ids)
+    assert theirs.shape == ours.shape and np.abs(ours).max() > 0.5
+    # revjax rounds its RoPE tables to bf16 as onanchat does; transformers keeps them in fp32
+    bf16_tables = np.abs(theirs - ours).max()
+    monkeypatch.setattr(revjax.model, "rope_tables", fp32_rope_tables)
+    exact = np.abs(theirs - revjax_logits(config, params, ids)).max()
+    print(f"{direction}: max |logits diff| {exact:.2e} (fp32 RoPE tables), {bf16_tables:.2e} (revjax's bf16 tables)")
+    assert exact < 1e-4
+    assert bf16_tables < 2e-2
+
+
+def test_model_card_names_direction_step_and_bpb(exported):
+    direction, _, tokenizer, _, out = exported
+    card = (out / "README.md").read_text()
+    assert f"direction: {direction}" in card and "step: 5" in card and "1.5000" in card
+    if direction == "bidirectional":
+        assert f"[{tokenizer.bos_id}, {tokenizer.forward_id}]" in card
+    if direction == "backward":
+        assert "reversed" in card
+
+
+def test_refuses_an_unrepresentable_model(exported):
+    _, config, _, _, _ = exported
+
+    class Odd:
+        n_embd, n_head, n_kv_head, head_dim = 64, 4, 3, 16
+
+    with pytest.raises(HFExportError, match="n_kv_head"):
+        check_representable(Odd)
+    check_representable(config.model)
+
+
+def test_cli_format_hf_and_force(exported, tmp_path, capsys):
+    direction, config, _, _, out = exported
+    if direction != "forward":
+        pytest.skip("the command line is the same for every direction")
+    target = tmp_path / "cli"
+    assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf"]) == 0
+    assert (target / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf"]) != 0
+    assert "--force" in capsys.readouterr().err
+    assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf", "--force"]) == 0
+    assert export_main([str(config.checkpoint_path()), str(target), "--format", "onanchat", "--flat"]) == 2
+    flat = tmp_path / "flat"
+    assert export_main([str(config.checkpoint_path()), str(flat), "--format", "flat"]) == 0
+    assert (flat / "model.pt").is_file()
