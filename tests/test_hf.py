@@ -13,13 +13,14 @@ import revjax.model
 from revjax.checkpoint import Checkpointer
 from revjax.config import MeshConfig, load_config
 from revjax.interop.export import main as export_main
-from revjax.interop.hf import HFExportError, check_representable, export_hf
+from revjax.interop.hf import HFExportError, check_representable, export_hf, tokenizer_json
 from revjax.interop.state_dict import build_model
 from revjax.optim import build_optimizer
 from revjax.runs import build_metadata
 from revjax.sharding import make_mesh
 from revjax.state import init_train_state
-from revjax.tokenizer import train_tokenizer
+from revjax.tokenizer import Tokenizer, train_tokenizer
+from tests.helpers import TOKENIZER_DIR
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
@@ -84,7 +85,8 @@ def hf_logits(folder: Path, ids: np.ndarray) -> np.ndarray:
 def test_transformers_loads_and_matches(exported, monkeypatch):
     direction, config, tokenizer, params, out = exported
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        ["model.safetensors", "config.json", "generation_config.json", "README.md"])
+        ["model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json",
+         "tokenizer_config.json"])
     assert json.loads((out / "config.json").read_text())["model_type"] == "nanochat"
     rng = np.random.default_rng(1)
     ids = rng.integers(0, config.model.vocab_size, (2, 16)).astype(np.int64)
@@ -109,6 +111,36 @@ def test_model_card_names_direction_step_and_bpb(exported):
         assert f"[{tokenizer.bos_id}, {tokenizer.forward_id}]" in card
     if direction == "backward":
         assert "reversed" in card
+
+
+TEXT = "Héllo, wörld! 你好 🙂 in the beginning\n\n\t  12345 don't DON'T   be or not\r\n"
+
+
+def test_tokenizer_encodes_as_revjax(exported):
+    _, _, tokenizer, _, out = exported
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tokenizer.encoding.encode_ordinary(TEXT)
+    assert hf.encode(TEXT, add_special_tokens=False) == ids
+    assert hf.decode(ids) == TEXT
+    assert hf.convert_tokens_to_ids(["<|bos|>", "<|forward|>", "<|backward|>"]) == [
+        tokenizer.bos_id, tokenizer.forward_id, tokenizer.backward_id]
+    the = tokenizer.encoding.encode_ordinary("the")
+    assert hf.encode("<|bos|>the", add_special_tokens=False) == [tokenizer.bos_id] + the
+    assert len(hf) == tokenizer.vocab_size
+
+
+def test_tokenizer_json_of_the_golden_tokenizer():
+    """The 2048-token golden tokenizer: tokenizer.json encodes its recorded cases to the recorded ids."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tokenizer = Tokenizer.load(TOKENIZER_DIR)
+    hf = tokenizers.Tokenizer.from_str(json.dumps(tokenizer_json(tokenizer.encoding)))
+    cases = json.loads((TOKENIZER_DIR / "encode_cases.json").read_text())
+    plain = [case for case in cases if "<|" not in case["text"]]  # tokenizers reads special spellings as specials
+    assert len(plain) >= len(cases) - 1
+    for case in plain:
+        assert [tokenizer.bos_id] + hf.encode(case["text"], add_special_tokens=False).ids == case["ids"], case["text"]
+        assert hf.decode(case["ids"][1:], skip_special_tokens=False) == case["text"]
+    assert hf.get_vocab_size() == tokenizer.vocab_size
 
 
 def test_refuses_an_unrepresentable_model(exported):

@@ -1,7 +1,8 @@
 """Export a revjax run as a Hugging Face folder that transformers' native NanoChat model loads.
 
 ``AutoModelForCausalLM.from_pretrained(out)`` (transformers ≥ 5, ``model_type: "nanochat"``, no remote code) reads
-``model.safetensors``, ``config.json`` and ``generation_config.json``; ``README.md`` is the model card.
+``model.safetensors``, ``config.json`` and ``generation_config.json``; ``AutoTokenizer.from_pretrained(out)`` reads
+``tokenizer.json`` and ``tokenizer_config.json``; ``README.md`` is the model card.
 
 How the two models line up (transformers' ``NanoChatForCausalLM`` against :mod:`revjax.model`):
 
@@ -32,7 +33,8 @@ from revjax.replace import publish_folder
 from revjax.runs import TrainedRun, load_run
 
 TRANSFORMERS_VERSION = "5.23.0"
-HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "README.md")
+HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json",
+            "tokenizer_config.json")
 
 class HFExportError(RevjaxError, ValueError):
     """A Hugging Face export that cannot be done, described in one sentence."""
@@ -112,32 +114,110 @@ def model_card(run: TrainedRun) -> str:
     direction = meta.get("direction", "forward")
     val_bpb = meta.get("val_bpb")
     bpb = "not measured" if val_bpb is None else f"{float(val_bpb):.4f}"
+    bos = tok.bos_id
     if direction == "backward":
-        how = ("It was trained on reversed text: give it the token ids of the text reversed, BOS first, and read what "
-               "it generates in reverse.\n\n```python\nids = [BOS] + list(reversed(tokenizer_ids_of_text))\n"
-               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)[0, len(ids):].tolist()\n"
-               "text_before = list(reversed(out))  # the text that comes before, in reading order\n```\n")
+        how = ("It was trained on reversed token sequences: give it BOS and then the text's token ids reversed; what "
+               "it generates comes before the text, read in reverse.\n\n```python\n"
+               f"ids = [{bos}] + tokenizer.encode(text)[::-1]\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):]\n"
+               "print(tokenizer.decode(out.tolist()[::-1]) + text)\n```\n")
     elif direction == "bidirectional":
-        how = (f"It reads either way: after BOS ({tok.bos_id}) put the direction token, <|forward|> "
-               f"({tok.forward_id}) then the ids in reading order, or <|backward|> ({tok.backward_id}) then the ids "
-               "reversed (read the continuation in reverse).\n\n```python\n"
-               f"ids = [{tok.bos_id}, {tok.forward_id}] + tokenizer_ids_of_text\n"
-               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)\n```\n")
+        how = (f"It reads either way: after BOS ({bos}) put <|forward|> ({tok.forward_id}) and the text's ids in "
+               f"reading order, or <|backward|> ({tok.backward_id}) and the ids reversed (then read what it generates "
+               "in reverse).\n\n```python\n"
+               f"ids = [{bos}, {tok.forward_id}] + tokenizer.encode(text)\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):]\n"
+               "print(text + tokenizer.decode(out.tolist()))\n"
+               f"ids = [{bos}, {tok.backward_id}] + tokenizer.encode(text)[::-1]\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):]\n"
+               "print(tokenizer.decode(out.tolist()[::-1]) + text)\n```\n")
     else:
-        how = ("It reads text in the ordinary order: BOS then the token ids.\n\n```python\n"
-               f"ids = [{tok.bos_id}] + tokenizer_ids_of_text\n"
-               "out = model.generate(torch.tensor([ids]), max_new_tokens=32)\n```\n")
+        how = ("It reads text in the ordinary order: BOS, then the text's token ids.\n\n```python\n"
+               f"ids = [{bos}] + tokenizer.encode(text)\n"
+               "out = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False)[0, len(ids):]\n"
+               "print(text + tokenizer.decode(out.tolist()))\n```\n")
     return (f"# {run.config.run_name} ({direction})\n\n"
             f"A {run.config.model.n_layer}-layer {direction} GPT trained with revjax, exported for transformers' "
             "native NanoChat model (`model_type: nanochat`, transformers >= 5, no remote code).\n\n"
             f"- direction: {direction}\n- step: {int(meta['step'])}\n- validation bpb: {bpb}\n\n"
-            "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM\n"
-            "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n```\n\n"
+            "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")  # adds no BOS by itself\n"
+            "text = \"The capital of France is\"\n```\n\n"
             f"## Prompting\n\n{how}\n"
-            "No tokenizer files are included: encode text with the run's revjax tokenizer (tokenizer.pkl of "
-            "`revjax export --format flat`).\n\n"
-            "revjax rounds its RoPE tables to bf16 and transformers does not, so logits differ from revjax's by about "
-            "1e-3.\n")
+            "The tokenizer (tokenizer.json) is the run's: the same byte-level BPE, split pattern and special "
+            "tokens, except that text spelling a special token (`<|bos|>`) encodes to that token here and to plain "
+            "text in revjax.\n\nrevjax rounds its RoPE tables to bf16 and transformers does not, so logits differ from "
+            "revjax's by about 1e-3.\n")
+
+
+def byte_symbols() -> list[str]:
+    """The printable character byte-level BPE writes for each byte 0…255: printable Latin-1 bytes stand for
+    themselves, the others for the characters from U+0100 on, in byte order."""
+    keep = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    symbols, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            symbols.append(chr(b))
+        else:
+            symbols.append(chr(0x100 + extra))
+            extra += 1
+    return symbols
+
+
+def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two tokens whose merge made ``token``: BPE over its bytes with only the merges ranked below ``rank``."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best, at = rank, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best:
+                best, at = r, i
+        if at < 0:
+            break
+        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+    if len(parts) != 2:
+        raise HFExportError(f"the token {token!r} is not the merge of two lower-ranked tokens, so the tokenizer is "
+                            "not a byte-level BPE that tokenizer.json can describe")
+    return parts[0], parts[1]
+
+
+def tokenizer_json(encoding) -> dict:
+    """``tokenizer.json`` (Hugging Face ``tokenizers``) equivalent to the run's tiktoken encoding: the same split
+    pattern, byte-level BPE with the merges in rank order, and the special tokens as added tokens (which, unlike
+    revjax's encoding, ``tokenizers`` also finds when the text spells them)."""
+    ranks: dict[bytes, int] = dict(encoding._mergeable_ranks)
+    symbols = byte_symbols()
+
+    def text(token: bytes) -> str:
+        return "".join(symbols[b] for b in token)
+
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
+        raise HFExportError("the tokenizer's ranks are not 0…n−1 over all 256 bytes and their merges, so "
+                            "tokenizer.json cannot describe it")
+    merges = [[text(a), text(b)] for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]) if len(token) > 1
+              for a, b in [_merge_of(token, rank, ranks)]]
+    added = [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for name, i in sorted(encoding._special_tokens.items(), key=lambda kv: kv[1])]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": encoding._pat_str}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {text(token): rank for token, rank in ranks.items()}, "merges": merges},
+    }
+
+
+def tokenizer_config() -> dict:
+    """``tokenizer_config.json``: the fast tokenizer class and BOS (which also ends and pads, as in revjax)."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|bos|>",
+            "pad_token": "<|bos|>", "add_bos_token": False, "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000}
 
 
 def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], fp32: bool) -> None:
@@ -168,7 +248,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, fp32: bool = True, force:
     tensors = hf_tensors(run.arrays, run.config.model)
     files = {"config.json": json.dumps(hf_config(run, fp32=fp32), indent=2) + "\n",
              "generation_config.json": json.dumps(generation_config(run), indent=2) + "\n",
-             "README.md": model_card(run)}
+             "README.md": model_card(run),
+             "tokenizer.json": json.dumps(tokenizer_json(run.tokenizer.encoding), ensure_ascii=False),
+             "tokenizer_config.json": json.dumps(tokenizer_config(), indent=2) + "\n"}
 
     def fill(tmp: Path) -> None:
         _write_safetensors(tmp / "model.safetensors", tensors, fp32)
