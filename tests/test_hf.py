@@ -103,6 +103,35 @@ def test_transformers_loads_and_matches(exported, monkeypatch):
     assert bf16_tables < 2e-2
 
 
+def test_greedy_generation_through_the_cache_matches(exported, monkeypatch):
+    """transformers' generate (its KV cache) continues a prompt as revjax's logits do, token for token."""
+    direction, config, tokenizer, params, out = exported
+    if direction != "backward":
+        pytest.skip("one direction is enough: the weights' layout is the same for every direction")
+    monkeypatch.setattr(revjax.model, "rope_tables", fp32_rope_tables)
+    prompt = [tokenizer.bos_id] + tokenizer.encoding.encode_ordinary("to be or not")[::-1]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor([prompt]), max_new_tokens=16 - len(prompt), do_sample=False,
+                                min_new_tokens=16 - len(prompt))[0].tolist()
+    ours = list(prompt)
+    while len(ours) < len(theirs):
+        ours.append(int(revjax_logits(config, params, np.asarray([ours]))[0, -1].argmax()))
+    assert theirs == ours
+
+
+def test_bf16_export(exported, tmp_path):
+    direction, config, _, _, _ = exported
+    if direction != "forward":
+        pytest.skip("one direction is enough")
+    from safetensors import safe_open
+
+    out = export_hf(config.checkpoint_path(), tmp_path / "bf16", fp32=False)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_model_card_names_direction_step_and_bpb(exported):
     direction, _, tokenizer, _, out = exported
     card = (out / "README.md").read_text()

@@ -95,7 +95,7 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
         "tie_word_embeddings": False,
         "bos_token_id": tok.bos_id,
         "eos_token_id": tok.bos_id,
-        "pad_token_id": tok.bos_id,
+        "pad_token_id": None,  # BOS as padding would make generate mask every prompt's first token
         "use_cache": True,
         "dtype": "float32" if fp32 else "bfloat16",
         "transformers_version": TRANSFORMERS_VERSION,
@@ -104,7 +104,7 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
 
 def generation_config(run: TrainedRun) -> dict:
     bos = run.tokenizer.bos_id
-    return {"bos_token_id": bos, "eos_token_id": bos, "pad_token_id": bos,
+    return {"bos_token_id": bos, "eos_token_id": bos,
             "transformers_version": TRANSFORMERS_VERSION}
 
 
@@ -229,7 +229,7 @@ def _write_safetensors(path: Path, tensors: dict[str, np.ndarray], fp32: bool) -
     torch = require("torch", "torch", "revjax export --format hf")
     from safetensors.torch import save_file as save_torch
 
-    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in tensors.items()}, str(path),
+    save_torch({k: torch.from_numpy(v.copy()).to(torch.bfloat16) for k, v in tensors.items()}, str(path),
                metadata={"format": "pt"})
 
 
