@@ -194,6 +194,9 @@ def test_cli_format_hf_and_force(exported, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf", "--force"]) == 0
     assert export_main([str(config.checkpoint_path()), str(target), "--format", "onanchat", "--flat"]) == 2
+    assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf", "--tag", "x"]) == 2
     flat = tmp_path / "flat"
     assert export_main([str(config.checkpoint_path()), str(flat), "--format", "flat"]) == 0
     assert (flat / "model.pt").is_file()
+    assert export_main([str(config.checkpoint_path()), str(tmp_path / "flat2"), "--flat"]) == 0
+    assert (tmp_path / "flat2" / "model.pt").read_bytes() == (flat / "model.pt").read_bytes()

@@ -264,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
     if args.flat and fmt != "flat":
         print(f"revjax export: error: --flat contradicts --format {fmt}", file=sys.stderr)
         return 2
+    if fmt == "hf" and (args.phase or args.tag or args.safetensors):
+        print("revjax export: error: --phase, --tag and --safetensors belong to the onanchat and flat formats; "
+              "--format hf always writes model.safetensors", file=sys.stderr)
+        return 2
 
     def body() -> None:
         if fmt == "hf":
