@@ -37,22 +37,11 @@ from revjax.errors import run_command
 from revjax.eval.bpb import validation_documents
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
-from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, compare_suites
+from revjax.eval.suites import DEFAULT_MAX_PER_TASK, SUITES, SuiteChoices, compare_suites, default_suite_names
 
 
-class _CompareChoices:
-    """``--suite`` choices, live from the suite table: ``bpb`` (compare's own measure only), each compare suite,
-    each in-context suite, ``default`` (bpb and :data:`revjax.eval.suites.DEFAULT_SUITES`) and ``all``."""
-
-    def __iter__(self):
-        named = [name for name, row in SUITES.items() if row.compare or row.in_context]
-        return iter(["bpb", *named, "default", "all"])
-
-    def __contains__(self, name: object) -> bool:
-        return name in list(self)
-
-
-COMPARE_CHOICES = _CompareChoices()
+# bpb (compare's own measure only), each compare or in-context suite, default and all
+COMPARE_CHOICES = SuiteChoices(lambda row: row.compare or row.in_context, first=("bpb",))
 from revjax.model import cross_entropy
 
 LOGITS_BUDGET = 1 << 27  # batch · length · vocab fp32 logits per call (512 MiB)
@@ -144,7 +133,7 @@ def suite_results(run_dir: Path, step: int, name: str, ways: Sequence[str], *, m
 def wanted_suites(suite: str, config: Any, bundle: str | os.PathLike[str] | None) -> list:
     """The suite rows ``--suite suite`` runs besides compare's own bits per byte."""
     if suite == "default":
-        return [SUITES[n] for n in DEFAULT_SUITES if n in SUITES and n != "bpb"]
+        return [SUITES[n] for n in default_suite_names() if n != "bpb"]
     if suite in SUITES and not SUITES[suite].compare:
         return [SUITES[suite]]
     return compare_suites(suite, config, None if bundle is None else str(bundle))

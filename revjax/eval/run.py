@@ -24,20 +24,11 @@ from revjax.direction import Direction, known_directions
 from revjax.errors import RevjaxError, run_command
 from revjax.eval.icl import EvalError
 from revjax.eval.scorer import MIN_LEN, Scorer
-from revjax.eval.suites import DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, SuiteRun, directions_of
+from revjax.eval.suites import (DEFAULT_MAX_PER_TASK, DEFAULT_SUITES, SUITES, SuiteChoices, SuiteRun,
+                                default_suite_names, directions_of)
 
 
-class _Choices:
-    """``--suite`` choices, read live from the suite table: every registered suite, ``default`` and ``all``."""
-
-    def __iter__(self):
-        return iter([*SUITES, "default", "all"])
-
-    def __contains__(self, name: object) -> bool:
-        return name in ("default", "all") or name in SUITES
-
-
-CHOICES = _Choices()
+CHOICES = SuiteChoices()  # every registered suite, default and all
 
 
 class LoadedRun:
@@ -90,7 +81,7 @@ def suite_names(suite: str) -> list[str]:
     """The suites ``--suite`` names: ``all`` every registered one, ``default`` :data:`DEFAULT_SUITES`."""
     if suite == "all":
         return list(SUITES)
-    return [n for n in DEFAULT_SUITES if n in SUITES] if suite == "default" else [suite]
+    return default_suite_names() if suite == "default" else [suite]
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions: Sequence[str] | None = None,

@@ -62,6 +62,24 @@ DEFAULT_SUITES = ("bpb", "offline")
 DEFAULT_MAX_PER_TASK = 50
 
 
+def default_suite_names() -> list[str]:
+    """The registered suites of :data:`DEFAULT_SUITES` (what ``--suite default`` runs)."""
+    return [name for name in DEFAULT_SUITES if name in SUITES]
+
+
+class SuiteChoices:
+    """``--suite`` choices read live from :data:`SUITES`: ``first``, every row ``keep`` accepts, ``default``, ``all``."""
+
+    def __init__(self, keep: Callable[["Suite"], bool] = lambda row: True, first: tuple[str, ...] = ()):
+        self.keep, self.first = keep, first
+
+    def __iter__(self):
+        return iter([*self.first, *(name for name, row in SUITES.items() if self.keep(row)), "default", "all"])
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
 def register_suite(suite: Suite) -> Suite:
     """Add ``suite`` to the table (``revjax eval --suite <name>``, compare, report and training then see it)."""
     if suite.name in SUITES:

@@ -7,13 +7,13 @@ import io
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tiktoken
 
+from revjax.replace import temp_dir
 from revjax.tokenizer.vocab import TOKEN_BYTES_FILE, TOKENIZER_FILE, TokenizerError
 
 
@@ -97,14 +97,10 @@ def write_files(out: Path, encoding: tiktoken.Encoding, token_bytes: np.ndarray)
     buf = io.BytesIO()
     np.save(buf, token_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = temp_dir(out.parent, f".{out.name}.tmp-")  # the folder's mode is what mkdir gives, the files' what open does
     try:
         _write_synced(tmp / TOKEN_BYTES_FILE, buf.getvalue())
         _write_synced(tmp / TOKENIZER_FILE, pickle.dumps(encoding))
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in (tmp, tmp / TOKEN_BYTES_FILE, tmp / TOKENIZER_FILE):  # what mkdir and open would give
-            path.chmod((0o777 if path == tmp else 0o666) & ~umask)
         try:
             os.rename(tmp, out)  # the whole folder appears at once; replaces nothing but an empty folder
             return
