@@ -13,10 +13,12 @@ import revjax.model
 from revjax.checkpoint import Checkpointer
 from revjax.config import MeshConfig, load_config
 from revjax.interop.export import main as export_main
+from revjax.interop.export import InteropError
 from revjax.interop.hf import HFExportError, check_representable, export_hf, tokenizer_json
+from revjax.interop.importer import import_checkpoint
 from revjax.interop.state_dict import build_model
 from revjax.optim import build_optimizer
-from revjax.runs import build_metadata
+from revjax.runs import build_metadata, load_run
 from revjax.sharding import make_mesh
 from revjax.state import init_train_state
 from revjax.tokenizer import Tokenizer, train_tokenizer
@@ -119,13 +121,16 @@ def test_greedy_generation_through_the_cache_matches(exported, monkeypatch):
 
 
 def test_bf16_export(exported, tmp_path):
-    direction, config, _, _, _ = exported
+    direction, config, _, params, _ = exported
     from safetensors import safe_open
 
     out = export_hf(config.checkpoint_path(), tmp_path / "bf16", fp32=False)
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    back = load_run(import_checkpoint(out, tmp_path / "back"))  # the import rounds nothing further
+    for got, want in zip(jax.tree.leaves(back.arrays), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(got, np.asarray(jnp.asarray(want).astype(jnp.bfloat16).astype(jnp.float32)))
 
 
 def test_model_card_names_direction_step_and_bpb(exported):
@@ -194,3 +199,49 @@ def test_cli_format_hf_and_force(exported, tmp_path, capsys):
     assert (flat / "model.pt").is_file()
     assert export_main([str(config.checkpoint_path()), str(tmp_path / "flat2"), "--flat"]) == 0
     assert (tmp_path / "flat2" / "model.pt").read_bytes() == (flat / "model.pt").read_bytes()
+
+
+def test_import_of_an_fp32_export_is_bit_identical(exported, tmp_path):
+    """revjax export --format hf, then revjax import of that folder: every weight, the tokenizer and the metadata
+    come back unchanged."""
+    direction, config, tokenizer, params, out = exported
+    back = load_run(import_checkpoint(out, tmp_path / "back"))
+    assert (back.meta["direction"], back.meta["phase"], back.step, back.meta["val_bpb"]) == (direction, "base", STEP, 1.5)
+    assert back.tokenizer.identity() == tokenizer.identity()
+    assert back.config.model.gpt_config() == config.model.gpt_config()
+    pairs = zip(jax.tree.leaves_with_path(back.arrays), jax.tree.leaves_with_path(params))
+    for (path, got), (path2, want) in pairs:
+        assert path == path2 and got.dtype == np.float32
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("hidden_act", "gelu", "the MLP activation"), ("rope_parameters", {"rope_theta": 500000.0}, "the RoPE base"),
+    ("intermediate_size", 100, "the MLP width"), ("tie_word_embeddings", True, "tied embeddings")])
+def test_import_refuses_a_config_revjax_computes_differently(exported, tmp_path, key, value, named):
+    _, _, _, _, out = exported
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(out, src)
+    config = json.loads((src / "config.json").read_text())
+    config[key] = value
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InteropError, match=f"differs in {named}"):
+        import_checkpoint(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_tensors_of_another_architecture(exported, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, _, _, _, out = exported
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(out, src)
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors["model.layers.0.self_attn.q_norm.weight"] = np.ones(32, np.float32)
+    save_file(tensors, str(src / "model.safetensors"))
+    with pytest.raises(InteropError, match="q_norm.weight.*different architecture"):
+        import_checkpoint(src, tmp_path / "out")

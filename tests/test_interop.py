@@ -346,7 +346,7 @@ def test_import_refuses_missing_source_and_step(exported, tmp_path):
         import_checkpoint(tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(InteropError, match="no model_000003.pt"):
         import_checkpoint(default.parent, tmp_path / "out", step=3)
-    with pytest.raises(InteropError, match="neither"):
+    with pytest.raises(InteropError, match="none of the layouts revjax imports"):
         import_checkpoint(default.parents[2], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -99,7 +99,15 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
         "use_cache": True,
         "dtype": "float32" if fp32 else "bfloat16",
         "transformers_version": TRANSFORMERS_VERSION,
+        "revjax": revjax_info(run),
     }
+
+
+def revjax_info(run: TrainedRun) -> dict:
+    """What ``revjax import`` needs beyond the architecture: direction, phase, step and validation bpb."""
+    val_bpb = run.meta.get("val_bpb")
+    return {"direction": run.meta.get("direction", "forward"), "phase": run.meta.get("phase", "base"),
+            "step": int(run.meta["step"]), "val_bpb": None if val_bpb is None else float(val_bpb)}
 
 
 def generation_config(run: TrainedRun) -> dict:

@@ -1,8 +1,10 @@
-"""Import an onanchat/nanochat PyTorch checkpoint as a revjax checkpoint.
+"""Import an onanchat/nanochat PyTorch checkpoint, a transformers NanoChat folder or a hub model as a revjax run.
 
-Accepts either onanchat's phase layout (``<root>/<phase>_checkpoints/<tag>/model_<step:06d>.pt`` and
-``meta_<step:06d>.json``, tokenizer in ``<root>/tokenizer/``) or the flat release layout (``model.pt``,
-``meta.json``, ``tokenizer.pkl``, ``token_bytes.pt`` in one folder). The result is a revjax run folder: a
+Accepts onanchat's phase layout (``<root>/<phase>_checkpoints/<tag>/model_<step:06d>.pt`` and
+``meta_<step:06d>.json``, tokenizer in ``<root>/tokenizer/`` or beside the weights), the flat release layout
+(``model.pt``, ``meta.json``, ``tokenizer.pkl``, ``token_bytes.pt`` in one folder), a transformers NanoChat folder
+(:mod:`revjax.interop.hf_import`), or ``hf:OWNER/NAME[@REVISION]``, any of these on the hub
+(:mod:`revjax.interop.hub`). The result is a revjax run folder: a
 checkpoint with a fresh optimizer state, a full revjax config in its metadata, and the tokenizer in
 ``<out_run_dir>/tokenizer/``, so ``training.init_from=<out_run_dir>`` can start from it.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -21,9 +24,10 @@ import numpy as np
 from revjax.checkpoint import Checkpointer
 from revjax.config import Config, MeshConfig
 from revjax.errors import run_command
+from revjax.interop import hf_import, hub
 from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, torch_for
-from revjax.replace import check_replaceable, output_path, publish_folder
 from revjax.interop.state_dict import StateDictError, from_torch_layout
+from revjax.replace import check_replaceable, output_path, publish_folder
 from revjax.runs import build_metadata
 from revjax.tokenizer import Tokenizer
 
@@ -46,14 +50,30 @@ def locate(src: str | Path, step: int | None = None) -> tuple[Path, Path, Path, 
         return src / "model.pt", src / "meta.json", src, None
     steps = sorted(int(m.group(1)) for p in src.iterdir() if (m := STEP_FILE.fullmatch(p.name)))
     if not steps:
-        raise InteropError(f"{src} holds neither model.pt + meta.json nor model_<step>.pt files")
+        names = sorted(p.name for p in src.iterdir() if not p.name.startswith("."))
+        raise InteropError(f"{src} holds none of the layouts revjax imports (model.pt + meta.json, model_<step>.pt + "
+                           "meta_<step>.json, or a transformers NanoChat folder); it has "
+                           f"{', '.join(names[:8]) or 'no files'}{' …' if len(names) > 8 else ''}")
     step = steps[-1] if step is None else step
     if step not in steps:
         raise InteropError(f"{src} has no model_{step:06d}.pt (steps present: {steps})")
     meta = src / f"meta_{step:06d}.json"
     if not meta.is_file():
         raise InteropError(f"{src} has model_{step:06d}.pt but no {meta.name}")
-    return src / f"model_{step:06d}.pt", meta, src.parent.parent / "tokenizer", PHASES.get(src.parent.name)
+    tokenizer = next((d for d in (src, src / "tokenizer") if (d / "tokenizer.pkl").is_file()),
+                     src.parent.parent / "tokenizer")  # a hub copy keeps it beside the weights
+    return src / f"model_{step:06d}.pt", meta, tokenizer, PHASES.get(src.parent.name)
+
+
+def check_sizes(model_config: dict, path: Path) -> None:
+    """Refuse absurd sizes and models this machine cannot hold before anything is built."""
+    from revjax.memory import SizeError, check_dimensions, check_fits
+
+    try:
+        check_dimensions(model_config, f"the model_config of {path}")
+        check_fits(model_config, "import", where=f"the model of {path}")
+    except SizeError as err:
+        raise InteropError(str(err)) from None
 
 
 def read_meta(path: Path) -> dict:
@@ -74,16 +94,7 @@ def read_meta(path: Path) -> dict:
         raise InteropError(f"{path} lacks model_config key(s) {', '.join(missing)}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in model_config.values()):
         raise InteropError(f"{path} has a model_config with non-positive or non-integer values: {model_config}")
-    from revjax.memory import SizeError, check_dimensions, check_fits
-
-    try:  # before anything is built: absurd sizes and models this machine cannot hold are refused here
-        check_dimensions(model_config, f"the model_config of {path}")
-        check_fits(model_config, "import", where=f"the model of {path}")
-    except SizeError as err:
-        raise InteropError(str(err)) from None
-    direction = meta.get("direction", "forward")
-    if direction not in DIRECTIONS:
-        raise InteropError(f"{path} has direction {direction!r}; expected one of {', '.join(DIRECTIONS)}")
+    check_sizes(model_config, path)
     step = meta.get("step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise InteropError(f"{path} has step {step!r}, but a step must be a non-negative integer; fix its 'step'")
@@ -126,64 +137,150 @@ def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir
     }, source="the imported model_config")
 
 
-def import_checkpoint(src: str | Path, out_run_dir: str | Path, *, phase: str | None = None,
-                      step: int | None = None, force: bool = False) -> Path:
-    """Convert the onanchat checkpoint at ``src`` into a revjax run folder ``out_run_dir``; returns that folder.
+class Source(NamedTuple):
+    """A checkpoint to import, whatever its layout: its dimensions, tokenizer, metadata and (lazily) tensors."""
 
-    Nothing is written unless every check passes; the folder is assembled beside its destination and renamed
-    into place. An existing folder is replaced only with ``force``, only when an earlier ``revjax import`` wrote it
-    and no training holds it, and it is moved aside, never deleted (:mod:`revjax.replace`).
+    where: Path
+    model_config: dict[str, int]
+    tokenizer: Tokenizer
+    direction: str | None  # None: its metadata does not say
+    step: int
+    phase: str | None
+    val_bpb: float | None
+    tensors: Callable[[], dict[str, np.ndarray]]  # onanchat state_dict names → fp32 arrays
+
+
+def onanchat_source(folder: Path, step: int | None) -> Source:
+    """An onanchat/nanochat PyTorch checkpoint (either layout of :func:`locate`)."""
+    model_path, meta_path, tok_dir, phase = locate(folder, step)
+    meta = read_meta(meta_path)
+    number = meta.get("step", 0) if meta_path.name == "meta.json" else int(STEP_FILE.fullmatch(model_path.name)[1])
+    return Source(meta_path, {k: meta["model_config"][k] for k in MODEL_CONFIG_KEYS}, Tokenizer.load(tok_dir),
+                  meta.get("direction"), number, phase, meta.get("val_bpb"), lambda: read_state_dict(model_path))
+
+
+def hf_source(folder: Path, step: int | None) -> Source:
+    """A transformers NanoChat folder; what a revjax export recorded under ``revjax`` in its config is kept."""
+    if step is not None:
+        raise InteropError(f"{folder} is a transformers folder with a single set of weights; leave out the step")
+    model_config, info = hf_import.read_config(folder)
+    check_sizes(model_config, folder / "config.json")
+    number = info.get("step", 0)
+    return Source(folder / "config.json", model_config, hf_import.read_tokenizer(folder), info.get("direction"),
+                  number if isinstance(number, int) and number >= 0 else 0, info.get("phase"), info.get("val_bpb"),
+                  lambda: hf_import.read_tensors(folder, model_config))
+
+
+def read_source(folder: Path, step: int | None) -> Source:
+    return (hf_source if hf_import.is_hf_folder(folder) else onanchat_source)(folder, step)
+
+
+def choose_direction(source: Source, name: str, given: str | None, ask: Callable[[str], str] | None) -> str:
+    """The metadata's direction; else ``given``; else forward, unless the name says backward or bidirectional,
+    which is asked about (``ask``) or refused with the option to pass, never guessed."""
+    found = source.direction
+    if found is not None and found not in DIRECTIONS:
+        raise InteropError(f"{source.where} has direction {found!r}; expected one of {', '.join(DIRECTIONS)}")
+    if found and given and found != given:
+        raise InteropError(f"{source.where} says the model is {found}, not {given}; leave out --direction")
+    if found or given:
+        return found or given
+    hint = next((d for d in ("bidirectional", "backward") if d in name.lower()), None)
+    if hint is None:
+        return "forward"
+    question = (f"{name} has no direction in its metadata but its name says '{hint}'; is it forward, backward or "
+                "bidirectional?")
+    if ask is not None:
+        answer = ask(question).strip().lower()
+        if answer in DIRECTIONS:
+            return answer
+    raise InteropError(f"{question.rsplit(';', 1)[0]}; pass --direction {hint} (or forward) to say which")
+
+
+def import_checkpoint(src: str | Path, out_run_dir: str | Path | None = None, *, phase: str | None = None,
+                      step: int | None = None, force: bool = False, direction: str | None = None,
+                      ask: Callable[[str], str] | None = None) -> Path:
+    """Convert the checkpoint at ``src`` into a revjax run folder ``out_run_dir``; returns that folder.
+
+    ``src`` is a local folder (onanchat's phase or flat layout, or a transformers NanoChat folder) or
+    ``hf:OWNER/NAME[@REVISION]``, downloaded into ``<base dir>/hub`` (then ``out_run_dir`` defaults to
+    ``<base dir>/checkpoints/NAME``). Nothing is written unless every check passes; the folder is assembled beside
+    its destination and renamed into place. An existing folder is replaced only with ``force``, only when an
+    earlier ``revjax import`` wrote it and no training holds it, and it is moved aside, never deleted
+    (:mod:`revjax.replace`).
     """
     from revjax import sharding as shd
     from revjax.optim import build_optimizer
     from revjax.state import init_train_state
 
-    out = output_path(out_run_dir)
-    check_replaceable(out, "import", force=force, sources=[src], looks_like_old_output=is_old_import)
-    model_path, meta_path, tok_dir, folder_phase = locate(src, step)
-    phase = phase or folder_phase or "base"
+    base = Config().base_path()
+    if hub.is_hub_spec(src):
+        name = hub.repo_name(str(src))
+        out = output_path(out_run_dir or base / "checkpoints" / name)
+        check_replaceable(out, "import", force=force, sources=[], looks_like_old_output=is_old_import)
+        folder = hub.download(str(src), base / "hub")
+    else:
+        if out_run_dir is None:
+            raise InteropError("give the revjax run folder to create after the source folder (only hf:OWNER/NAME "
+                               "has a default)")
+        folder, name = Path(src).expanduser().resolve(), Path(src).name
+        out = output_path(out_run_dir)
+        check_replaceable(out, "import", force=force, sources=[folder], looks_like_old_output=is_old_import)
+    source = read_source(folder, step)
+    phase = phase or source.phase or "base"
     if phase not in PHASE_DIRS:
         raise InteropError(f"phase must be one of {', '.join(PHASE_DIRS)}, not {phase!r}")
-    meta = read_meta(meta_path)
-    model_config = {k: meta["model_config"][k] for k in MODEL_CONFIG_KEYS}
-    tokenizer = Tokenizer.load(tok_dir)
+    model_config, tokenizer = source.model_config, source.tokenizer
     if tokenizer.vocab_size != model_config["vocab_size"]:
-        raise InteropError(f"the tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens but model_config has "
-                           f"vocab_size={model_config['vocab_size']}")
-    direction = meta.get("direction", "forward")
+        raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but model_config has vocab_size="
+                           f"{model_config['vocab_size']} ({source.where}); the two do not belong together")
+    direction = choose_direction(source, name, direction, ask)
     config = revjax_config(model_config, direction=direction, phase=phase, out_run_dir=out)
-    params = from_torch_layout(read_state_dict(model_path), config.model)
-    number = meta.get("step", 0) if meta_path.name == "meta.json" else int(STEP_FILE.fullmatch(model_path.name)[1])
+    params = from_torch_layout(source.tensors(), config.model)
 
     mesh = shd.make_mesh(MeshConfig(data=1), jax.devices()[:1])
     tx = build_optimizer(config.optimizer, config.model, init_lr_frac=config.schedule.init_lr_frac)
     _, state, _ = init_train_state(config.model, tx, mesh, params=params)
     del params
-    val_bpb = meta.get("val_bpb")
+    val_bpb = source.val_bpb
     metadata = build_metadata(
-        step=number, direction=direction, phase=phase, model_config=config.model.gpt_config(),
+        step=source.step, direction=direction, phase=phase, model_config=config.model.gpt_config(),
         config=config.to_dict(), tokenizer_identity=tokenizer.identity(), tokenizer_path=str(out / "tokenizer"),
         val_bpb=val_bpb if isinstance(val_bpb, (int, float)) and np.isfinite(val_bpb) else None)
 
     def fill(tmp: Path) -> None:
         tokenizer.save(tmp / "tokenizer", token_bytes_method=config.tokenizer.token_bytes)
         with Checkpointer(tmp, async_save=False) as checkpointer:
-            checkpointer.save(number, {"params": state.params, "opt_state": state.opt_state}, data_state=None,
+            checkpointer.save(source.step, {"params": state.params, "opt_state": state.opt_state}, data_state=None,
                               metadata=metadata)
 
-    publish_folder(out, "import", fill, force=force, sources=[src], looks_like_old_output=is_old_import)
+    publish_folder(out, "import", fill, force=force, sources=[folder], looks_like_old_output=is_old_import)
     return out
 
 
-DESCRIPTION = "``revjax import SRC OUT_RUN_DIR``: convert an onanchat PyTorch checkpoint into a revjax run folder."
+DESCRIPTION = ("``revjax import SRC [OUT_RUN_DIR]``: convert an onanchat/nanochat PyTorch checkpoint, a transformers "
+               "NanoChat folder or a hub model (hf:OWNER/NAME[@REVISION]) into a revjax run folder.")
+
+
+def ask_on_terminal(question: str) -> str:
+    """Ask ``question`` when a person is at the terminal; otherwise answer nothing (the import then refuses)."""
+    if not sys.stdin.isatty():
+        return ""
+    return input(f"{question} ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``SRC OUT_RUN_DIR [--phase PHASE] [--step N] [--force]``."""
-    parser.add_argument("src", help="a <phase>_checkpoints/<tag> folder, or a flat folder with model.pt + meta.json")
-    parser.add_argument("out_run_dir", help="the revjax run folder to create")
-    parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="phase (default: from the folder name, else base)")
+    """``SRC [OUT_RUN_DIR] [--phase PHASE] [--step N] [--direction D] [--force]``."""
+    parser.add_argument("src", help="a <phase>_checkpoints/<tag> folder, a flat folder with model.pt + meta.json, a "
+                                    "transformers NanoChat folder, or hf:OWNER/NAME[@REVISION] (downloaded into "
+                                    "<base dir>/hub)")
+    parser.add_argument("out_run_dir", nargs="?",
+                        help="the revjax run folder to create (default for hf:OWNER/NAME: <base dir>/checkpoints/NAME)")
+    parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="phase (default: from the metadata or the folder "
+                                                                    "name, else base)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    parser.add_argument("--direction", choices=DIRECTIONS,
+                        help="the model's direction when its metadata does not say (never overrides the metadata)")
     parser.add_argument("--force", action="store_true",
                         help="replace OUT_RUN_DIR if an earlier revjax import wrote it and no training holds it; "
                              "it is moved aside to .<name>.replaced-<UTC time>, never deleted")
@@ -193,14 +290,15 @@ def run(args: argparse.Namespace) -> int:
     """Import the checkpoint ``args`` name; returns the exit code."""
 
     def body() -> None:
-        path = import_checkpoint(args.src, args.out_run_dir, phase=args.phase, step=args.step, force=args.force)
+        path = import_checkpoint(args.src, args.out_run_dir, phase=args.phase, step=args.step, force=args.force,
+                                 direction=args.direction, ask=ask_on_terminal)
         print(f"imported into {path}")
 
     return run_command("revjax import", body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``revjax import SRC OUT_RUN_DIR``: convert an onanchat PyTorch checkpoint into a revjax run folder."""
+    """``revjax import SRC [OUT_RUN_DIR]``: convert a PyTorch, transformers or hub checkpoint into a revjax run."""
     parser = argparse.ArgumentParser(prog="revjax import", description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv))
