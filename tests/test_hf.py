@@ -194,6 +194,9 @@ def test_cli_format_hf_and_force(exported, tmp_path, capsys):
     assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf", "--force"]) == 0
     assert export_main([str(config.checkpoint_path()), str(target), "--format", "onanchat", "--flat"]) == 2
     assert export_main([str(config.checkpoint_path()), str(target), "--format", "hf", "--tag", "x"]) == 2
+    assert export_main([str(config.checkpoint_path()), str(tmp_path / "b"), "--flat", "--bf16"]) == 2
+    assert export_main([str(config.checkpoint_path()), str(tmp_path / "b"), "--format", "hf", "--bf16"]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["dtype"] == "bfloat16"
     flat = tmp_path / "flat"
     assert export_main([str(config.checkpoint_path()), str(flat), "--format", "flat"]) == 0
     assert (flat / "model.pt").is_file()

@@ -238,7 +238,7 @@ DESCRIPTION = "``revjax export RUN_DIR OUT``: write a revjax checkpoint in onanc
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``RUN_DIR OUT [--step N] [--format {onanchat,flat,hf}] [--flat] [--phase PHASE] [--tag TAG] [--fp32]
-    [--safetensors] [--force]``."""
+    [--bf16] [--safetensors] [--force]``."""
     parser.add_argument("run_dir", help="a revjax run's checkpoint folder")
     parser.add_argument("out", help="onanchat base dir (or, with --flat, the folder to create)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
@@ -249,6 +249,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phase", choices=sorted(PHASE_DIRS), help="onanchat phase folder (default: the run's)")
     parser.add_argument("--tag", help="model tag folder (default: d<n_layer>_<direction>)")
     parser.add_argument("--fp32", action="store_true", help="store wte as fp32 too (default: bf16 wte)")
+    parser.add_argument("--bf16", action="store_true", help="--format hf: store the weights in bf16 (default: fp32)")
     parser.add_argument("--safetensors", action="store_true", help="also write a .safetensors copy of the model")
     parser.add_argument("--force", action="store_true",
                         help="replace an earlier revjax export at OUT (with --flat: the whole folder, only if an "
@@ -264,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
     if args.flat and fmt != "flat":
         print(f"revjax export: error: --flat contradicts --format {fmt}", file=sys.stderr)
         return 2
+    if args.bf16 and fmt != "hf":
+        print("revjax export: error: --bf16 belongs to --format hf (the onanchat and flat formats store bf16 weights "
+              "already, except wte, which --fp32 keeps)", file=sys.stderr)
+        return 2
     if fmt == "hf" and (args.phase or args.tag or args.safetensors):
         print("revjax export: error: --phase, --tag and --safetensors belong to the onanchat and flat formats; "
               "--format hf always writes model.safetensors", file=sys.stderr)
@@ -273,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         if fmt == "hf":
             from revjax.interop.hf import export_hf
 
-            print(f"exported {export_hf(args.run_dir, args.out, fp32=True, force=args.force, step=args.step)}")
+            print(f"exported {export_hf(args.run_dir, args.out, fp32=not args.bf16, force=args.force, step=args.step)}")
             return
         path = export_checkpoint(args.run_dir, args.out, step=args.step, layout=fmt,
                                  phase=args.phase, tag=args.tag, all_fp32=args.fp32, safetensors=args.safetensors,
