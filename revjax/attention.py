@@ -6,6 +6,8 @@ elsewhere), :func:`masked_attention` attention under any per-row mask (packed se
 
 :data:`CAUSAL_KERNELS` is the table ``model.attention`` chooses from (besides ``auto``): a new causal kernel is a
 function ``(q (B,T,H,D), k (B,T,K,D), v (B,T,K,D)) → (B,T,H,D)`` and one row, added with :func:`register_kernel`.
+A layer with a sliding window calls its kernel with ``window=w`` as well (:func:`call_kernel`): query ``t`` then
+sees keys ``t − w … t`` (nanochat's left window ``(w, 0)``); ``window=None`` is the whole causal context.
 """
 
 from __future__ import annotations
@@ -18,19 +20,30 @@ import jax
 import jax.numpy as jnp
 
 
-def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, pos: jax.Array) -> jax.Array:
-    """Attention of queries at positions ``pos … pos+T−1`` over a head-major cache (keys ≤ each query's position).
+def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, pos: jax.Array,
+                     window: int | None = None) -> jax.Array:
+    """Attention of queries at positions ``pos … pos+T−1`` over a head-major cache (keys ≤ each query's position,
+    and with a ``window`` at most that many positions before it).
 
     The arithmetic of ``jax.nn.dot_product_attention``'s XLA path (fp32 logits and softmax, GQA by grouping the
     query heads of each key/value head), with both products laid out so that the cache is read where it lies:
-    neither operand is transposed, only the small output. Returns (B, T, H·D).
+    neither operand is transposed, only the small output. A window shorter than the cache reads only the
+    ``window + T`` positions it can see. Returns (B, T, H·D).
     """
     B, T, H, D = q_BTHD.shape
     K, S = k_BKSD.shape[1], k_BKSD.shape[2]
+    keys = jnp.arange(S)
+    if window is not None and window + T < S:
+        start = jnp.clip(pos + T - (window + T), 0, S - (window + T))
+        k_BKSD, v_BKSD = (jax.lax.dynamic_slice_in_dim(x, start, window + T, axis=2) for x in (k_BKSD, v_BKSD))
+        keys = start + jnp.arange(window + T)
     q = q_BTHD.reshape(B, T, K, H // K, D)
     logits = jnp.einsum("btkgd,bksd->bkgts", q, k_BKSD.astype(q.dtype), preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(1.0 / math.sqrt(D))
-    visible = jnp.arange(S)[None, :] <= (pos + jnp.arange(T))[:, None]  # (T, S): the prefix and the causal chunk
+    queries = (pos + jnp.arange(T))[:, None]
+    visible = keys[None, :] <= queries  # (T, S): the prefix and the causal chunk
+    if window is not None:
+        visible &= queries - keys[None, :] <= window
     probs = jax.nn.softmax(jnp.where(visible, logits, jnp.finfo(jnp.float32).min), axis=-1).astype(q.dtype)
     y = jnp.einsum("bkgts,bksd->bkgtd", probs, v_BKSD.astype(q.dtype))
     return y.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
@@ -57,30 +70,49 @@ def masked_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, ma
     return y.astype(q.dtype).transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def causal_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
-    """Causal attention, the XLA path: :func:`masked_attention` with the lower-triangular mask shared by every row
-    (the arithmetic of ``jax.nn.dot_product_attention``'s XLA path, laid out as XLA:CPU runs fastest). (B, T, H, D)."""
+def causal_mask(T: int, window: int | None = None) -> jax.Array:
+    """(T, T): query ``t`` sees key ``s`` iff ``s ≤ t`` and, with a window, ``t − s ≤ window``."""
+    t, s = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+    return (s <= t) if window is None else (s <= t) & (t - s <= window)
+
+
+def causal_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, window: int | None = None) -> jax.Array:
+    """Causal attention, the XLA path: :func:`masked_attention` with the lower-triangular (banded, with a
+    ``window``) mask shared by every row (the arithmetic of ``jax.nn.dot_product_attention``'s XLA path, laid out as
+    XLA:CPU runs fastest). (B, T, H, D)."""
     T = q_BTHD.shape[1]
-    return masked_attention(q_BTHD, k_BTKD, v_BTKD, jnp.tril(jnp.ones((1, T, T), bool))).reshape(q_BTHD.shape)
+    mask = causal_mask(T, _effective(window, T))[None]
+    return masked_attention(q_BTHD, k_BTKD, v_BTKD, mask).reshape(q_BTHD.shape)
+
+
+def _effective(window: int | None, T: int) -> int | None:
+    """The window, or None where it lets every query see its whole causal context anyway."""
+    return None if window is None or window >= T - 1 else window
 
 
 SPLASH_BLOCKS = (512, 256, 128)  # splash tiles tried in order; a tile must divide T and be a multiple of 128
 
 
 @functools.lru_cache(maxsize=None)
-def _splash_kernel(n_head: int, seq_len: int, interpret: bool):
+def _splash_kernel(n_head: int, seq_len: int, interpret: bool, window: int | None = None):
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     block = next(b for b in SPLASH_BLOCKS if seq_len % b == 0)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len)) for _ in range(n_head)])
+    shape = (seq_len, seq_len)
+    if window is None:
+        heads = [splash.CausalMask(shape) for _ in range(n_head)]
+    else:  # keys t − window … t: the causal band, whose empty blocks the kernel skips
+        heads = [splash.LocalMask(shape, window_size=(window, 0), offset=0) for _ in range(n_head)]
+    mask = splash.MultiHeadMask(heads)
     with jax.ensure_compile_time_eval():  # the mask tables are constants, never tracers of the calling trace
         return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
-def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
-    """Causal attention by the Pallas splash kernel (TPU; Pallas interpret mode elsewhere), GQA by kv heads.
+def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, window: int | None = None) -> jax.Array:
+    """Causal attention by the Pallas splash kernel (TPU; Pallas interpret mode elsewhere), GQA by kv heads; a
+    ``window`` makes its mask splash's local mask.
 
     The kernel takes one sequence head-major and unscaled; it is vmapped over the batch. Under a mesh set with
     ``jax.set_mesh`` it runs per shard (``shard_map``: batch over every mesh axis but ``tensor``, heads over
@@ -89,11 +121,12 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) ->
     """
     B, T, H, D = q_BTHD.shape
     if T % SPLASH_BLOCKS[-1]:
-        return causal_attention(q_BTHD, k_BTKD, v_BTKD)
+        return causal_attention(q_BTHD, k_BTKD, v_BTKD, window)
     interpret = jax.default_backend() != "tpu"
+    window = _effective(window, T)
 
     def local(q, k, v):  # (b, h, T, D) on one shard
-        return jax.vmap(_splash_kernel(q.shape[1], T, interpret))(q, k, v)
+        return jax.vmap(_splash_kernel(q.shape[1], T, interpret, window))(q, k, v)
 
     q = (q_BTHD * jnp.asarray(1.0 / math.sqrt(D), q_BTHD.dtype)).transpose(0, 2, 1, 3)
     k, v = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
@@ -106,19 +139,31 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) ->
     return local(q, k, v).transpose(0, 2, 1, 3)
 
 
-def cudnn_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array) -> jax.Array:
-    """Causal attention by cuDNN's flash kernel (GPU only)."""
-    return jax.nn.dot_product_attention(q_BTHD, k_BTKD, v_BTKD, is_causal=True, implementation="cudnn")
+def cudnn_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, window: int | None = None, *,
+                    implementation: str = "cudnn") -> jax.Array:
+    """Causal attention by cuDNN's flash kernel (GPU only), a ``window`` as its left local window.
+    (``implementation`` names another backend of ``jax.nn.dot_product_attention``, for checks off the GPU.)"""
+    window = _effective(window, q_BTHD.shape[1])
+    return jax.nn.dot_product_attention(q_BTHD, k_BTKD, v_BTKD, is_causal=True, implementation=implementation,
+                                        local_window_size=None if window is None else (window, 0))
 
 
-CAUSAL_KERNELS: dict[str, Callable[[jax.Array, jax.Array, jax.Array], jax.Array]] = {
+CAUSAL_KERNELS: dict[str, Callable[..., jax.Array]] = {
     "xla": causal_attention,
     "splash": splash_attention,
     "cudnn": cudnn_attention,
 }
 
 
-def register_kernel(name: str, kernel: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> None:
+def call_kernel(name: str, q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array,
+                window: int | None = None) -> jax.Array:
+    """Kernel ``name`` of :data:`CAUSAL_KERNELS` on q, k, v; ``window`` is passed only when there is one, so a
+    registered kernel that knows no windows still serves layers without one."""
+    kernel = CAUSAL_KERNELS[name]
+    return kernel(q_BTHD, k_BTKD, v_BTKD) if window is None else kernel(q_BTHD, k_BTKD, v_BTKD, window=window)
+
+
+def register_kernel(name: str, kernel: Callable[..., jax.Array]) -> None:
     """Add ``kernel`` as ``model.attention=<name>``."""
     if name == "auto" or name in CAUSAL_KERNELS:
         raise ValueError(f"an attention kernel named {name!r} exists already")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
+from revjax import architecture
 from revjax.errors import RevjaxError
 from revjax.memory import MAX_DIMS
 from revjax.phases import PHASES
@@ -84,6 +85,35 @@ def check_model(config: Any, fail: Fail) -> None:
     if m.vocab_size != config.tokenizer.vocab_size:
         fail(["model.vocab_size", "tokenizer.vocab_size"],
              f"model.vocab_size={m.vocab_size} differs from tokenizer.vocab_size={config.tokenizer.vocab_size}")
+    _check_elements(m, fail)
+
+
+def _check_elements(m: Any, fail: Fail) -> None:
+    """Fill each architectural element left unset from ``model.recipe`` and check the values."""
+    recipe = architecture.RECIPES[m.recipe]
+    for key in architecture.ELEMENT_KEYS:
+        if getattr(m, key) is None:
+            setattr(m, key, getattr(recipe, key))
+    problem = architecture.check_window_pattern(m.window_pattern)
+    if problem:
+        fail(["model.window_pattern"], problem)
+    m.window_pattern = m.window_pattern.upper()
+    if not (m.qk_scale > 0 and math.isfinite(m.qk_scale)):
+        fail(["model.qk_scale"], f"model.qk_scale={m.qk_scale} must be a positive number")
+    if not (m.rope_base > 1 and math.isfinite(m.rope_base)):
+        fail(["model.rope_base"], f"model.rope_base={m.rope_base} must be a number above 1")
+    if m.vocab_multiple < 1:
+        fail(["model.vocab_multiple"], f"model.vocab_multiple={m.vocab_multiple} must be a positive number of rows")
+    need = max(architecture.SMEAR_CHANNELS if m.smear else 0, architecture.VE_GATE_CHANNELS if m.value_embeds else 0)
+    if m.n_embd < need:
+        fail(["model.n_embd", "model.smear", "model.value_embeds"],
+             f"model.n_embd={m.n_embd} is below the {need} channels the smear and value-embedding gates read; "
+             "widen the model or turn those elements off")
+    uneven = m.value_embeds or any(architecture.layer_windows(m.window_pattern, m.n_layer, m.sequence_len))
+    if m.scan_layers and (uneven or m.layer_lambdas or m.backout):
+        fail(["model.scan_layers", "model.recipe"],
+             "model.scan_layers runs one block program for every layer, but value embeddings, short windows, "
+             "per-layer lambdas and the backout make layers differ; set model.scan_layers=false")
 
 
 def check_tokenizer(config: Any, fail: Fail) -> None:

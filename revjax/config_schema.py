@@ -41,6 +41,19 @@ class ModelConfig:
     remat: Literal["none", "dots", "full"] | bool = "none"
     scan_layers: bool = False  # one compiled block run L times by lax.scan (compile time flat in depth)
     loss_chunk: int = 4096  # tokens of logits at a time in the fused cross-entropy; 0: the plain full-logits path
+    # the architecture: onanchat-2025 (today's models) or nanochat-2026 (nanochat 92d63d4); each element below left
+    # unset (null) takes the recipe's value (revjax/architecture.py describes them)
+    recipe: Literal["onanchat-2025", "nanochat-2026"] = "onanchat-2025"
+    window_pattern: str | None = None  # per-layer windows tiled over layers: L whole context, S a quarter; last L
+    value_embeds: bool | None = None  # gated value embeddings on alternating layers and the last
+    layer_lambdas: bool | None = None  # learnable per-layer resid_lambdas and x0_lambdas
+    smear: bool | None = None  # the previous token's normalised embedding gated into the current one
+    backout: bool | None = None  # the residual after layer n_layer // 2 subtracted before the final norm
+    qk_scale: float | None = None  # Q and K multiplied by this after QK-norm (2026: 1.2)
+    vocab_multiple: int | None = None  # embedding and head rows padded to a multiple of this (2026: 64)
+    rope_base: float | None = None  # rotary base (2025: 10,000; 2026: 100,000)
+    rope_bf16: bool | None = None  # rotary tables rounded to bf16 whatever the compute dtype (2025) or not (2026)
+    init: Literal["onanchat-2025", "nanochat-2026"] | None = None  # which recipe's initialisation
 
     @property
     def head_dim(self) -> int:

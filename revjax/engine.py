@@ -96,12 +96,16 @@ def _write(state: State, logits, pos, ctx: Context):
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "num_samples"))
 def _prefill(graphdef, params, prompts, m, tokens, given, key, *, cache_len, num_samples):
     """One pass over the (padded) prompts, then position m − 1 again for its logits (the pass's own logits are
-    unused, so the compiler drops the head over every position); rows repeated ``num_samples`` times."""
+    unused, so the compiler drops the head over every position), after id m − 2 as the previous token (the
+    smear's); rows repeated ``num_samples`` times."""
     model = nnx.merge(graphdef, params)
     cache = KVCache.zeros(model.config, prompts.shape[0], cache_len, dtype=model.compute_dtype)
     _, cache = model(prompts, cache)
-    logits, cache = model(jax.lax.dynamic_slice_in_dim(prompts, m - 1, 1, axis=1), cache._replace(pos=m - 1))
-    cache = KVCache(jnp.repeat(cache.k, num_samples, axis=1), jnp.repeat(cache.v, num_samples, axis=1), m)
+    before = jax.lax.dynamic_index_in_dim(prompts, jnp.maximum(m - 2, 0), axis=1, keepdims=False)
+    logits, cache = model(jax.lax.dynamic_slice_in_dim(prompts, m - 1, 1, axis=1),
+                          cache._replace(pos=m - 1, prev=before.astype(jnp.int32)))
+    repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=1)
+    cache = KVCache(repeat(cache.k), repeat(cache.v), m, jnp.repeat(cache.prev, num_samples, axis=0))
     last = jnp.repeat(logits[:, -1], num_samples, axis=0)
     return State(tokens, given, cache, last, key, jnp.zeros(tokens.shape[0], bool))
 

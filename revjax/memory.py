@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from revjax import architecture
 from revjax.errors import RevjaxError
 
 ENV_LIMIT = "REVJAX_MEMORY_LIMIT"
@@ -115,20 +116,21 @@ def _dtype(config: Any) -> str:
 def param_count(config: Any) -> int:
     """The exact number of parameters of :class:`revjax.model.GPT` for ``config``: the embedding ``V·d``, per layer
     ``c_q`` ``d·H·hd``, ``c_k`` and ``c_v`` ``d·Hkv·hd`` each, ``c_proj`` ``d·d``, the MLP ``d·4d + 4d·d``, and the
-    head ``d·V`` (untied; the RMSNorms have no weights)."""
-    n_layer, d, n_head, n_kv_head, vocab, _ = _dims(config)
-    hd = d // n_head
-    attention = d * n_head * hd + 2 * d * n_kv_head * hd + d * d
-    mlp = 2 * d * 4 * d
-    return vocab * d + n_layer * (attention + mlp) + d * vocab
+    head ``d·V`` (untied; the RMSNorms have no weights); with the nanochat-2026 elements, ``V`` padded and their
+    parameters added (:func:`revjax.architecture.counts`)."""
+    return architecture.counts(config).total
 
 
 def optimizer_count(config: Any) -> int:
     """fp32 values of the optimizer state :func:`revjax.optim.build_optimizer` initialises: one Muon momentum per
-    block parameter, two AdamW moments per embedding and head parameter (scalar counters not counted)."""
-    n_layer, d, _, _, vocab, _ = _dims(config)
-    blocks = param_count(config) - 2 * vocab * d
-    return blocks + 2 * (2 * vocab * d)
+    block parameter, two AdamW moments per embedding and head parameter (scalar counters not counted); with the
+    nanochat-2026 elements, two AdamW moments per value-embedding, lambda and smear/backout parameter."""
+    _, d, _, _, vocab, _ = _dims(config)
+    e = architecture.elements(config)
+    counts = architecture.counts(config)
+    head = d * architecture.padded_vocab(vocab, e.vocab_multiple)
+    blocks = counts.matmul - head - (architecture.SMEAR_CHANNELS if e.smear else 0)
+    return blocks + 2 * (counts.total - blocks)
 
 
 def cache_len(length: int) -> int:

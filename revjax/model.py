@@ -3,7 +3,10 @@
 Token embedding → parameter-free RMSNorm → L pre-norm blocks (causal self-attention with split-halves
 RoPE, QK-norm after RoPE and optional GQA; relu² MLP at 4×) → RMSNorm → untied ``lm_head`` → logit softcap 15.
 Kernels are stored ``(in, out)``; PyTorch's ``(out, in)`` layout is the interop module's business. The attention
-kernels (XLA, splash, masked, cached) are in :mod:`revjax.attention`.
+kernels (XLA, splash, masked, cached) are in :mod:`revjax.attention`. ``model.recipe: nanochat-2026`` (or its
+elements one by one, :mod:`revjax.architecture`) adds nanochat 92d63d4's sliding windows, value embeddings,
+per-layer lambdas, smear, backout, Q/K scale, padded vocabulary, rotary base and initialisation; their parameters
+and arithmetic are in :mod:`revjax.recipe_model`.
 
 The model maps token ids to logits and knows nothing of files, tokenizers or directions.
 """
@@ -19,15 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from revjax.attention import CAUSAL_KERNELS, cached_attention, masked_attention
+from revjax import architecture, recipe_model
+from revjax.attention import CAUSAL_KERNELS, cached_attention, call_kernel, masked_attention
 from revjax.config import ConfigError, ModelConfig
+from revjax.model_ops import NORM_EPS, relu_squared_matmul, rms_norm  # noqa: F401  (NORM_EPS re-exported)
+from revjax.recipe_model import mix_value_embedding
 
 ROPE_BASE = 10_000.0
 SOFTCAP = 15.0
-NORM_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, torch's rms_norm default for eps=None
 
 # Logical axis names of every parameter kind; the sharding rules map these names to mesh axes.
-PARAM_AXES: dict[str, tuple[str, str]] = {
+PARAM_AXES: dict[str, tuple[str, ...]] = {
     "wte": ("vocab", "embed"),
     "c_q": ("embed", "heads"),
     "c_k": ("embed", "kv_heads"),
@@ -36,72 +41,31 @@ PARAM_AXES: dict[str, tuple[str, str]] = {
     "c_fc": ("embed", "mlp"),
     "mlp.c_proj": ("mlp", "embed"),
     "lm_head": ("embed", "vocab"),
+    # the nanochat-2026 elements (logical names without a rule are replicated)
+    "value_embeds": ("vocab", "value_embed"),
+    "ve_gate": ("gate_in", "gate_out"),
+    "smear_gate": ("gate_in", "gate_out"),
+    "resid_lambdas": ("layer",),
+    "x0_lambdas": ("layer",),
+    "smear_lambda": ("scalar",),
+    "backout_lambda": ("scalar",),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-@jax.custom_vjp
-def rms_norm(x: jax.Array) -> jax.Array:
-    """Parameter-free RMSNorm over the last axis, computed in fp32 and cast back to the input dtype.
-
-    The backward pass keeps the output (which the next product keeps anyway) and the fp32 reciprocal RMS of each
-    row, not the fp32 copies of the row that differentiating the expression keeps.
-    """
-    return _rms_norm_fwd(x)[0]
-
-
-def _rms_norm_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    x32 = x.astype(jnp.float32)
-    r = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + NORM_EPS)
-    y = (x32 * r).astype(x.dtype)
-    return y, (y, r)
-
-
-def _rms_norm_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
-    # y = x·r with r = (mean(x²) + eps)^(-1/2):  dx = r·(g − y·mean(g·y))
-    y, r = residuals
-    y32, g32 = y.astype(jnp.float32), g.astype(jnp.float32)
-    return ((r * (g32 - y32 * jnp.mean(g32 * y32, axis=-1, keepdims=True))).astype(y.dtype),)
-
-
-rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
-
-
-@jax.custom_vjp
-def relu_squared_matmul(h: jax.Array, w: jax.Array) -> jax.Array:
-    """relu(h)² @ w, the MLP's second half; the backward pass keeps ``h`` and recomputes relu(h)², where
-    differentiating the expression keeps both and two more arrays of their size."""
-    return jnp.square(jax.nn.relu(h)) @ w
-
-
-def _relu_squared_matmul_fwd(h: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return relu_squared_matmul(h, w), (h, w)
-
-
-def _relu_squared_matmul_bwd(residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    h, w = residuals
-    r = jax.nn.relu(h)
-    a = jnp.square(r)
-    da = g @ w.T
-    dw = jnp.einsum("...i,...o->io", a, g)
-    return (2 * r * da).astype(h.dtype), dw.astype(w.dtype)
-
-
-relu_squared_matmul.defvjp(_relu_squared_matmul_fwd, _relu_squared_matmul_bwd)
-
-
 @functools.lru_cache(maxsize=None)
-def _inv_freq(head_dim: int) -> np.ndarray:
+def _inv_freq(head_dim: int, base: float = ROPE_BASE) -> np.ndarray:
     channels = np.arange(0, head_dim, 2, dtype=np.float32)
-    return (np.float32(1.0) / (np.float32(ROPE_BASE) ** (channels / np.float32(head_dim)))).astype(np.float32)
+    return (np.float32(1.0) / (np.float32(base) ** (channels / np.float32(head_dim)))).astype(np.float32)
 
 
-def rope_tables(positions: jax.Array, head_dim: int) -> tuple[jax.Array, jax.Array]:
+def rope_tables(positions: jax.Array, head_dim: int, base: float = ROPE_BASE,
+                dtype=jnp.bfloat16) -> tuple[jax.Array, jax.Array]:
     """cos/sin of shape (T, head_dim/2) for positions (T,), or (B, T, head_dim/2) for per-row positions (B, T),
-    computed in fp32 and rounded to bf16 (as onanchat's tables always are)."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(_inv_freq(head_dim))
-    return jnp.cos(freqs).astype(jnp.bfloat16), jnp.sin(freqs).astype(jnp.bfloat16)
+    computed in fp32 and rounded to ``dtype`` (bf16, as onanchat's tables always are)."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(_inv_freq(head_dim, base))
+    return jnp.cos(freqs).astype(dtype), jnp.sin(freqs).astype(dtype)
 
 
 def apply_rope(x_BTHD: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -121,11 +85,14 @@ def init_std(fan_in: int, fan_out: int) -> float:
 
 
 class Linear(nnx.Module):
-    """Bias-free linear layer with an ``(in, out)`` kernel; zero-initialised when ``zero_init``."""
+    """Bias-free linear layer with an ``(in, out)`` kernel; zero-initialised when ``zero_init``, else drawn by
+    ``init(key, shape)`` or, by default, N(0, :func:`init_std`²)."""
 
-    def __init__(self, fan_in: int, fan_out: int, *, rngs: nnx.Rngs, zero_init: bool = False):
+    def __init__(self, fan_in: int, fan_out: int, *, rngs: nnx.Rngs, zero_init: bool = False, init=None):
         if zero_init:
             kernel = jnp.zeros((fan_in, fan_out), jnp.float32)
+        elif init is not None:
+            kernel = init(rngs.params(), (fan_in, fan_out))
         else:
             kernel = init_std(fan_in, fan_out) * jax.random.normal(rngs.params(), (fan_in, fan_out), jnp.float32)
         self.kernel = nnx.Param(kernel)
@@ -135,54 +102,68 @@ class Linear(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Keys/values of every layer, head-major (L, B, H_kv, T_max, D), and the number of positions already filled.
+    """Keys/values of every layer, head-major (L, B, H_kv, T_max, D), the number of positions already filled, and
+    per row the id at position ``pos − 1`` (the smear's previous token: its normalised embedding is recomputed).
 
     A cached call writes each layer's new keys/values into the stacked arrays in place and attends over that
-    layer's slice as it lies, so a decode step neither transposes nor rebuilds the cache.
+    layer's slice as it lies (a windowed layer over the part its window sees), so a decode step neither
+    transposes nor rebuilds the cache.
     """
 
     k: jax.Array
     v: jax.Array
     pos: jax.Array
+    prev: jax.Array
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> "KVCache":
         shape = (config.n_layer, batch, config.n_kv_head, max_len, config.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32),
+                   jnp.zeros((batch,), jnp.int32))
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         d, hd = config.n_embd, config.head_dim
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, hd
-        self.c_q = Linear(d, config.n_head * hd, rngs=rngs)
-        self.c_k = Linear(d, config.n_kv_head * hd, rngs=rngs)
-        self.c_v = Linear(d, config.n_kv_head * hd, rngs=rngs)
+        e = architecture.elements(config)
+        self.n_head, self.n_kv_head, self.head_dim, self.qk_scale = config.n_head, config.n_kv_head, hd, e.qk_scale
+        init = recipe_model.block_inits(e, d)["input"]
+        self.c_q = Linear(d, config.n_head * hd, rngs=rngs, init=init)
+        self.c_k = Linear(d, config.n_kv_head * hd, rngs=rngs, init=init)
+        self.c_v = Linear(d, config.n_kv_head * hd, rngs=rngs, init=init)
         self.c_proj = Linear(d, d, rngs=rngs, zero_init=True)
+        if e.value_embeds and architecture.has_value_embed(layer, config.n_layer):
+            self.ve_gate = recipe_model.Gate(architecture.VE_GATE_CHANNELS, config.n_kv_head, rngs=rngs)
 
-    def __call__(self, x_BTD, cos, sin, implementation, cache=None, layer=None, mask=None):
+    def __call__(self, x_BTD, cos, sin, implementation, window=None, ve=None, cache=None, layer=None, mask=None):
         """Output (B, T, d) and, with ``cache``, the cache with this ``layer``'s keys/values written at its ``pos``.
-        ``mask`` (B, T, T) replaces the causal mask (no cache)."""
+        ``window``: the layer's sliding window (None: whole context); ``ve``: its value embedding of the ids (or
+        None); ``mask`` (B, T, T) replaces the causal mask, window included (no cache)."""
         B, T, _ = x_BTD.shape
         q = self.c_q(x_BTD).reshape(B, T, self.n_head, self.head_dim)
         k = self.c_k(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x_BTD).reshape(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:
+            v = mix_value_embedding(self.ve_gate, x_BTD, v, ve)
         q, k = rms_norm(apply_rope(q, cos, sin)), rms_norm(apply_rope(k, cos, sin))
+        if self.qk_scale != 1.0:
+            q, k = q * jnp.asarray(self.qk_scale, q.dtype), k * jnp.asarray(self.qk_scale, k.dtype)
         if mask is not None:
             return self.c_proj(masked_attention(q, k, v, mask)), None
         if cache is None:
-            y = CAUSAL_KERNELS[implementation](q, k, v)
+            y = call_kernel(implementation, q, k, v, window)
             return self.c_proj(y.reshape(B, T, -1)), None
         at = (layer, 0, 0, cache.pos, 0)
         k_all = jax.lax.dynamic_update_slice(cache.k, k.transpose(0, 2, 1, 3)[None].astype(cache.k.dtype), at)
         v_all = jax.lax.dynamic_update_slice(cache.v, v.transpose(0, 2, 1, 3)[None].astype(cache.v.dtype), at)
-        y = cached_attention(q, k_all[layer], v_all[layer], cache.pos)
+        y = cached_attention(q, k_all[layer], v_all[layer], cache.pos, window)
         return self.c_proj(y), cache._replace(k=k_all, v=v_all)
 
 
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, rngs=rngs)
+        init = recipe_model.block_inits(architecture.elements(config), config.n_embd)["c_fc"]
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, rngs=rngs, init=init)
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, rngs=rngs, zero_init=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -191,12 +172,12 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.attn = Attention(config, rngs=rngs)
+    def __init__(self, config: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
+        self.attn = Attention(config, layer, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, cos, sin, implementation, cache=None, layer=None, mask=None):
-        y, cache = self.attn(rms_norm(x), cos, sin, implementation, cache, layer, mask)
+    def __call__(self, x, cos, sin, implementation, window=None, ve=None, cache=None, layer=None, mask=None):
+        y, cache = self.attn(rms_norm(x), cos, sin, implementation, window, ve, cache, layer, mask)
         x = x + y
         x = x + self.mlp(rms_norm(x))
         return x, cache
@@ -218,13 +199,24 @@ def residual_rms(x: jax.Array) -> jax.Array:
 
 
 class GPT(nnx.Module):
-    """onanchat's GPT. ``model(idx)`` → softcapped fp32 logits (B, T, V)."""
+    """onanchat's GPT, or nanochat 2026's (``model.recipe``). ``model(idx)`` → softcapped fp32 logits (B, T, V)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.wte = nnx.Param(jax.random.normal(rngs.params(), (config.vocab_size, config.n_embd), jnp.float32))
-        self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layer)])
-        self.lm_head = Linear(config.n_embd, config.vocab_size, rngs=rngs, zero_init=True)
+        e, d = architecture.elements(config), config.n_embd
+        wte = jax.random.normal(rngs.params(), (architecture.padded_vocab(config.vocab_size, e.vocab_multiple), d))
+        self.wte = nnx.Param(wte if e.init != architecture.NANOCHAT_2026 else 0.8 * wte)
+        self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
+        head = recipe_model.nanochat_inits(d)["head"] if e.init == architecture.NANOCHAT_2026 else None
+        self.lm_head = Linear(d, config.vocab_size, rngs=rngs, zero_init=head is None, init=head)
+        if (padding := recipe_model.head_padding(config, e, rngs)) is not None:
+            self.lm_head.padding = padding
+        recipe_model.add_recipe_params(self, config, e, rngs)
+        self.windows = architecture.layer_windows(e.window_pattern, config.n_layer, config.sequence_len)
+
+    @property
+    def elements(self) -> architecture.Elements:
+        return architecture.elements(self.config)
 
     @property
     def compute_dtype(self):
@@ -251,32 +243,58 @@ class GPT(nnx.Module):
         ``mask`` (B, T, T), given together and without a cache, replace the row's positions 0…T−1 and the causal
         mask (packed sequences)."""
         B, T = idx_BT.shape
+        e = self.elements
         if positions is None:
             positions = (jnp.zeros((), jnp.int32) if cache is None else cache.pos) + jnp.arange(T)
-        cos, sin = rope_tables(positions, self.config.head_dim)
-        x = rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
+        tables = jnp.bfloat16 if e.rope_bf16 else self.compute_dtype
+        cos, sin = rope_tables(positions, self.config.head_dim, e.rope_base, tables)
+        x = self._embed(idx_BT)
+        if e.smear:
+            x = self._smear(x, cache, positions, mask)
         run = self._scanned_blocks if self.config.scan_layers else self._unrolled_blocks
-        x, cache, rms = run(x, cos, sin, cache, stats, mask)
+        x, cache, rms = run(x, idx_BT, cos, sin, cache, stats, mask, positions)
         if cache is not None:
-            cache = cache._replace(pos=cache.pos + T)
+            cache = cache._replace(pos=cache.pos + T, prev=idx_BT[:, -1].astype(jnp.int32))
         return rms_norm(x), cache, rms
 
-    def _unrolled_blocks(self, x, cos, sin, cache, stats, mask=None):
+    def _embed(self, idx_BT: jax.Array) -> jax.Array:
+        return rms_norm(self.wte[...].astype(self.compute_dtype)[idx_BT])
+
+    def _smear(self, x, cache, positions, mask):
+        """The smear over normalised embeddings: each token's predecessor is the previous position of the row, the
+        cache's last id for a cached call's first token, or in packed rows the one of its own sequence."""
+        if mask is not None:
+            prev, has_prev = recipe_model.packed_previous(x, positions, mask)
+        else:
+            first = jnp.zeros_like(x[:, :1]) if cache is None else self._embed(cache.prev[:, None])
+            prev, has_prev = jnp.concatenate([first, x[:, :-1]], axis=1), positions > 0
+        return recipe_model.smear(self, x, prev, has_prev)
+
+    def _unrolled_blocks(self, x, idx, cos, sin, cache, stats, mask=None, positions=None):
         implementation = self.attention_implementation()
         policy = REMAT_POLICIES[self.config.remat]
-        rms = []
+        e, rms, x0, kept = self.elements, [], x, None
         for i, block in enumerate(self.blocks):
+            if e.layer_lambdas:
+                x = recipe_model.mix_layer_input(self, i, x, x0)
+            window, ve = self.windows[i], recipe_model.value_embedding(self, i, idx, x.dtype)
             if cache is not None or mask is not None:
-                x, cache = block(x, cos, sin, implementation, cache, i, mask)
+                layer_mask = None if mask is None else recipe_model.windowed_mask(mask, positions, window)
+                x, cache = block(x, cos, sin, implementation, window, ve, cache, i, layer_mask)
             elif policy is None:
-                x, _ = block(x, cos, sin, implementation)
+                x, _ = block(x, cos, sin, implementation, window, ve)
             else:
-                x, _ = nnx.remat(Block.__call__, static_argnums=(4,), policy=policy)(block, x, cos, sin, implementation)
+                x, _ = nnx.remat(Block.__call__, static_argnums=(4, 5), policy=policy)(
+                    block, x, cos, sin, implementation, window, ve)
+            if e.backout and i == architecture.backout_layer(len(self.blocks)):
+                kept = x
             if stats:
                 rms.append(residual_rms(x))
+        if kept is not None:
+            x = recipe_model.backout(self, x, kept)
         return x, cache, (jnp.stack(rms) if stats else None)
 
-    def _scanned_blocks(self, x, cos, sin, cache, stats, mask=None):
+    def _scanned_blocks(self, x, idx, cos, sin, cache, stats, mask=None, positions=None):
         """The blocks as one ``lax.scan`` over their parameters stacked on a leading layer axis (in the compute
         dtype). Parameters stay stored per layer, so both modes share checkpoints and exports."""
         implementation = self.attention_implementation()
@@ -292,7 +310,7 @@ class GPT(nnx.Module):
             if cache is None:
                 h, _ = block(h, cos, sin, implementation, mask=mask)
             else:
-                h, new = block(h, cos, sin, implementation, cache._replace(k=k_all, v=v_all), layer)
+                h, new = block(h, cos, sin, implementation, cache=cache._replace(k=k_all, v=v_all), layer=layer)
                 k_all, v_all = new.k, new.v
             return (h, k_all, v_all), (residual_rms(h) if stats else None)
 
@@ -353,15 +371,13 @@ def loss_fn(model: GPT, inputs_BT: jax.Array, targets_BT: jax.Array) -> jax.Arra
 
 
 def num_params(config: ModelConfig) -> int:
-    """Parameter count: embedding + head + L blocks (attention with GQA, 4× MLP)."""
-    d, hd = config.n_embd, config.head_dim
-    attn = d * config.n_head * hd + 2 * d * config.n_kv_head * hd + d * d
-    mlp = 8 * d * d
-    return 2 * config.vocab_size * d + config.n_layer * (attn + mlp)
+    """Parameter count: embedding + head + L blocks (attention with GQA, 4× MLP), and the parameters of the
+    nanochat-2026 elements the model has (:func:`revjax.architecture.counts`)."""
+    return architecture.counts(config).total
 
 
 def flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
-    """nanochat's estimate: 6·(N − N_wte) + 12·L·H·head_dim·T (lm_head counted, full causal attention)."""
+    """nanochat's estimate: 6·(the Linear kernels, lm_head included) + Σ_layers 12·H·head_dim·min(window, T) (a
+    layer's attention counts the keys its window lets it see; without windows, 6·(N − N_wte) + 12·L·H·head_dim·T)."""
     t = config.sequence_len if seq_len is None else seq_len
-    n_wte = config.vocab_size * config.n_embd
-    return 6 * (num_params(config) - n_wte) + 12 * config.n_layer * config.n_head * config.head_dim * t
+    return 6 * architecture.counts(config).matmul + architecture.attention_flops(config, t)

@@ -1,9 +1,13 @@
-"""The name and layout map between revjax parameters and onanchat's PyTorch state_dict.
+"""The name and layout map between revjax parameters and onanchat's (or nanochat's current) PyTorch state_dict.
 
 onanchat names (no prefixes): ``transformer.wte.weight`` (V, d), ``transformer.h.{i}.attn.c_{q,k,v,proj}.weight``,
 ``transformer.h.{i}.mlp.c_{fc,proj}.weight``, ``lm_head.weight``. PyTorch Linear weights are ``(out, in)``;
 revjax kernels are ``(in, out)``, so every Linear is transposed; the embedding is ``(V, d)`` in both.
-Arrays here are numpy; torch itself is not needed.
+A model with the nanochat-2026 elements has nanochat 92d63d4's names besides (listed with their revjax paths in
+:mod:`revjax.recipe_model`): ``resid_lambdas``, ``x0_lambdas``, ``smear_lambda``, ``backout_lambda``,
+``transformer.h.{i}.attn.ve_gate.weight``, ``smear_gate.weight`` and ``value_embeds.{i}.weight``, in nanochat's
+order, with the embedding, value embeddings and head padded to the vocabulary multiple (the head's padding rows
+are revjax's ``lm_head.padding``). Arrays here are numpy; torch itself is not needed.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from revjax import architecture
 from revjax.config import ModelConfig
 from revjax.errors import RevjaxError
 
@@ -27,29 +32,46 @@ Path = tuple[Any, ...]
 
 
 def name_map(config: ModelConfig) -> list[tuple[str, Path, bool]]:
-    """(torch name, revjax parameter path, transposed?) for every parameter, in onanchat's state_dict order."""
-    entries: list[tuple[str, Path, bool]] = [("transformer.wte.weight", ("wte",), False)]
+    """(torch name, revjax parameter path, transposed?) for every parameter, in onanchat's (nanochat's) state_dict
+    order. ``lm_head.weight`` stands for the head's kernel and, where the vocabulary is padded, its padding."""
+    e = architecture.elements(config)
+    scalars = [name for name, on in (("resid_lambdas", e.layer_lambdas), ("x0_lambdas", e.layer_lambdas),
+                                     ("smear_lambda", e.smear), ("backout_lambda", e.backout)) if on]
+    entries: list[tuple[str, Path, bool]] = [(name, (name,), False) for name in scalars]
+    entries.append(("transformer.wte.weight", ("wte",), False))
+    gates = set(architecture.value_embed_layers(config.n_layer)) if e.value_embeds else set()
     for i in range(config.n_layer):
-        for part, sub in (("attn", "c_q"), ("attn", "c_k"), ("attn", "c_v"), ("attn", "c_proj"),
-                          ("mlp", "c_fc"), ("mlp", "c_proj")):
+        parts = [("attn", "c_q"), ("attn", "c_k"), ("attn", "c_v"), ("attn", "c_proj")]
+        parts += [("attn", "ve_gate")] * (i in gates) + [("mlp", "c_fc"), ("mlp", "c_proj")]
+        for part, sub in parts:
             entries.append((f"transformer.h.{i}.{part}.{sub}.weight", ("blocks", i, part, sub, "kernel"), True))
     entries.append(("lm_head.weight", ("lm_head", "kernel"), True))
+    if e.smear:
+        entries.append(("smear_gate.weight", ("smear_gate", "kernel"), True))
+    entries += [(f"value_embeds.{i}.weight", ("value_embeds", str(i)), False) for i in sorted(gates)]
     return entries
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """PyTorch-layout shape of every tensor in an onanchat state_dict for this config."""
-    d, hd, V = config.n_embd, config.head_dim, config.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (V, d)}
-    for i in range(config.n_layer):
-        p = f"transformer.h.{i}"
-        shapes[f"{p}.attn.c_q.weight"] = (config.n_head * hd, d)
-        shapes[f"{p}.attn.c_k.weight"] = (config.n_kv_head * hd, d)
-        shapes[f"{p}.attn.c_v.weight"] = (config.n_kv_head * hd, d)
-        shapes[f"{p}.attn.c_proj.weight"] = (d, d)
-        shapes[f"{p}.mlp.c_fc.weight"] = (4 * d, d)
-        shapes[f"{p}.mlp.c_proj.weight"] = (d, 4 * d)
-    shapes["lm_head.weight"] = (V, d)
+    """PyTorch-layout shape of every tensor in an onanchat (nanochat) state_dict for this config."""
+    e = architecture.elements(config)
+    d, hd, V = config.n_embd, config.head_dim, architecture.padded_vocab(config.vocab_size, e.vocab_multiple)
+    kv = config.n_kv_head * hd
+    sizes = {"resid_lambdas": (config.n_layer,), "x0_lambdas": (config.n_layer,), "smear_lambda": (1,),
+             "backout_lambda": (1,), "transformer.wte.weight": (V, d), "lm_head.weight": (V, d),
+             "smear_gate.weight": (1, architecture.SMEAR_CHANNELS)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, _, _ in name_map(config):
+        if name in sizes:
+            shapes[name] = sizes[name]
+        elif name.startswith("value_embeds."):
+            shapes[name] = (V, kv)
+        else:
+            part = name.split(".")[-2]
+            outputs = {"c_q": config.n_head * hd, "c_k": kv, "c_v": kv, "c_proj": d, "c_fc": 4 * d,
+                       "ve_gate": config.n_kv_head}
+            inputs = {"ve_gate": architecture.VE_GATE_CHANNELS, "c_proj": 4 * d if ".mlp." in name else d}
+            shapes[name] = (outputs[part], inputs.get(part, d))
     return shapes
 
 
@@ -70,6 +92,8 @@ def to_torch_layout(params: Mapping[str, Any], config: ModelConfig) -> dict[str,
     out: dict[str, np.ndarray] = {}
     for name, path, transposed in name_map(config):
         array = np.asarray(_get(params, path))
+        if name == "lm_head.weight" and "padding" in params["lm_head"]:
+            array = np.concatenate([array, np.asarray(params["lm_head"]["padding"])], axis=1)
         out[name] = np.ascontiguousarray(array.T if transposed else array)
     return out
 
@@ -99,7 +123,7 @@ def check_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> None
     if extra:
         raise StateDictError(
             f"the state_dict has {len(extra)} tensor(s) this model does not use, e.g. '{extra[0]}'; "
-            "it comes from a different architecture (upstream nanochat after 4a87a0d is not compatible)"
+            "it comes from a different architecture (nanochat after 4a87a0d needs model.recipe=nanochat-2026)"
         )
     for name, shape in shapes.items():
         got = tuple(state_dict[name].shape)
@@ -116,7 +140,11 @@ def from_torch_layout(state_dict: Mapping[str, Any], config: ModelConfig) -> dic
     params: dict = {}
     for name, path, transposed in name_map(config):
         array = np.asarray(state_dict[name], dtype=np.float32)
-        _set(params, path, np.ascontiguousarray(array.T if transposed else array))
+        array = np.ascontiguousarray(array.T if transposed else array)
+        if name == "lm_head.weight" and array.shape[1] > config.vocab_size:  # the padding rows, kept apart
+            _set(params, ("lm_head", "padding"), np.ascontiguousarray(array[:, config.vocab_size:]))
+            array = np.ascontiguousarray(array[:, :config.vocab_size])
+        _set(params, path, array)
     return params
 
 
