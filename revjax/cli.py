@@ -28,7 +28,7 @@ from revjax.errors import exit_on_interrupt, run_command
 from revjax.eval import compare
 from revjax.eval import run as eval_run
 from revjax.experiments import cli as sweep_cli
-from revjax.interop import export, importer
+from revjax.interop import export, importer, lm_eval_cli
 from revjax.train import command as train_command
 
 
@@ -256,6 +256,9 @@ COMMANDS: dict[str, Command] = {
     "import": Command(importer.add_arguments, importer.run,
                       "import an onanchat/nanochat PyTorch checkpoint as a revjax run (--help for options)",
                       importer.DESCRIPTION),
+    "lm-eval": Command(lm_eval_cli.add_arguments, lm_eval_cli.run,
+                       "lm-evaluation-harness's command line with --model revjax (ARGS are lm-eval's own)",
+                       lm_eval_cli.DESCRIPTION, cached=True),
 }
 
 

@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("runs", ["revjax.checkpoint", "revjax.runs", "revjax.engine", "revjax.calculator", "revjax.interop"]),
     ("tasks", ["revjax.tasks"]),
     ("eval/train", ["revjax.eval", "revjax.train", "revjax.tracking"]),
-    ("applications", ["revjax.chat", "revjax.analysis", "revjax.experiments"]),
+    ("applications", ["revjax.chat", "revjax.analysis", "revjax.experiments", "revjax.interop.lm_eval",
+                      "revjax.interop.lm_eval_cli"]),
     ("cli", ["revjax.cli"]),
 ]
 
