@@ -24,7 +24,7 @@ from typing import Any, Literal, Sequence
 
 from revjax.config import Config
 from revjax.errors import RevjaxError, require, run_command
-from revjax.interop.state_dict import check_finite, to_torch_layout
+from revjax.interop.state_dict import check_finite, checkpoint_model_config, to_torch_layout
 from revjax.phases import EXPORT_DIRS
 from revjax.replace import check_replaceable, move_aside, output_path, overlaps, publish_folder, temp_dir
 from revjax.runs import TrainedRun, load_run
@@ -32,7 +32,7 @@ from revjax.tokenizer import Tokenizer, TokenizerError
 
 PHASE_DIRS = EXPORT_DIRS  # onanchat's checkpoint folder per phase, from the phase table
 MODEL_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
-BF16_TENSORS = ("transformer.wte.weight",)
+BF16_TENSORS = ("transformer.wte.weight",)  # and the value embeddings (nanochat keeps both in the compute dtype)
 Layout = Literal["onanchat", "flat"]
 
 
@@ -46,14 +46,15 @@ def torch_for(command: str):
 
 
 def onanchat_meta(meta: dict, config: Config) -> dict:
-    """onanchat's checkpoint metadata: step, direction, the six-key model_config and the base-phase resume fields."""
+    """onanchat's checkpoint metadata: step, direction, the six-key model_config (with nanochat's
+    ``window_pattern`` for a nanochat-2026 model) and the base-phase resume fields."""
     val_bpb = meta.get("val_bpb")
     t = config.training
     return {
         "step": int(meta["step"]),
         "direction": meta["direction"],
         "val_bpb": val_bpb,
-        "model_config": {k: int(config.model.gpt_config()[k]) for k in MODEL_CONFIG_KEYS},
+        "model_config": checkpoint_model_config(config.model),
         "user_config": {
             "run": config.run_name, "depth": config.model.n_layer, "max_seq_len": config.model.sequence_len,
             "num_iterations": t.num_iterations, "target_flops": t.target_flops,
@@ -72,7 +73,8 @@ def onanchat_meta(meta: dict, config: Config) -> dict:
 
 
 def torch_state_dict(params: dict, config: Config, *, all_fp32: bool = False) -> "OrderedDict[str, Any]":
-    """The onanchat state_dict as torch tensors: wte bf16 (torch's round-to-nearest cast) and the rest fp32.
+    """The onanchat state_dict as torch tensors: wte and value embeddings bf16 (torch's round-to-nearest cast) and
+    the rest fp32.
 
     A parameter holding a NaN or an infinity is refused (StateDictError)."""
     torch = torch_for("revjax export")
@@ -81,7 +83,8 @@ def torch_state_dict(params: dict, config: Config, *, all_fp32: bool = False) ->
     out: OrderedDict[str, Any] = OrderedDict()
     for name, array in arrays.items():
         tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
-        out[name] = tensor.to(torch.bfloat16) if name in BF16_TENSORS and not all_fp32 else tensor
+        bf16 = name in BF16_TENSORS or name.startswith("value_embeds.")
+        out[name] = tensor.to(torch.bfloat16) if bf16 and not all_fp32 else tensor
     return out
 
 

@@ -168,3 +168,38 @@ def build_model(config: ModelConfig, params: Mapping) -> nnx.Module:
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
     return nnx.merge(graphdef, state)
+
+
+GPT_CONFIG_KEYS = ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
+# the elements nanochat's checkpoint format fixes (its window pattern is the one element its metadata names)
+_FIXED_ELEMENTS = ("value_embeds", "layer_lambdas", "smear", "backout", "qk_scale", "vocab_multiple", "rope_base")
+
+
+def checkpoint_model_config(config: ModelConfig) -> dict[str, Any]:
+    """The ``model_config`` of a PyTorch checkpoint's metadata for this model: onanchat's six GPTConfig keys, plus
+    nanochat's ``window_pattern`` for a nanochat-2026 model (which nanochat's current GPTConfig reads). A model
+    mixing the two recipes' elements has no such checkpoint: StateDictError."""
+    e = architecture.elements(config)
+    keys = {k: int(getattr(config, k)) for k in GPT_CONFIG_KEYS}
+
+    def matches(recipe: str) -> bool:
+        return all(getattr(e, k) == getattr(architecture.RECIPES[recipe], k) for k in _FIXED_ELEMENTS)
+
+    if matches(architecture.ONANCHAT_2025) and set(e.window_pattern.upper()) == {"L"}:
+        return keys
+    if matches(architecture.NANOCHAT_2026):
+        return {**keys, "window_pattern": e.window_pattern}
+    differ = [k for k in _FIXED_ELEMENTS if getattr(e, k) != getattr(architecture.RECIPES[config.recipe], k)]
+    raise StateDictError(
+        f"this model mixes the recipes' elements ({', '.join(differ) or 'window_pattern'} differ from "
+        f"model.recipe={config.recipe}), which neither onanchat's nor nanochat's checkpoint format can hold; "
+        "export a model with all of one recipe's elements")
+
+
+def model_keys_from_checkpoint(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model.*`` keys of a checkpoint's ``model_config``: onanchat's six keys, and for nanochat's (with a
+    ``window_pattern``) ``recipe: nanochat-2026`` and that pattern."""
+    keys = {k: model_config[k] for k in GPT_CONFIG_KEYS if k in model_config}
+    if "window_pattern" in model_config:
+        keys.update(recipe=architecture.NANOCHAT_2026, window_pattern=str(model_config["window_pattern"]))
+    return keys
