@@ -48,6 +48,7 @@ DOCS = ["In the beginning God created the heaven and the earth.",
 MC_YAML = """task: revjax_mc
 dataset_path: json
 dataset_kwargs:
+  cache_dir: {folder}/datasets-cache
   data_files:
     test: {folder}/mc.jsonl
 test_split: test
@@ -61,6 +62,7 @@ metric_list:
 DOCS_YAML = """task: revjax_docs
 dataset_path: json
 dataset_kwargs:
+  cache_dir: {folder}/datasets-cache
   data_files:
     test: {folder}/docs.jsonl
 test_split: test
