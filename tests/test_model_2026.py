@@ -203,17 +203,19 @@ def test_multi_token_chunk_after_prefill_and_the_smear_state(case):
 
 def test_engine_greedy_generation_equals_argmax_of_the_full_forward(case):
     """Prompts of different lengths (the longer one is fed token by token after a shared prefill), decoded past
-    the short window: each greedy id is the argmax of the full forward over the ids before it."""
+    the short window: each greedy id is the argmax of the full forward over the ids before it, with its log-prob."""
     name, config, model, golden, _ = case
     ids = np.asarray(golden["ids"]).reshape(-1)
     lengths, new = ((140, 150), 6) if name == "windows_gqa" else ((9, 12), 5)
     prompts = [ids[:lengths[0]].tolist(), ids[50:50 + lengths[1]].tolist()]
     graphdef, params = nnx.split(model)
-    out = Engine(graphdef, params, chunk_size=4).generate(prompts, new).tokens
-    for prompt, got in zip(prompts, out):
+    out = Engine(graphdef, params, chunk_size=4).generate(prompts, new)
+    for prompt, got, logprobs in zip(prompts, out.tokens, out.logprobs):
         assert len(got) == new
-        logits = forward(model, jnp.asarray([prompt + got]))[0]
-        assert got == [int(i) for i in jnp.argmax(logits[len(prompt) - 1:-1], axis=-1)]
+        logits = forward(model, jnp.asarray([prompt + got]))[0, len(prompt) - 1:-1]
+        assert got == [int(i) for i in jnp.argmax(logits, axis=-1)]
+        want = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), jnp.asarray(got)[:, None], axis=-1)[:, 0]
+        np.testing.assert_allclose(logprobs, want, rtol=1e-5, atol=1e-5)
 
 
 # ---- configuration, names, counts --------------------------------------------------------------------------------
@@ -247,6 +249,16 @@ def test_recipe_switch_sets_the_elements_and_each_is_settable_alone():
                        ([*recipe, "model.n_embd=16", "model.n_head=1"], "24 channels")):
         with pytest.raises(ConfigError, match=words):
             load_config(overrides=[*TINY, *bad])
+
+
+def test_window_sizes_and_value_embedding_layers_by_hand():
+    # short = ceil(T / 4 / 128)·128: 2048 → 512, 512 → 128, 100 → 128, 1000 → 256; the pattern tiles, the last
+    # layer is long
+    assert [architecture.short_window(t) for t in (2048, 512, 100, 1000)] == [512, 128, 128, 256]
+    assert architecture.layer_windows("SSSL", 6, 2048) == (512, 512, 512, None, 512, None)
+    assert architecture.layer_windows("S", 3, 512) == (128, 128, None)
+    assert architecture.value_embed_layers(4) == (1, 3) and architecture.value_embed_layers(3) == (0, 2)
+    assert architecture.backout_layer(4) == 2 and architecture.padded_vocab(32768, 64) == 32768
 
 
 def test_fresh_model_has_nanochat_init_and_param_names():
