@@ -406,3 +406,19 @@ def test_smear_and_value_embeddings_act_in_model_order(direction):
     np.testing.assert_array_equal(a[:, t + 2:], b[:, t + 2:])
     assert float(jnp.abs(a[:, t + 1] - b[:, t + 1]).max()) > 1e-4
 
+
+
+def test_remat_and_bf16_with_the_recipe():
+    """Rematerialised blocks (which take the window and value embedding as arguments) give the same logits and
+    gradients; bf16 compute stays close to fp32."""
+    model = tiny_recipe_model(seed=4)
+    inputs, targets = direction_rows("forward", model.config.sequence_len)
+    params = model_params(model)
+    variants = {name: build_model(dataclasses.replace(model.config, **change), params)
+                for name, change in (("remat", {"remat": "full"}), ("bf16", {"compute_dtype": "bfloat16"}))}
+    logits = forward(model, inputs)
+    np.testing.assert_array_equal(forward(variants["remat"], inputs), logits)
+    assert rel_err(forward(variants["bf16"], inputs), logits) < 5e-2
+    grad = nnx.jit(nnx.grad(lambda m: cross_entropy(m(inputs), targets)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 model_params(grad(variants["remat"])), model_params(grad(model)))
