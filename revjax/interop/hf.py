@@ -8,15 +8,16 @@ How the two models line up (transformers' ``NanoChatForCausalLM`` against :mod:`
 
 * token embedding, then a weightless RMSNorm (``model.norm`` is applied before the layers as well as after them);
 * pre-norm blocks with weightless RMSNorms; eps is revjax's fp32 machine epsilon, written as ``rms_norm_eps``;
-* attention without biases, split-halves RoPE (``rotate_half`` gives (x1·cos + x2·sin, −x1·sin + x2·cos), base
-  10000), QK-norm after RoPE, scale 1/√head_dim, GQA with each key/value head serving consecutive query heads;
+* attention without biases, split-halves RoPE (``rotate_half`` gives (x1·cos + x2·sin, −x1·sin + x2·cos), the
+  model's base as ``rope_theta``), QK-norm after RoPE, scale 1/√head_dim, GQA with each key/value head serving
+  consecutive query heads;
 * relu² MLP (``hidden_act: relu2``) at 4×, untied ``lm_head`` without bias, logit softcap 15.
 
-One numerical difference remains and is not a different model: revjax (as onanchat) rounds its RoPE cos/sin tables
-to bf16, transformers keeps them in the activations' dtype, so fp32 logits differ by about 1e-3 (about 1e-6 with
-fp32 tables on both sides).
-Every revjax model of this family is representable; a model whose dimensions break that (an MLP other than 4×, a
-head size that is not n_embd/n_head) is refused with :class:`HFExportError`.
+One numerical difference may remain and is not a different model: with ``model.rope_bf16`` (the 2025 recipe's
+default, as onanchat) revjax rounds its RoPE cos/sin tables to bf16, while transformers keeps them in the
+activations' dtype, so fp32 logits differ by about 1e-3 (about 1e-6 with ``model.rope_bf16=false``).
+Every model of the 2025 recipe is representable; the 2026 recipe's elements and dimensions that break the family (an
+MLP other than 4×, a head size that is not n_embd/n_head) are refused with :class:`HFExportError`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from revjax.architecture import elements, layer_windows, padded_vocab
 from revjax.errors import RevjaxError, require
 from revjax.interop.state_dict import check_finite, to_torch_layout
-from revjax.model import NORM_EPS, ROPE_BASE, SOFTCAP
+from revjax.model import NORM_EPS, SOFTCAP
 from revjax.replace import publish_folder
 from revjax.runs import TrainedRun, load_run
 
@@ -56,8 +58,20 @@ def hf_name(torch_name: str) -> str:
 
 
 def check_representable(model_config) -> None:
-    """Raise HFExportError naming what transformers' NanoChat cannot represent in this model, if anything."""
+    """Raise HFExportError naming what transformers' NanoChat cannot represent in this model, if anything: the
+    2026 recipe's windows, value embeddings, lambdas, smear, backout, Q/K scale and padded vocabulary."""
     m = model_config
+    e = elements(m)
+    lacks = [what for what, present in (
+        (f"sliding-window attention (window_pattern={e.window_pattern})",
+         any(layer_windows(e.window_pattern, m.n_layer, m.sequence_len))),
+        ("value embeddings", e.value_embeds), ("per-layer resid/x0 lambdas", e.layer_lambdas),
+        ("smear", e.smear), ("backout", e.backout), (f"a Q/K scale of {e.qk_scale:g}", e.qk_scale != 1.0),
+        (f"a vocabulary padded to {padded_vocab(m.vocab_size, e.vocab_multiple)} rows",
+         padded_vocab(m.vocab_size, e.vocab_multiple) != m.vocab_size)) if present]
+    if lacks:
+        raise HFExportError(f"transformers' NanoChat model has no {', '.join(lacks)}, which this model uses "
+                            f"(model.recipe={m.recipe}); export it with --format onanchat instead")
     if m.n_embd % m.n_head or m.head_dim != m.n_embd // m.n_head:
         raise HFExportError(f"the head size {m.head_dim} is not n_embd/n_head={m.n_embd}/{m.n_head}, which "
                            "transformers' NanoChat assumes")
@@ -89,7 +103,7 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
         "hidden_act": "relu2",
         "attention_dropout": 0.0,
         "rms_norm_eps": NORM_EPS,
-        "rope_parameters": {"rope_type": "default", "rope_theta": ROPE_BASE},
+        "rope_parameters": {"rope_type": "default", "rope_theta": elements(m).rope_base},
         "final_logit_softcapping": SOFTCAP,
         "attention_bias": False,
         "tie_word_embeddings": False,
@@ -104,10 +118,12 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
 
 
 def revjax_info(run: TrainedRun) -> dict:
-    """What ``revjax import`` needs beyond the architecture: direction, phase, step and validation bpb."""
+    """What ``revjax import`` needs beyond the architecture: direction, phase, step, validation bpb, and whether
+    revjax rounds the RoPE tables to bf16 (transformers never does)."""
     val_bpb = run.meta.get("val_bpb")
     return {"direction": run.meta.get("direction", "forward"), "phase": run.meta.get("phase", "base"),
-            "step": int(run.meta["step"]), "val_bpb": None if val_bpb is None else float(val_bpb)}
+            "step": int(run.meta["step"]), "val_bpb": None if val_bpb is None else float(val_bpb),
+            "rope_bf16": elements(run.config.model).rope_bf16}
 
 
 def generation_config(run: TrainedRun) -> dict:
@@ -155,8 +171,9 @@ def model_card(run: TrainedRun) -> str:
             f"## Prompting\n\n{how}\n"
             "The tokenizer (tokenizer.json) is the run's: the same byte-level BPE, split pattern and special "
             "tokens, except that text spelling a special token (`<|bos|>`) encodes to that token here and to plain "
-            "text in revjax.\n\nrevjax rounds its RoPE tables to bf16 and transformers does not, so logits differ from "
-            "revjax's by about 1e-3.\n")
+            "text in revjax.\n" + ("\nrevjax rounds this model's RoPE tables to bf16 and transformers does not, so "
+                                    "fp32 logits differ from revjax's by about 1e-3.\n"
+                                    if elements(run.config.model).rope_bf16 else ""))
 
 
 def byte_symbols() -> list[str]:

@@ -18,7 +18,7 @@ import tiktoken
 from revjax.interop.export import InteropError, torch_for
 from revjax.interop.hf import byte_symbols, hf_name
 from revjax.interop.state_dict import name_map
-from revjax.model import ROPE_BASE, SOFTCAP
+from revjax.model import SOFTCAP
 from revjax.tokenizer import Tokenizer
 from revjax.tokenizer.vocab import TokenizerError
 
@@ -40,9 +40,9 @@ def _rope_theta(config: dict) -> float | None:
     return rope.get("rope_theta", config.get("rope_theta")) if isinstance(rope, dict) else config.get("rope_theta")
 
 
-def read_config(folder: Path) -> tuple[dict[str, int], dict]:
-    """``(onanchat model_config, what a revjax export recorded or {})`` of a NanoChat ``config.json``, refusing (one
-    sentence) any setting that would make revjax compute something else."""
+def read_config(folder: Path) -> tuple[dict[str, int], dict, dict]:
+    """``(onanchat model_config, further model options, what a revjax export recorded or {})`` of a NanoChat
+    ``config.json``, refusing (one sentence) any setting that would make revjax compute something else."""
     path = folder / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     try:
@@ -58,14 +58,13 @@ def read_config(folder: Path) -> tuple[dict[str, int], dict]:
         differs.append(f"the MLP width (intermediate_size={config['intermediate_size']}, revjax has 4×{d})")
     if config.get("head_dim") not in (None, d // heads) or d % heads:
         differs.append(f"the head size (head_dim={config.get('head_dim')}, revjax has hidden_size/heads)")
-    theta = _rope_theta(config)
-    if theta is not None and float(theta) != ROPE_BASE:
-        differs.append(f"the RoPE base (rope_theta={theta}, revjax has {ROPE_BASE:g})")
     if differs:
         raise InteropError(f"{path} describes a model revjax does not compute the same way: it differs in "
                            f"{'; '.join(differs)}")
-    info = config.get("revjax")
-    return model_config, info if isinstance(info, dict) else {}
+    info = config.get("revjax") if isinstance(config.get("revjax"), dict) else {}
+    # transformers keeps RoPE tables in the compute dtype: so does revjax, unless a revjax export says otherwise
+    options = {"rope_base": float(_rope_theta(config) or 10_000.0), "rope_bf16": bool(info.get("rope_bf16", False))}
+    return model_config, options, info
 
 
 def read_tensors(folder: Path, model_config: dict[str, int]) -> dict[str, np.ndarray]:

@@ -124,12 +124,14 @@ def is_old_import(folder: Path) -> bool:
     return (folder / "tokenizer").is_dir() and not (folder / "metrics.jsonl").exists()
 
 
-def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path) -> Config:
-    """A full revjax config for the imported model: explicit dims, its tokenizer in ``<out_run_dir>/tokenizer``."""
+def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path,
+                  model_options: dict | None = None) -> Config:
+    """A full revjax config for the imported model: explicit dims (and further ``model.*`` options), its tokenizer
+    in ``<out_run_dir>/tokenizer``."""
     T = model_config["sequence_len"]
     return Config.from_dict({
         "run_name": out_run_dir.name,
-        "model": {"depth": None, **model_config},
+        "model": {"depth": None, **model_config, **(model_options or {})},
         "tokenizer": {"vocab_size": model_config["vocab_size"], "dir": str(out_run_dir / "tokenizer")},
         "direction": {"direction": direction},
         "training": {"phase": phase, "total_batch_tokens": T * max(1, 524_288 // T)},
@@ -148,6 +150,7 @@ class Source(NamedTuple):
     phase: str | None
     val_bpb: float | None
     tensors: Callable[[], dict[str, np.ndarray]]  # onanchat state_dict names → fp32 arrays
+    model_options: dict = {}  # further model.* settings (a transformers folder's RoPE base and table dtype)
 
 
 def onanchat_source(folder: Path, step: int | None) -> Source:
@@ -163,12 +166,12 @@ def hf_source(folder: Path, step: int | None) -> Source:
     """A transformers NanoChat folder; what a revjax export recorded under ``revjax`` in its config is kept."""
     if step is not None:
         raise InteropError(f"{folder} is a transformers folder with a single set of weights; leave out the step")
-    model_config, info = hf_import.read_config(folder)
+    model_config, options, info = hf_import.read_config(folder)
     check_sizes(model_config, folder / "config.json")
     number = info.get("step", 0)
     return Source(folder / "config.json", model_config, hf_import.read_tokenizer(folder), info.get("direction"),
                   number if isinstance(number, int) and number >= 0 else 0, info.get("phase"), info.get("val_bpb"),
-                  lambda: hf_import.read_tensors(folder, model_config))
+                  lambda: hf_import.read_tensors(folder, model_config), options)
 
 
 def read_source(folder: Path, step: int | None) -> Source:
@@ -235,7 +238,8 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path | None = None, *,
         raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but model_config has vocab_size="
                            f"{model_config['vocab_size']} ({source.where}); the two do not belong together")
     direction = choose_direction(source, name, direction, ask)
-    config = revjax_config(model_config, direction=direction, phase=phase, out_run_dir=out)
+    config = revjax_config(model_config, direction=direction, phase=phase, out_run_dir=out,
+                           model_options=source.model_options)
     params = from_torch_layout(source.tensors(), config.model)
 
     mesh = shd.make_mesh(MeshConfig(data=1), jax.devices()[:1])
