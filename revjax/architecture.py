@@ -155,3 +155,13 @@ def check_window_pattern(pattern: str) -> str | None:
     if not pattern or any(c not in "SL" for c in pattern.upper()):
         return f"model.window_pattern={pattern!r} must be a non-empty string of S (short) and L (long), e.g. SSSL"
     return None
+
+
+def scan_refusal(config: Any) -> str | None:
+    """Why ``model.scan_layers`` (one block program run for every layer) cannot run this model, or None."""
+    e = elements(config)
+    windows = layer_windows(e.window_pattern, _get(config, "n_layer"), _get(config, "sequence_len"))
+    if e.value_embeds or any(windows) or e.layer_lambdas or e.backout:
+        return ("model.scan_layers runs one block program for every layer, but value embeddings, short windows, "
+                "per-layer lambdas and the backout make layers differ; set model.scan_layers=false")
+    return None

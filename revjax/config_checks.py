@@ -109,11 +109,8 @@ def _check_elements(m: Any, fail: Fail) -> None:
         fail(["model.n_embd", "model.smear", "model.value_embeds"],
              f"model.n_embd={m.n_embd} is below the {need} channels the smear and value-embedding gates read; "
              "widen the model or turn those elements off")
-    uneven = m.value_embeds or any(architecture.layer_windows(m.window_pattern, m.n_layer, m.sequence_len))
-    if m.scan_layers and (uneven or m.layer_lambdas or m.backout):
-        fail(["model.scan_layers", "model.recipe"],
-             "model.scan_layers runs one block program for every layer, but value embeddings, short windows, "
-             "per-layer lambdas and the backout make layers differ; set model.scan_layers=false")
+    if m.scan_layers and architecture.scan_refusal(m):
+        fail(["model.scan_layers", "model.recipe"], architecture.scan_refusal(m))
 
 
 def check_tokenizer(config: Any, fail: Fail) -> None:

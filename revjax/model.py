@@ -204,7 +204,8 @@ class GPT(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         e, d = architecture.elements(config), config.n_embd
-        wte = jax.random.normal(rngs.params(), (architecture.padded_vocab(config.vocab_size, e.vocab_multiple), d))
+        vocab = architecture.padded_vocab(config.vocab_size, e.vocab_multiple)
+        wte = jax.random.normal(rngs.params(), (vocab, d), jnp.float32)
         self.wte = nnx.Param(wte if e.init != architecture.NANOCHAT_2026 else 0.8 * wte)
         self.blocks = nnx.List([Block(config, i, rngs=rngs) for i in range(config.n_layer)])
         head = recipe_model.nanochat_inits(d)["head"] if e.init == architecture.NANOCHAT_2026 else None
@@ -297,6 +298,8 @@ class GPT(nnx.Module):
     def _scanned_blocks(self, x, idx, cos, sin, cache, stats, mask=None, positions=None):
         """The blocks as one ``lax.scan`` over their parameters stacked on a leading layer axis (in the compute
         dtype). Parameters stay stored per layer, so both modes share checkpoints and exports."""
+        if problem := architecture.scan_refusal(self.config):
+            raise ConfigError(problem)
         implementation = self.attention_implementation()
         graphdef, _ = nnx.split(self.blocks[0])
         dtype = self.compute_dtype

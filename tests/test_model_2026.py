@@ -243,6 +243,9 @@ def test_recipe_switch_sets_the_elements_and_each_is_settable_alone():
     smear_only = ModelConfig(**{**today.__dict__, "smear": True})
     model = nnx.eval_shape(lambda: GPT(smear_only, rngs=nnx.Rngs(0)))
     assert set(model_params(model)) == {"wte", "blocks", "lm_head", "smear_gate", "smear_lambda"}
+    scanned = GPT(ModelConfig(**{**m.__dict__, "scan_layers": True}), rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="scan_layers"):
+        scanned(jnp.zeros((1, 8), jnp.int32))
     recipe = ["model.recipe=nanochat-2026"]
     for bad, words in ((["model.window_pattern=SXL"], "string of S"), (["model.qk_scale=0"], "qk_scale"),
                        ([*recipe, "model.scan_layers=true"], "scan_layers"),
