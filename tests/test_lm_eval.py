@@ -140,6 +140,24 @@ def test_choices_equal_revjax_eval(direction, runs, harness):
         np.mean([theirs[i][1] for i in theirs]))
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_long_contexts_are_cropped_as_revjax_eval_crops(direction, runs):
+    """A text longer than the window loses the start of its context, by as many tokens for every option as the
+    longest option must (revjax eval's max_len), so the options keep one context."""
+    lm = RevjaxLM(run=str(runs / direction), max_length=24)
+    items = [{"id": i, **it, "query": f"{DOCS[i % 3]} {DOCS[(i + 1) % 3]} {it['query']}"}
+             for i, it in enumerate(MC_ITEMS)]
+    requests = [Instance("loglikelihood", {}, (it["query"], " " + c), 0) for it in items for c in it["choices"]]
+    scores = iter(score for score, _ in lm.loglikelihood(requests))
+    spec = TaskSpec("long", "multiple_choice", 0, " ", 0.0, items)
+    (ours,) = score_tasks([(build_examples(spec, lm.tokenizer), "multiple_choice")], lm.scorer, direction,
+                          direction, lm.specials, max_len=24)
+    by_id = {it["id"]: result for it, result in zip(select_items(items, None), ours)}
+    for it in items:
+        assert len(lm.tokenizer.encode(it["query"])) > 24
+        np.testing.assert_allclose([next(scores) for _ in it["choices"]], by_id[it["id"]].scores, atol=2e-4)
+
+
 def test_directions_score_differently(harness):
     forward = lm_eval_choices(harness("forward")[1])
     backward = lm_eval_choices(harness("backward")[1])

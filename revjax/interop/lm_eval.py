@@ -10,9 +10,12 @@ reversed when backward, the direction token after BOS for a bidirectional model)
 * ``loglikelihood(context, continuation)`` is ``log P(context ⊕ continuation) − log P(context)``, each term in
   the model's own order, so the numbers compare across directions (forward: the continuation's tokens after the
   context, one sequence; backward: two sequences). Every request goes to :class:`revjax.eval.scorer.Scorer` in one
-  batched pass; requests with one context share it. The text is split as lm-eval's ``hf`` model splits it
-  (trailing spaces of the context go to the continuation; the whole text is tokenized, the context's token count
-  cuts it), so a forward run scores what ``--model hf,add_bos_token=True`` scores on its transformers export.
+  batched pass; requests with one context share it. The text is split where lm-eval's ``hf`` model splits it
+  (trailing spaces of the context go to the continuation; the whole text is tokenized and cut after as many tokens
+  as the context has alone), so a forward run scores what ``--model hf,add_bos_token=True`` scores on its
+  transformers export. A text longer than the window loses tokens from the start of its context, as ``revjax
+  eval`` crops an example: every request of one context loses as many as its longest one must, so they keep
+  sharing it (``hf`` crops each request alone, BOS included).
   ``is_greedy`` is whether every continuation token is the model's greedy choice; a model reading backward sees the
   continuation before its context, so there it is always False (and a warning says so once).
 * ``loglikelihood_rolling(text)`` is ``log P(text)`` of each document alone, in windows of at most ``max_length``
@@ -167,30 +170,32 @@ class RevjaxLM(LM):
     # ---- loglikelihood -----------------------------------------------------------------------------------------
 
     def _pair_requests(self, context: list[int], continuation: list[int]) -> list[Request]:
-        """The requests whose sums give ``log P(context ⊕ continuation) − log P(context)``: ``+first − rest``.
-        Text beyond ``max_length`` is dropped from the context's far end (its start in reading order)."""
-        room = self.max_length - self.head
-        if len(continuation) > room:
+        """The requests whose sums give ``log P(context ⊕ continuation) − log P(context)``: ``+first − rest``."""
+        if len(context) + len(continuation) > self.max_length - self.head:
             raise LMEvalError(f"a continuation of {len(continuation)} tokens does not fit the model's "
                               f"{self.max_length}-token window; shorten it or raise max_length")
-        body = (context + continuation)[-room:]
-        start = len(body) - len(continuation)
+        body, start = context + continuation, len(context)
         ids, first = self._order(body)
         if not self.backward:
             return [Request(ids, first + start, len(ids))]
         full = Request(ids, first, len(ids))
         if start == 0:
             return [full]
-        ctx, ctx_first = self._order(body[:start])
+        ctx, ctx_first = self._order(context)
         return [full, Request(ctx, ctx_first, len(ctx))]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         if self.backward and requests:
             self._warn_once(NOT_GREEDY_BACKWARD)
+        pairs = [split_pair(self.tokenizer, *request.args) for request in requests]
+        longest: dict[tuple, int] = {}  # per context, its longest text: what cropping that context must cut
+        for context, continuation in pairs:
+            key = tuple(context)
+            longest[key] = max(longest.get(key, 0), len(context) + len(continuation))
         plans, unique, groups = [], {}, {}
-        for request in requests:
-            context, continuation = split_pair(self.tokenizer, *request.args)
-            plan = self._pair_requests(context, continuation)
+        for context, continuation in pairs:
+            cut = max(0, longest[tuple(context)] - (self.max_length - self.head))
+            plan = self._pair_requests(context[cut:], continuation)
             for r in plan:
                 unique.setdefault(r, len(unique))
             groups.setdefault(tuple(context), []).append(unique[plan[0]])  # one context: shared prefix
