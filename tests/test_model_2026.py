@@ -425,3 +425,30 @@ def test_remat_and_bf16_with_the_recipe():
     grad = nnx.jit(nnx.grad(lambda m: cross_entropy(m(inputs), targets)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  model_params(grad(variants["remat"])), model_params(grad(model)))
+
+
+def test_nanochat_checkpoint_folder_imports_as_a_2026_run(golden_dir, tmp_path):
+    """nanochat's own checkpoint layout (model_<step>.pt + meta_<step>.json with its window_pattern, the tokenizer
+    beside them) imports into a revjax run of the 2026 recipe holding exactly those weights."""
+    from revjax.interop.importer import import_checkpoint
+    from revjax.runs import load_run
+    from revjax.tokenizer import train_tokenizer
+
+    golden = np.load(golden_dir / "nanochat-2026" / "model_windows_gqa.npz")
+    config = golden_config(golden)
+    state_dict = {k[2:]: golden[k] for k in golden.files if k.startswith("w/")}
+    src = tmp_path / "base_checkpoints" / "d4"
+    src.mkdir(parents=True)
+    docs = [f"document {i} says {' '.join(str(j * i) for j in range(30))}" for i in range(200)]
+    tokenizer = train_tokenizer(docs, src, config.vocab_size, progress=False)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, src / "model_000007.pt")
+    meta = {"step": 7, "model_config": {**config.gpt_config(), "window_pattern": "SSSL"}}
+    (src / "meta_000007.json").write_text(json.dumps(meta))
+    run = load_run(import_checkpoint(src, tmp_path / "run"))
+    model = run.config.model
+    assert (model.recipe, model.window_pattern, run.step, run.meta["direction"]) == ("nanochat-2026", "SSSL", 7,
+                                                                                        "forward")
+    assert run.tokenizer.identity() == tokenizer.identity()
+    want = from_torch_layout(state_dict, config)
+    for (path, got), (_, expected) in zip(jax.tree.leaves_with_path(run.arrays), jax.tree.leaves_with_path(want)):
+        np.testing.assert_array_equal(got, expected, err_msg=jax.tree_util.keystr(path))

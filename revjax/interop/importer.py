@@ -26,7 +26,7 @@ from revjax.config import Config, MeshConfig
 from revjax.errors import run_command
 from revjax.interop import hf_import, hub
 from revjax.interop.export import MODEL_CONFIG_KEYS, PHASE_DIRS, InteropError, torch_for
-from revjax.interop.state_dict import StateDictError, from_torch_layout
+from revjax.interop.state_dict import StateDictError, from_torch_layout, model_keys_from_checkpoint
 from revjax.replace import check_replaceable, output_path, publish_folder
 from revjax.runs import build_metadata
 from revjax.tokenizer import Tokenizer
@@ -77,7 +77,8 @@ def check_sizes(model_config: dict, path: Path) -> None:
 
 
 def read_meta(path: Path) -> dict:
-    """onanchat's metadata, checking that ``model_config`` has exactly the six GPTConfig keys."""
+    """onanchat's or nanochat's metadata, checking that ``model_config`` has the six GPTConfig keys (and at most
+    nanochat's ``window_pattern`` besides, which makes it a 2026-recipe model)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -85,15 +86,20 @@ def read_meta(path: Path) -> dict:
     model_config = meta.get("model_config") if isinstance(meta, dict) else None
     if not isinstance(model_config, dict):
         raise InteropError(f"{path} has no model_config object")
-    unknown = sorted(set(model_config) - set(MODEL_CONFIG_KEYS))
+    unknown = sorted(set(model_config) - {*MODEL_CONFIG_KEYS, "window_pattern"})
     missing = [k for k in MODEL_CONFIG_KEYS if k not in model_config]
     if unknown:
-        raise InteropError(f"{path} has model_config keys {unknown} that onanchat's GPT does not have "
-                           f"(only {', '.join(MODEL_CONFIG_KEYS)}); this architecture is not supported")
+        raise InteropError(f"{path} has model_config keys {unknown} that neither onanchat's GPT nor nanochat's "
+                           f"(92d63d4) has (only {', '.join(MODEL_CONFIG_KEYS)}, window_pattern); this architecture "
+                           "is not supported")
     if missing:
         raise InteropError(f"{path} lacks model_config key(s) {', '.join(missing)}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in model_config.values()):
+    if not all(isinstance(model_config[k], int) and not isinstance(model_config[k], bool) and model_config[k] > 0
+               for k in MODEL_CONFIG_KEYS):
         raise InteropError(f"{path} has a model_config with non-positive or non-integer values: {model_config}")
+    pattern = model_config.get("window_pattern", "L")
+    if not isinstance(pattern, str) or not pattern or set(pattern.upper()) - {"S", "L"}:
+        raise InteropError(f"{path} has window_pattern {pattern!r}; nanochat's patterns are strings of S and L")
     check_sizes(model_config, path)
     step = meta.get("step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
@@ -158,8 +164,10 @@ def onanchat_source(folder: Path, step: int | None) -> Source:
     model_path, meta_path, tok_dir, phase = locate(folder, step)
     meta = read_meta(meta_path)
     number = meta.get("step", 0) if meta_path.name == "meta.json" else int(STEP_FILE.fullmatch(model_path.name)[1])
-    return Source(meta_path, {k: meta["model_config"][k] for k in MODEL_CONFIG_KEYS}, Tokenizer.load(tok_dir),
-                  meta.get("direction"), number, phase, meta.get("val_bpb"), lambda: read_state_dict(model_path))
+    keys = model_keys_from_checkpoint(meta["model_config"])  # the six, and nanochat's recipe and window pattern
+    options = {k: v for k, v in keys.items() if k not in MODEL_CONFIG_KEYS}
+    return Source(meta_path, {k: keys[k] for k in MODEL_CONFIG_KEYS}, Tokenizer.load(tok_dir), meta.get("direction"),
+                  number, phase, meta.get("val_bpb"), lambda: read_state_dict(model_path), options)
 
 
 def hf_source(folder: Path, step: int | None) -> Source:
