@@ -12,12 +12,32 @@ sees keys ``t − w … t`` (nanochat's left window ``(w, 0)``); ``window=None``
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+
+_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("revjax_target_platform", default=None)
+
+
+def target_platform() -> str:
+    """The platform code is traced for: jax's default backend, or the one :func:`lowering_for` names."""
+    return _TARGET.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def lowering_for(platform: str) -> Iterator[None]:
+    """Trace for ``platform`` (e.g. ``"tpu"`` with ``jax.export(..., platforms=["tpu"])`` on a CPU): kernel choices
+    (``model.attention=auto``, splash's interpret mode) follow it instead of the machine's backend."""
+    token = _TARGET.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
 
 
 def cached_attention(q_BTHD: jax.Array, k_BKSD: jax.Array, v_BKSD: jax.Array, pos: jax.Array,
@@ -122,7 +142,7 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, wi
     B, T, H, D = q_BTHD.shape
     if T % SPLASH_BLOCKS[-1]:
         return causal_attention(q_BTHD, k_BTKD, v_BTKD, window)
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform() != "tpu"
     window = _effective(window, T)
 
     def local(q, k, v):  # (b, h, T, D) on one shard

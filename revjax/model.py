@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from revjax import architecture, recipe_model
-from revjax.attention import CAUSAL_KERNELS, cached_attention, call_kernel, masked_attention
+from revjax.attention import CAUSAL_KERNELS, cached_attention, call_kernel, masked_attention, target_platform
 from revjax.config import ConfigError, ModelConfig
 from revjax.model_ops import NORM_EPS, relu_squared_matmul, rms_norm  # noqa: F401  (NORM_EPS re-exported)
 from revjax.recipe_model import mix_value_embedding
@@ -228,7 +228,7 @@ class GPT(nnx.Module):
         TPU, cuDNN on GPU in bf16, else XLA)."""
         choice = self.config.attention
         if choice == "auto":
-            backend = jax.default_backend()
+            backend = target_platform()
             if backend == "tpu":
                 return "splash"
             return "cudnn" if backend == "gpu" and self.config.compute_dtype == "bfloat16" else "xla"
