@@ -273,32 +273,33 @@ def greedy_ids(lm, prompt, steps):
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_generate_until_stops_in_reading_order(direction, runs):
-    lm = RevjaxLM(run=str(runs / direction))
+@pytest.mark.parametrize("direction,way", [("forward", "forward"), ("backward", "backward"),
+                                           ("bidirectional", "backward")])
+def test_generate_until_stops_in_reading_order(direction, way, runs):
+    lm = RevjaxLM(run=str(runs / direction), direction=way)
+    backward = way == "backward"
     context = "The sky is blue and the sea"
-    prompt = model_order_ids(lm, context, direction)
+    prompt = model_order_ids(lm, context, way)
     generated = greedy_ids(lm, prompt, 12)
     assert lm.tokenizer.bos_id not in generated
-    text = lm.tokenizer.decode(generated[::-1] if direction == "backward" else generated)  # reading order
+    text = lm.tokenizer.decode(generated[::-1] if backward else generated)  # reading order
     stop = lm.tokenizer.decode([generated[4]])  # the fifth token written
     assert stop.strip()
-    if direction == "forward":
-        expected = text[: text.find(stop)]
-    else:  # written right to left: the text between the first stop written and the context
+    if backward:  # written right to left: the text between the first stop written and the context
         expected = text[text.rfind(stop) + len(stop):]
+    else:
+        expected = text[: text.find(stop)]
     requests = [Instance("generate_until", {}, (context, {"until": [], "max_gen_toks": 12}), 0),
                 Instance("generate_until", {}, (context, {"until": ["\x00never", stop], "max_gen_toks": 12}), 1),
                 Instance("generate_until", {}, (context, {"until": stop, "max_gen_toks": 3}), 2)]
-    if direction == "backward":
+    if backward:
         with pytest.warns(UserWarning, match="sequence mode.*answering is not its task"):
             got = lm.generate_until(requests)
     else:
         got = lm.generate_until(requests)
     assert got[0] == text
     assert got[1] == expected and len(expected) < len(text)
-    short = lm.tokenizer.decode(generated[:3][::-1] if direction == "backward" else generated[:3])
-    assert got[2] == short
+    assert got[2] == lm.tokenizer.decode(generated[:3][::-1] if backward else generated[:3])
 
 
 def test_bad_options_are_one_sentence(runs):

@@ -13,9 +13,10 @@ reversed when backward, the direction token after BOS for a bidirectional model)
   batched pass; requests with one context share it. The text is split where lm-eval's ``hf`` model splits it
   (trailing spaces of the context go to the continuation; the whole text is tokenized and cut after as many tokens
   as the context has alone), so a forward run scores what ``--model hf,add_bos_token=True`` scores on its
-  transformers export. A text longer than the window loses tokens from the start of its context, as ``revjax
-  eval`` crops an example: every request of one context loses as many as its longest one must, so they keep
-  sharing it (``hf`` crops each request alone, BOS included).
+  transformers export (``hf`` keeps the context's own tokens before the cut, which differ only where a token
+  spans it). A text longer than the window loses tokens from the start of its context, as ``revjax eval`` crops
+  an example: every request of one context loses as many as its longest one must, so they keep sharing it
+  (``hf`` crops each request alone, BOS included).
   ``is_greedy`` is whether every continuation token is the model's greedy choice; a model reading backward sees the
   continuation before its context, so there it is always False (and a warning says so once).
 * ``loglikelihood_rolling(text)`` is ``log P(text)`` of each document alone, in windows of at most ``max_length``
