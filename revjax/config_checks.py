@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-from revjax import architecture
+from revjax import architecture, horizon
 from revjax.errors import RevjaxError
 from revjax.memory import MAX_DIMS
 from revjax.phases import PHASES
@@ -143,6 +143,13 @@ def check_training(config: Any, fail: Fail) -> None:
              "to derive it from training.target_flops or training.target_param_data_ratio")
     if t.device_batch_size < 1:
         fail(["training.device_batch_size"], f"training.device_batch_size={t.device_batch_size} must be positive")
+    _recipe_defaults(config, "training", fail)
+    if t.total_batch_tokens == horizon.AUTO_BATCH:
+        t.total_batch_tokens = horizon.horizon(m, t.target_param_data_ratio, None, 0.0).batch_tokens
+        if t.total_batch_tokens % m.sequence_len:
+            fail(["training.total_batch_tokens", "model.sequence_len"],
+                 f"training.total_batch_tokens={horizon.AUTO_BATCH} gives {t.total_batch_tokens:,} tokens for this "
+                 f"model, not a multiple of model.sequence_len={m.sequence_len}; give the batch explicitly")
     if t.total_batch_tokens < 1 or t.total_batch_tokens % m.sequence_len:
         fail(["training.total_batch_tokens", "model.sequence_len"],
              f"training.total_batch_tokens={t.total_batch_tokens} must be a positive multiple of "
@@ -154,8 +161,31 @@ def check_chain(config: Any, fail: Fail) -> None:
         _check_phase(name, "chain.phases", config, fail)
 
 
+def _training_recipe(config: Any) -> str:
+    """The optimizer's recipe: ``optimizer.recipe``, or with ``auto`` the model's."""
+    recipe = config.optimizer.recipe
+    return getattr(config.model, "recipe", architecture.ONANCHAT_2025) if recipe == "auto" else recipe
+
+
+def _recipe_defaults(config: Any, section: str, fail: Any) -> None:
+    """Under the nanochat-2026 optimizer, every key of ``section`` that no file or override set takes the recipe's
+    value (:data:`revjax.horizon.TRAINING_DEFAULTS`; Polar Express runs in the model's compute dtype, as nanochat)."""
+    if _training_recipe(config) != architecture.NANOCHAT_2026:
+        return
+    values = dict(horizon.TRAINING_DEFAULTS[section])
+    if section == "optimizer":
+        values["ns_dtype"] = config.model.compute_dtype
+    for key, value in values.items():
+        if not fail.explicit(f"{section}.{key}"):
+            setattr(getattr(config, section), key, value)
+
+
 def check_schedule(config: Any, fail: Fail) -> None:
+    _recipe_defaults(config, "schedule", fail)
     s = config.schedule
+    if s.warmup_steps < -1:
+        fail(["schedule.warmup_steps"], f"schedule.warmup_steps={s.warmup_steps} must be a number of steps, or -1 "
+                                        "for schedule.warmup_ratio of the run")
     for key in ("warmup_ratio", "warmdown_ratio", "final_lr_frac"):
         value = getattr(s, key)
         if not 0.0 <= value <= 1.0:
@@ -166,13 +196,22 @@ def check_schedule(config: Any, fail: Fail) -> None:
 
 
 def check_optimizer(config: Any, fail: Fail) -> None:
+    _recipe_defaults(config, "optimizer", fail)
     o = config.optimizer
-    for key in ("matrix_lr", "embedding_lr", "unembedding_lr", "adam_eps"):
+    for key in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "adam_eps"):
         if not getattr(o, key) > 0 or not math.isfinite(getattr(o, key)):
             fail([f"optimizer.{key}"], f"optimizer.{key}={getattr(o, key)} must be a positive number")
-    for key in ("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_start"):
+    for key in ("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_start", "muon_momentum_final",
+                "muon_beta2"):
         if not 0.0 <= getattr(o, key) < 1.0:
             fail([f"optimizer.{key}"], f"optimizer.{key}={getattr(o, key)} must be in [0, 1)")
+    if not 0.0 <= o.weight_decay < math.inf:
+        fail(["optimizer.weight_decay"], f"optimizer.weight_decay={o.weight_decay} must be a number, 0 or more")
+    elements = [key for key in ("value_embeds", "layer_lambdas", "smear", "backout") if getattr(config.model, key, None)]
+    if elements and _training_recipe(config) != architecture.NANOCHAT_2026:
+        fail(["optimizer.recipe", "model.recipe", *(f"model.{key}" for key in elements)],
+             f"optimizer.recipe={o.recipe} trains only wte, lm_head and block matrices, but the model has "
+             f"{', '.join(elements)}; use optimizer.recipe=nanochat-2026 (or auto with model.recipe=nanochat-2026)")
 
 
 def check_mesh(config: Any, fail: Fail) -> None:
@@ -219,11 +258,23 @@ SECTION_CHECKS: dict[str, Callable[[Any, Fail], None]] = {
 }
 
 
-def validate(config: Any, sources: Mapping[str, str]) -> None:
-    """Resolve and check every section of ``config``; the first problem raises one :class:`ConfigError`."""
-    def fail(keys: Sequence[str], message: str) -> None:
-        found = [sources[k] for k in keys if k in sources]
+class _Fail:
+    """``fail(keys, message)``: one :class:`ConfigError` naming where the first of ``keys`` came from;
+    ``fail.explicit(key)``: whether a file or an override set ``key`` (a recipe fills only the others)."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = sources
+
+    def __call__(self, keys: Sequence[str], message: str) -> None:
+        found = [self.sources[k] for k in keys if k in self.sources]
         raise ConfigError(f"{message} (from {found[0] if found else 'the defaults'})")
 
+    def explicit(self, key: str) -> bool:
+        return key in self.sources
+
+
+def validate(config: Any, sources: Mapping[str, str]) -> None:
+    """Resolve and check every section of ``config``; the first problem raises one :class:`ConfigError`."""
+    fail = _Fail(sources)
     for check in SECTION_CHECKS.values():
         check(config, fail)

@@ -158,16 +158,24 @@ class ChainConfig:
 
 @dataclass
 class OptimizerConfig:
+    # onanchat-2025: Muon + two AdamW groups (revjax/optim.py); nanochat-2026: NorMuon with Polar Express and
+    # cautious weight decay + six AdamW groups, LRs and weight decay from the horizon (revjax/optim_2026.py); auto
+    # follows model.recipe. Under nanochat-2026 every key below left unset takes the recipe's value
+    # (revjax/horizon.py's TRAINING_DEFAULTS)
+    recipe: Literal["auto", "onanchat-2025", "nanochat-2026"] = "auto"
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.004
-    weight_decay: float = 0.0
+    scalar_lr: float = 0.5  # nanochat-2026: x0_lambdas (resid_lambdas get 1 %)
+    weight_decay: float = 0.0  # onanchat-2025: AdamW's on wte/lm_head; nanochat-2026: Muon's, before scaling
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
     adam_eps: float = 1e-10
     muon_momentum: float = 0.95
     muon_momentum_start: float = 0.85
     muon_momentum_warmup_steps: int = 300
+    muon_momentum_final: float = 0.9  # nanochat-2026: the momentum at the end of the LR warmdown
+    muon_beta2: float = 0.9  # nanochat-2026: NorMuon's second-moment decay
     ns_steps: int = 5
     ns_dtype: Dtype = "bfloat16"  # Newton–Schulz precision: nanochat's bf16, or fp32 for exactness checks
     grad_clip: float = 1.0  # 0 disables
@@ -175,6 +183,7 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
+    warmup_steps: int = -1  # LR warmup in steps (nanochat-2026: 40); -1: warmup_ratio of the run
     warmup_ratio: float = 0.0
     warmdown_ratio: float = 0.2
     final_lr_frac: float = 0.0
@@ -187,7 +196,7 @@ class TrainingConfig:
     num_iterations: int = AUTO_ITERATIONS  # -1: from target_flops, else from target_param_data_ratio
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0
-    total_batch_tokens: int = 524_288
+    total_batch_tokens: int = 524_288  # -1: nanochat's batch for the horizon (revjax/horizon.py; nanochat-2026's)
     device_batch_size: int = 32
     eval_every: int = 250
     eval_tokens: int = 20 * 524_288

@@ -5,7 +5,9 @@ Groups (``setup_optimizers``): every matrix under ``blocks`` is trained by Muon 
 ``s = (n_embd/768)^-0.5``. Gradients may first be clipped to a global norm over all parameters.
 
 The two scheduled quantities, the LR multiplier and the Muon momentum, are injected hyperparameters stored in
-the optimizer state, so the host changes them every step without recompiling. The state holds only arrays
+the optimizer state, so the host changes them every step without recompiling. :func:`build_optimizer` builds the
+nanochat-2026 optimizer instead (:mod:`revjax.optim_2026`) when ``optimizer.recipe`` (or, with ``auto``,
+``model.recipe``) says so; its state holds a third scheduled quantity, the Muon weight decay. The state holds only arrays
 (checkpointable), and every per-parameter buffer has its parameter's shape (shardable like the parameters).
 
 The per-parameter buffers take the sharding of the parameters they are initialised from (``tx.init`` on sharded
@@ -39,8 +41,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from revjax import horizon, optim_2026
 from revjax.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from revjax.errors import RevjaxError
+from revjax.optim_2026 import LR_MULTIPLIER, MUON_MOMENTUM, MUON_WEIGHT_DECAY
 from revjax.phases import ScheduleKind
 
 MUON = "muon"
@@ -53,8 +57,8 @@ NS_COEFFS = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 NS_DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
-LR_MULTIPLIER = "lr_multiplier"
-MUON_MOMENTUM = "muon_momentum"
+ONANCHAT_2025, NANOCHAT_2026 = "onanchat-2025", "nanochat-2026"
+SCHEDULED = (LR_MULTIPLIER, MUON_MOMENTUM, MUON_WEIGHT_DECAY)  # the order a train step takes them in
 
 OptState = TypeVar("OptState")
 
@@ -218,15 +222,28 @@ def group_learning_rates(
     }
 
 
+def optimizer_recipe(opt_cfg: OptimizerConfig, model_cfg: ModelConfig) -> str:
+    """The optimizer's recipe: ``optimizer.recipe``, or with ``auto`` the model's."""
+    if opt_cfg.recipe != "auto":
+        return opt_cfg.recipe
+    return getattr(model_cfg, "recipe", None) or ONANCHAT_2025
+
+
 def build_optimizer(
-    opt_cfg: OptimizerConfig, model_cfg: ModelConfig, *, init_lr_frac: float = 1.0
+    opt_cfg: OptimizerConfig, model_cfg: ModelConfig, *, init_lr_frac: float = 1.0, batch_tokens: int | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """onanchat's optimizer: optional global-norm clip, then Muon (blocks) and AdamW (wte, lm_head).
 
     The state starts with LR multiplier 1 and Muon momentum ``opt_cfg.muon_momentum``; change them with
     :func:`set_schedule`. ``init_lr_frac`` multiplies every initial learning rate (mid/SFT/RL). Clipping is
     base_train's (``grad_clip`` 0 disables it, as mid/SFT/RL need); unlike torch's it adds no 1e-6 to the norm.
+
+    Under the nanochat-2026 recipe (:func:`optimizer_recipe`) it is :func:`revjax.optim_2026.build_optimizer`, its
+    learning rates × √(batch_tokens/2^19) (``batch_tokens`` None: the reference batch, factor 1).
     """
+    if optimizer_recipe(opt_cfg, model_cfg) == NANOCHAT_2026:
+        scale = 1.0 if batch_tokens is None else horizon.batch_lr_scale(batch_tokens)
+        return optim_2026.build_optimizer(opt_cfg, model_cfg, init_lr_frac=init_lr_frac, lr_scale=scale)
     lrs = group_learning_rates(opt_cfg, model_cfg, init_lr_frac)
 
     def adamw(lr: jax.Array) -> optax.GradientTransformation:
@@ -252,19 +269,30 @@ def build_optimizer(
     )
 
 
-def set_schedule(opt_state: OptState, lr_multiplier: float | jax.Array, muon_momentum: float | jax.Array) -> OptState:
-    """``opt_state`` (from :func:`build_optimizer`) with the LR multiplier and Muon momentum replaced.
+def schedule_names(opt_state: Any) -> tuple[str, ...]:
+    """The scheduled hyperparameters ``opt_state`` holds, in the order :func:`set_schedule` (and a train step)
+    takes them: LR multiplier and Muon momentum, and the Muon weight decay of the nanochat-2026 optimizer."""
+    hyperparams = getattr(opt_state, "hyperparams", None)
+    names = tuple(name for name in SCHEDULED if isinstance(hyperparams, dict) and name in hyperparams)
+    if not isinstance(hyperparams, dict) or set(hyperparams) != set(names) or names[:2] != SCHEDULED[:2]:
+        raise TypeError(f"set_schedule needs the state of build_optimizer's optimizer, got {type(opt_state).__name__}")
+    return names
+
+
+def set_schedule(opt_state: OptState, lr_multiplier: float | jax.Array, muon_momentum: float | jax.Array,
+                 muon_weight_decay: float | jax.Array | None = None) -> OptState:
+    """``opt_state`` (from :func:`build_optimizer`) with the LR multiplier, Muon momentum and (nanochat-2026 only,
+    where it is required) Muon weight decay replaced.
 
     Works on host and inside ``jit`` (values become fp32 scalars, so changing them never recompiles). An
     ``nnx.Optimizer``'s ``opt_state`` holds Variables: they are written in place and ``opt_state`` itself is returned.
     """
-    hyperparams = getattr(opt_state, "hyperparams", None)
-    if not isinstance(hyperparams, dict) or set(hyperparams) != {LR_MULTIPLIER, MUON_MOMENTUM}:
-        raise TypeError(f"set_schedule needs the state of build_optimizer's optimizer, got {type(opt_state).__name__}")
-    values = {
-        LR_MULTIPLIER: jnp.asarray(lr_multiplier, jnp.float32),
-        MUON_MOMENTUM: jnp.asarray(muon_momentum, jnp.float32),
-    }
+    names = schedule_names(opt_state)
+    given = (lr_multiplier, muon_momentum) + (() if muon_weight_decay is None else (muon_weight_decay,))
+    if len(given) != len(names):
+        raise TypeError(f"this optimizer schedules {', '.join(names)}; set_schedule got {len(given)} values")
+    hyperparams = opt_state.hyperparams
+    values = {name: jnp.asarray(value, jnp.float32) for name, value in zip(names, given)}
     if all(isinstance(v, nnx.Variable) for v in hyperparams.values()):
         for key, value in values.items():
             hyperparams[key][...] = value
@@ -272,24 +300,19 @@ def set_schedule(opt_state: OptState, lr_multiplier: float | jax.Array, muon_mom
     return opt_state._replace(hyperparams=values)
 
 
-def get_schedule(opt_state: Any) -> tuple[float, float]:
-    """The (LR multiplier, Muon momentum) currently stored in ``opt_state``."""
-    return tuple(float(jnp.asarray(opt_state.hyperparams[k][...])) for k in (LR_MULTIPLIER, MUON_MOMENTUM))
+def get_schedule(opt_state: Any) -> tuple[float, ...]:
+    """The (LR multiplier, Muon momentum[, Muon weight decay]) currently stored in ``opt_state``."""
+    return tuple(float(jnp.asarray(opt_state.hyperparams[k][...])) for k in schedule_names(opt_state))
 
 
 # ---- schedules ----------------------------------------------------------------------------------------------
 
 
 def base_lr_multiplier(step: int, num_iterations: int, sched: ScheduleConfig) -> float:
-    """base_train: linear warmup ``(it+1)/W``, flat at 1, then linear warmdown reaching final_lr_frac at it = N."""
-    warmup = round(sched.warmup_ratio * num_iterations)
-    warmdown = round(sched.warmdown_ratio * num_iterations)
-    if step < warmup:
-        return (step + 1) / warmup
-    if step <= num_iterations - warmdown:
-        return 1.0
-    progress = (num_iterations - step) / warmdown
-    return progress + (1 - progress) * sched.final_lr_frac
+    """base_train: linear warmup ``(it+1)/W`` (``schedule.warmup_steps``, else ``warmup_ratio·N``), flat at 1,
+    then linear warmdown reaching final_lr_frac at it = N."""
+    warmup = sched.warmup_steps if sched.warmup_steps >= 0 else round(sched.warmup_ratio * num_iterations)
+    return horizon.lr_multiplier(step, num_iterations, warmup, sched.warmdown_ratio, sched.final_lr_frac)
 
 
 def mid_lr_multiplier(progress: float) -> float:

@@ -28,11 +28,13 @@ MAX_FUNCTION_LINES = 80
 LAYERS: list[tuple[str, list[str]]] = [
     # analysis.plots: matplotlib only, drawn by eval.compare as well as by the analysis package
     ("foundation", ["revjax", "revjax.errors", "revjax.yamlio", "revjax.phases", "revjax.memory", "revjax.runlock",
-                    "revjax.replace", "revjax.analysis.plots", "revjax.architecture"]),
+                    "revjax.replace", "revjax.analysis.plots", "revjax.architecture",
+                    "revjax.horizon"]),
     ("schema", ["revjax.config_checks", "revjax.config_build", "revjax.config_schema"]),
     ("config", ["revjax.config", "revjax.config_args", "revjax.compilation"]),
     ("text", ["revjax.tokenizer", "revjax.direction", "revjax.data"]),
-    ("model", ["revjax.model", "revjax.attention", "revjax.losses", "revjax.optim", "revjax.sharding",
+    ("model", ["revjax.model", "revjax.attention", "revjax.losses", "revjax.optim", "revjax.optim_2026",
+               "revjax.sharding",
                "revjax.state", "revjax.model_ops", "revjax.recipe_model"]),
     ("runs", ["revjax.checkpoint", "revjax.runs", "revjax.engine", "revjax.calculator", "revjax.interop"]),
     ("tasks", ["revjax.tasks"]),

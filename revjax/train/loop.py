@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from revjax.config import Config
 from revjax.model import flops_per_token
-from revjax.optim import lr_multiplier, muon_momentum
+from revjax.optim import NANOCHAT_2026, lr_multiplier, muon_momentum, optimizer_recipe
+from revjax.optim_2026 import MUON_WEIGHT_DECAY, base_schedule, run_horizon
 from revjax.train.errors import TrainingError
 from revjax.train.hooks import EVALUATION, Cadence, Hook, HookFn, StepInfo, default_hooks
 from revjax.train.setup import RunSetup, save_checkpoint, setup_run
@@ -113,12 +114,18 @@ def device_peak_flops(device: jax.Device) -> float | None:
     return next((peak for name, peak in PEAK_FLOPS.items() if name in kind), None)
 
 
-def schedule(run: RunSetup, step: int) -> tuple[float, float]:
-    """The LR multiplier and Muon momentum that optimizer step ``step`` (0-based) receives in ``run``'s phase."""
+def schedule(run: RunSetup, step: int) -> tuple[float, ...]:
+    """The LR multiplier and Muon momentum that optimizer step ``step`` (0-based) receives in ``run``'s phase, and
+    under the nanochat-2026 optimizer its Muon weight decay: in pretraining nanochat's three schedules
+    (:func:`revjax.optim_2026.base_schedule`, the decay scaled to the run's horizon), in later phases the phase's
+    LR schedule and momentum and no weight decay (as nanochat's SFT)."""
     config = run.config
+    recipe_2026 = optimizer_recipe(config.optimizer, config.model) == NANOCHAT_2026
+    if recipe_2026 and run.phase.schedule == "base":
+        return base_schedule(step, run.num_iterations, config, run_horizon(config).weight_decay)
     lrm = lr_multiplier(step, run.num_iterations, config.schedule, kind=run.phase.schedule)
     momentum = muon_momentum(step, config.optimizer) if run.phase.ramp_momentum else config.optimizer.muon_momentum
-    return lrm, momentum
+    return (lrm, momentum, 0.0) if recipe_2026 else (lrm, momentum)
 
 
 class _StopRequest:
@@ -228,6 +235,8 @@ class Trainer:
         row = {"step": step, "loss": loss, "lr_multiplier": float(metrics["lr_multiplier"]),
                "muon_momentum": float(metrics["muon_momentum"]), "grad_norm": float(metrics["grad_norm"]),
                "scored_tokens": int(metrics["scored_tokens"]), "tokens_per_s": tokens / dt, "step_seconds": dt}
+        if MUON_WEIGHT_DECAY in metrics:
+            row[MUON_WEIGHT_DECAY] = float(metrics[MUON_WEIGHT_DECAY])
         if self._peak_total:
             row["mfu"] = flops_per_token(self.run.config.model) * tokens / dt / self._peak_total
         row.update(stats)
@@ -273,9 +282,9 @@ class Trainer:
                     break
                 if last:
                     break
-                lrm, momentum = schedule(run, step)
+                scalars = schedule(run, step)
                 due = self.diagnostics_due(step)
-                args = (self.state, next(self.batches), np.float32(lrm), np.float32(momentum))
+                args = (self.state, next(self.batches), *(np.float32(v) for v in scalars))
                 self.state, metrics = self.step_fn(*args, *([np.bool_(any(due))] if self._research else []))
                 self._flush()  # the previous step's metrics, while this one runs
                 self._pending = (step, metrics, dict(getattr(self.batches, "last", {})), due)

@@ -30,7 +30,8 @@ from revjax.runs import build_metadata, check_compatible, read_params
 from revjax.compilation import use_compilation_cache
 from revjax.config import Config
 from revjax.model import flops_per_token, num_params
-from revjax.optim import build_optimizer
+from revjax.horizon import scaling_params
+from revjax.optim import NANOCHAT_2026, build_optimizer, optimizer_recipe
 from revjax.phases import PHASES, Phase
 from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer, TokenizerError
@@ -84,7 +85,8 @@ def maybe_initialize_distributed() -> None:
 
 def resolve_num_iterations(config: Config, epoch: Callable[[], int] | None = None) -> int:
     """Explicit training.num_iterations; else one epoch of a conversation phase's mixture (``epoch()`` steps); else
-    from target_flops, else the tokens:params ratio (nanochat's order)."""
+    from target_flops, else the tokens:params ratio (nanochat's order; the nanochat-2026 recipe counts only its
+    scaling parameters, :func:`revjax.horizon.scaling_params`)."""
     t = config.training
     if t.num_iterations > 0:
         return t.num_iterations
@@ -92,7 +94,9 @@ def resolve_num_iterations(config: Config, epoch: Callable[[], int] | None = Non
         return epoch()
     if t.target_flops > 0:
         return max(1, round(t.target_flops / (flops_per_token(config.model) * t.total_batch_tokens)))
-    return max(1, int(t.target_param_data_ratio * num_params(config.model)) // t.total_batch_tokens)
+    recipe_2026 = optimizer_recipe(config.optimizer, config.model) == NANOCHAT_2026
+    params = scaling_params(config.model) if recipe_2026 else num_params(config.model)
+    return max(1, int(t.target_param_data_ratio * params) // t.total_batch_tokens)
 
 
 def load_tokenizer(config: Config) -> Tokenizer:
@@ -174,7 +178,8 @@ def prepare_run(config: Config) -> RunSetup:
     rows, n_proc = B * dp, jax.process_count()
     if rows % n_proc:
         raise TrainingError(f"{rows} rows per micro-batch cannot be split over {n_proc} processes")
-    tx = build_optimizer(config.optimizer, config.model, init_lr_frac=config.schedule.init_lr_frac)
+    tx = build_optimizer(config.optimizer, config.model, init_lr_frac=config.schedule.init_lr_frac,
+                         batch_tokens=config.training.total_batch_tokens)
     checkpointer = Checkpointer(config.checkpoint_path(), keep=config.checkpoint.keep)
     steps = checkpointer.steps()
     if steps and config.checkpoint.start_over:

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from revjax import sharding as shd
 from revjax.losses import model_loss
 from revjax.model import GPT
-from revjax.optim import LR_MULTIPLIER, MUON_MOMENTUM, set_schedule
+from revjax.optim import schedule_names, set_schedule
 from revjax.state import TrainState
 from revjax.train.diagnostics import step_diagnostics
 from revjax.train.errors import BatchSplitError
@@ -67,14 +67,18 @@ def build_train_step(
 ) -> Callable[..., tuple[TrainState, dict]]:
     """``step(state, batch, lr_multiplier, muon_momentum) -> (state, metrics)``, jitted and donating state.
 
-    With ``diagnostics`` (the research log's program) the step takes a fifth argument, ``diagnose`` (a bool): the
+    The scalars after the batch are the optimizer's scheduled hyperparameters (:func:`revjax.optim.schedule_names`):
+    the nanochat-2026 optimizer takes a third, ``muon_weight_decay``. Each is also in ``metrics`` under its name.
+    With ``diagnostics`` (the research log's program) the step takes one more argument, ``diagnose`` (a bool): the
     same update, and ``metrics["diagnostics"]`` (:mod:`revjax.train.diagnostics`) computed only where ``diagnose``
     is true (a ``lax.cond``; other steps skip it at run time), so one program serves every step of the run.
     """
     batch_sharding = shd.step_batch_sharding(mesh)
     replicated = NamedSharding(mesh, P())
+    scheduled = schedule_names(state_shardings.opt_state)
 
-    def step(state: TrainState, batch: Batch, lrm, momentum, diagnose=None):
+    def step(state: TrainState, batch: Batch, *args):
+        values, diagnose = args[:len(scheduled)], (args[len(scheduled)] if diagnostics else None)
         n_scored = jnp.maximum(jnp.sum(batch["targets"] >= 0), 1).astype(jnp.float32)
         grad_fn = jax.value_and_grad(lambda p, micro: loss(nnx.merge(graphdef, p), micro) / n_scored)
 
@@ -84,14 +88,13 @@ def build_train_step(
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (value, grads), _ = jax.lax.scan(micro, (jnp.zeros((), jnp.float32), zeros), batch)
-        opt_state = set_schedule(state.opt_state, lrm, momentum)
+        opt_state = set_schedule(state.opt_state, *values)
         updates, opt_state = tx.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), "scored_tokens": n_scored,
                    "params_finite": jnp.isfinite(optax.tree.norm(params)),
                    # what the optimizer itself read this step
-                   "lr_multiplier": opt_state.hyperparams[LR_MULTIPLIER],
-                   "muon_momentum": opt_state.hyperparams[MUON_MOMENTUM]}
+                   **{name: opt_state.hyperparams[name] for name in scheduled}}
         if diagnostics:
             # read through a barrier, so the update above compiles as in the plain step whatever is added here
             seen = jax.lax.optimization_barrier((state.params, batch, grads))
@@ -100,7 +103,7 @@ def build_train_step(
 
     return shd.UnderMesh(jax.jit(
         step,
-        in_shardings=(state_shardings, batch_sharding, replicated, replicated) + ((replicated,) if diagnostics else ()),
+        in_shardings=(state_shardings, batch_sharding) + (replicated,) * (len(scheduled) + bool(diagnostics)),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
     ), mesh)
