@@ -101,7 +101,7 @@ def test_diagnostic_step_matches_hand_computation_and_applies_the_same_update(lo
     grads = jax.tree.map(jnp.add, grad_fn(params0, micro(0)), grad_fn(params0, micro(1)))
     blocks = grads["blocks"]
     expect = {"embedding": grads["wte"], "head": grads["lm_head"], "attention": [blocks[i]["attn"] for i in range(L)],
-              "mlp": [blocks[i]["mlp"] for i in range(L)]}
+              "mlp": [blocks[i]["mlp"] for i in range(L)], "scalars": []}
     for name in GROUPS:
         assert layers[name] == pytest.approx(float(optax.tree.norm(expect[name])), rel=1e-5), name
     for key, sub in (("layer", lambda i: blocks[i]), ("layer_attention", lambda i: blocks[i]["attn"]),

@@ -452,3 +452,18 @@ def test_nanochat_checkpoint_folder_imports_as_a_2026_run(golden_dir, tmp_path):
     want = from_torch_layout(state_dict, config)
     for (path, got), (_, expected) in zip(jax.tree.leaves_with_path(run.arrays), jax.tree.leaves_with_path(want)):
         np.testing.assert_array_equal(got, expected, err_msg=jax.tree_util.keystr(path))
+
+
+def test_gradient_norm_groups_cover_the_new_parameters():
+    """The research log's per-group gradient norms (logging.hdf5_layers_every) take every 2026 parameter: value
+    embeddings as embeddings, the lambdas and smear/backout parameters as scalars."""
+    from revjax.train.diagnostics import gradient_norms
+
+    model = tiny_recipe_model()
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    norms = gradient_norms(grads, model.config.n_layer)
+    c = model.config
+    V, d, kv = architecture.padded_vocab(c.vocab_size, 64), c.n_embd, c.n_kv_head * c.head_dim
+    n_ve = len(architecture.value_embed_layers(c.n_layer))
+    assert float(norms["embedding"]) ** 2 == pytest.approx(V * d + n_ve * V * kv)
+    assert float(norms["scalars"]) ** 2 == pytest.approx(2 * c.n_layer + architecture.SMEAR_CHANNELS + 2)

@@ -16,7 +16,8 @@ belongs to ``step[i]``; every dataset is chunked, gzip-compressed and resizable 
     ``percentiles`` (k, P) float32, ``loss_by_position``, ``accuracy_by_position`` (k, T) float32 (NaN where no
     token at that input position is scored) and ``count_by_position`` (k, T) int64.
 ``/layers`` — every ``logging.hdf5_layers_every`` steps (and the last), from the gradients the optimizer read
-    ``embedding``, ``head``, ``attention``, ``mlp`` (m,) float32: L2 gradient norm of each parameter group;
+    ``embedding``, ``head``, ``attention``, ``mlp``, ``scalars`` (m,) float32: L2 gradient norm of each parameter
+    group (``scalars``: the 2026 recipe's lambdas and smear/backout parameters, 0 for the 2025 recipe);
     ``layer``, ``layer_attention``, ``layer_mlp`` (m, L): per block; ``activation_rms`` (m, L): RMS of the
     residual stream after each block, on the parameters before the update.
 ``/eval`` — the scalars of rows the evaluation hooks log (``val_bpb``, ``val_loss``, RL's ``val_pass@k`` and

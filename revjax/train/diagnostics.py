@@ -28,8 +28,10 @@ from revjax.losses import token_losses
 from revjax.model import GPT, cross_entropy
 
 PERCENTILES = (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0)
-GROUPS = ("embedding", "head", "attention", "mlp")
-_TOP_GROUP = {"wte": "embedding", "lm_head": "head"}
+GROUPS = ("embedding", "head", "attention", "mlp", "scalars")
+# the 2026 recipe's value embeddings count as embeddings; its lambdas and smear/backout gates and scalars as scalars
+_TOP_GROUP = {"wte": "embedding", "value_embeds": "embedding", "lm_head": "head", "resid_lambdas": "scalars",
+              "x0_lambdas": "scalars", "smear_gate": "scalars", "smear_lambda": "scalars", "backout_lambda": "scalars"}
 _BLOCK_KIND = {"attn": "attention", "mlp": "mlp"}
 
 
