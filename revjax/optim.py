@@ -281,23 +281,24 @@ def schedule_names(opt_state: Any) -> tuple[str, ...]:
 
 def set_schedule(opt_state: OptState, lr_multiplier: float | jax.Array, muon_momentum: float | jax.Array,
                  muon_weight_decay: float | jax.Array | None = None) -> OptState:
-    """``opt_state`` (from :func:`build_optimizer`) with the LR multiplier, Muon momentum and (nanochat-2026 only,
-    where it is required) Muon weight decay replaced.
+    """``opt_state`` (from :func:`build_optimizer`) with the LR multiplier and Muon momentum replaced, and the Muon
+    weight decay of the nanochat-2026 optimizer too when given (else it keeps its stored value).
 
     Works on host and inside ``jit`` (values become fp32 scalars, so changing them never recompiles). An
     ``nnx.Optimizer``'s ``opt_state`` holds Variables: they are written in place and ``opt_state`` itself is returned.
     """
     names = schedule_names(opt_state)
-    given = (lr_multiplier, muon_momentum) + (() if muon_weight_decay is None else (muon_weight_decay,))
-    if len(given) != len(names):
-        raise TypeError(f"this optimizer schedules {', '.join(names)}; set_schedule got {len(given)} values")
+    if muon_weight_decay is not None and MUON_WEIGHT_DECAY not in names:
+        raise TypeError("this optimizer (onanchat-2025's) schedules no Muon weight decay; call set_schedule with "
+                        "the LR multiplier and the Muon momentum only")
+    given = (lr_multiplier, muon_momentum, muon_weight_decay)
+    values = {name: jnp.asarray(value, jnp.float32) for name, value in zip(SCHEDULED, given) if value is not None}
     hyperparams = opt_state.hyperparams
-    values = {name: jnp.asarray(value, jnp.float32) for name, value in zip(names, given)}
     if all(isinstance(v, nnx.Variable) for v in hyperparams.values()):
         for key, value in values.items():
             hyperparams[key][...] = value
         return opt_state
-    return opt_state._replace(hyperparams=values)
+    return opt_state._replace(hyperparams={**hyperparams, **values})
 
 
 def get_schedule(opt_state: Any) -> tuple[float, ...]:

@@ -360,6 +360,8 @@ def test_batch_lr_and_weight_decay_from_the_horizon():
     assert h24.weight_decay == pytest.approx(0.28 * math.sqrt(2) * d12 / d24)
     # d32: 2^(19 + 0.383·log2 15.238) = 2^20.505 → 2^21
     assert horizon.horizon(recipe_model(32), 12, None, 0.28).batch_tokens == 2**21 and d32 == 1_677_724_672
+    # the exponent itself: 0.383·log2 14.5 = 1.478 → 2^20 but 0.383·log2 16 = 1.532 → 2^21; 0.383·(−6) → 2^17
+    assert [horizon.auto_batch_tokens(r, 1.0) for r in (14.5, 16.0, 1 / 64)] == [2**20, 2**21, 2**17]
     h12 = horizon.horizon(recipe_model(12), 20, None, 0.28)  # the reference itself, at any ratio
     assert (h12.batch_tokens, h12.lr_scale, h12.weight_decay) == (2**19, 1.0, pytest.approx(0.28))
     given = horizon.horizon(recipe_model(12), 12, 2**17, 0.28)  # a given batch: LR × ½, decay × ½
@@ -432,8 +434,10 @@ def test_build_optimizer_follows_the_recipe_and_scales_every_lr_but_smears_with_
     for key, lr in (("lm_head", 0.008), ("x0_lambdas", 0.5), ("smear_lambda", 0.1)):
         got, g = jax.tree.leaves(updates[key])[0], jax.tree.leaves(grads[key])[0]
         np.testing.assert_allclose(got, -lr * np.sign(g), rtol=1e-6)
-    with pytest.raises(TypeError, match="this optimizer schedules lr_multiplier, muon_momentum, muon_weight_decay"):
-        set_schedule(state, 1.0, 0.95)
+    assert get_schedule(set_schedule(state, 1.0, 0.95)) == pytest.approx((1.0, 0.95, 0.28))  # the decay is kept
+    today = build_optimizer(OptimizerConfig(), ModelConfig(n_embd=8)).init({"wte": jnp.zeros((2, 2))})
+    with pytest.raises(TypeError, match="this optimizer \\(onanchat-2025's\\) schedules no Muon weight decay"):
+        set_schedule(today, 1.0, 0.95, 0.1)
 
 
 def test_the_loop_feeds_nanochats_three_schedules_in_pretraining_and_none_of_its_decay_later():
