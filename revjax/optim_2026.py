@@ -142,10 +142,12 @@ def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
 
 
 def _mm(x: jax.Array, y: jax.Array, dtype: Any) -> jax.Array:
-    """Product with fp32 accumulation, rounded to ``dtype`` (on CPU bf16 operands are widened first: exact)."""
+    """Product with fp32 accumulation, rounded to ``dtype``. fp32 operands are multiplied at full precision (GPUs
+    and TPUs would otherwise use TF32 or bf16 passes); on CPU bf16 operands are widened first (exact, faster)."""
     if jax.default_backend() == "cpu":
         x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    return jnp.matmul(x, y, preferred_element_type=jnp.float32).astype(dtype)
+    precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+    return jnp.matmul(x, y, preferred_element_type=jnp.float32, precision=precision).astype(dtype)
 
 
 def _frobenius(x: jax.Array) -> jax.Array:
