@@ -154,6 +154,8 @@ def splash_attention(q_BTHD: jax.Array, k_BTKD: jax.Array, v_BTKD: jax.Array, wi
     if not mesh.empty and mesh.size > 1:
         batch = tuple(a for a in mesh.axis_names if a != "tensor" and mesh.shape[a] > 1) or None
         heads = "tensor" if mesh.shape.get("tensor", 1) > 1 else None
+        if heads and k.shape[1] % mesh.shape["tensor"]:  # fewer kv heads than tensor shards: one per query head
+            k, v = (jnp.repeat(x, H // x.shape[1], axis=1) for x in (k, v))
         spec = jax.sharding.PartitionSpec(batch, heads, None, None)
         local = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
     return local(q, k, v).transpose(0, 2, 1, 3)

@@ -13,7 +13,11 @@ from jax import export
 
 from revjax import engine as engine_module
 from revjax.attention import lowering_for
-from revjax.config import ModelConfig
+from revjax.config import MeshConfig, ModelConfig, load_config
+from revjax.optim import build_optimizer, schedule_names
+from revjax.sharding import make_mesh
+from revjax.state import init_train_state
+from revjax.train.step import build_train_step
 from revjax.eval import scorer as scorer_module
 from revjax.model import GPT
 
@@ -82,3 +86,21 @@ def test_a_decode_step_lowers_for_tpu(model_parts):
     args, kwargs = calls[0]
     text = lower_for_tpu(jitted, *args, **kwargs)
     assert "stablehlo" in text
+
+
+def test_the_sharded_train_step_lowers_for_tpu():
+    """The whole training step of the 2026 recipe (NorMuon and its AdamW groups included) on an FSDP×TP mesh of 8
+    devices, splash running per shard through shard_map."""
+    config = load_config(overrides=["model.recipe=nanochat-2026", "model.depth=null", "model.n_layer=4",
+                                    "model.n_embd=64", "model.n_head=2", "model.n_kv_head=1",
+                                    "model.sequence_len=256", "tokenizer.vocab_size=300"])
+    mesh = make_mesh(MeshConfig(data=1, fsdp=4, tensor=2))
+    tx = build_optimizer(config.optimizer, config.model, batch_tokens=2 * 4 * 256)
+    with lowering_for("tpu"):
+        graphdef, state, shardings = init_train_state(config.model, tx, mesh)
+        step = build_train_step(graphdef, tx, mesh, shardings)
+    batch = {"inputs": jnp.zeros((2, 4, 256), jnp.int32), "targets": jnp.zeros((2, 4, 256), jnp.int32)}
+    scalars = [jnp.float32(1.0) for _ in schedule_names(state.opt_state)]
+    with jax.set_mesh(mesh):
+        text = lower_for_tpu(step.jitted, state, batch, *scalars)
+    assert text.count("tpu_custom_call") >= 2
