@@ -103,4 +103,4 @@ def test_the_sharded_train_step_lowers_for_tpu():
     scalars = [jnp.float32(1.0) for _ in schedule_names(state.opt_state)]
     with jax.set_mesh(mesh):
         text = lower_for_tpu(step.jitted, state, batch, *scalars)
-    assert text.count("tpu_custom_call") >= 2
+    assert text.count("tpu_custom_call") >= 2 and "sharding" in text
