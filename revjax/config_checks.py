@@ -29,8 +29,12 @@ class ConfigError(RevjaxError, ValueError):
     exit_code = 2
 
 
-def dims_from_depth(depth: int) -> dict[str, int]:
-    """nanochat's depth rule: width 64·depth, heads of (about) 128 dims, no GQA."""
+def dims_from_depth(depth: int, recipe: str = architecture.ONANCHAT_2025) -> dict[str, int]:
+    """The depth rule of ``recipe``: onanchat-2025's width 64·depth with heads of (about) 128 dims; nanochat-2026's
+    width 64·depth rounded up to a multiple of 128 with heads of exactly 128 (:func:`revjax.horizon.depth_dims`;
+    the two differ at odd depths only). No GQA in either."""
+    if recipe == architecture.NANOCHAT_2026:
+        return horizon.depth_dims(depth)
     n_embd = depth * 64
     n_head = max(1, (n_embd + 127) // 128)
     return {"n_layer": depth, "n_embd": n_embd, "n_head": n_head, "n_kv_head": n_head}
@@ -46,7 +50,7 @@ def _resolve_depth(m: Any, fail: Fail) -> None:
     if m.depth > MAX_DIMS["n_layer"]:
         fail(["model.depth"], f"model.depth={m.depth:,} is above the largest depth revjax builds "
                               f"({MAX_DIMS['n_layer']:,}); lower it")
-    for key, value in dims_from_depth(m.depth).items():
+    for key, value in dims_from_depth(m.depth, m.recipe).items():
         current = getattr(m, key)
         if current is None:
             setattr(m, key, value)
