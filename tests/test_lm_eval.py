@@ -28,16 +28,11 @@ from revjax.eval.icl import TaskSpec, build_examples, select_items  # noqa: E402
 from revjax.eval.run import LoadedRun  # noqa: E402
 from revjax.interop.hf import export_hf  # noqa: E402
 from revjax.interop.lm_eval import LMEvalError, RevjaxLM, rolling_windows, split_pair  # noqa: E402
-from tests.helpers import make_run  # noqa: E402
+from tests.helpers import MC_ITEMS as CORE_MC_ITEMS, make_run  # noqa: E402
 
 # choices start with different words, so nanochat's scored span (after the choices' common token prefix) is the
 # continuation lm-eval scores
-MC_ITEMS = [
-    {"query": "The sky is", "choices": ["blue", "green", "made of cheese"], "gold": 0},
-    {"query": "Two plus two is", "choices": ["four", "five"], "gold": 0},
-    {"query": "Water is", "choices": ["wet", "dry", "very loud"], "gold": 0},
-    {"query": "The sun rises in the", "choices": ["east", "west"], "gold": 0},
-    {"query": "Cats like to", "choices": ["sleep", "swim", "fly"], "gold": 1},
+MC_ITEMS = CORE_MC_ITEMS + [
     {"query": "Question: what do bees make?\nAnswer:", "choices": ["honey", "milk", "steel beams"], "gold": 0},
     {"query": "In winter the lake", "choices": ["freezes over", "boils", "sings"], "gold": 0},
     {"query": "A triangle has", "choices": ["three sides", "four corners", "no edges at all"], "gold": 0},
