@@ -2,6 +2,8 @@
 
     python scripts/bench_train.py --config default [key=value ...] [--steps 10] [--torch] [--breakdown]
     python scripts/bench_train.py --config d20 --aot training.device_batch_size=32   # memory only, nothing allocated
+    python scripts/bench_train.py --aot --remat none,dots,full model.recipe=nanochat-2026 model.depth=24 \
+        tokenizer.vocab_size=32768 training.device_batch_size=16 training.total_batch_tokens=32768
     python scripts/bench_train.py --config d20 --fit-batch 32 16 8                    # the largest batch that fits
 
 Batches are random tokens (the data pipeline has its own benchmark, scripts/bench_pipeline.py). The step is compiled
@@ -9,8 +11,10 @@ from abstract shapes first, so XLA's memory analysis (``--aot`` stops there) is 
 ``--fit-batch`` tries device batch sizes in turn (one micro-batch per step) and keeps the first whose analysis fits
 the device memory and that runs. ``--torch`` runs the same shapes through the tests' PyTorch reference with the
 same optimizer (Muon with bf16 Newton–Schulz for the block matrices, AdamW for embedding and head, clipping as
-configured; bf16 autocast when the compute dtype is bf16) and prints the revjax/PyTorch throughput ratio.
-``--breakdown`` splits each side's step into forward+backward and the optimizer update.
+configured; bf16 autocast when the compute dtype is bf16) and prints the revjax/PyTorch throughput ratio; the
+reference is the onanchat-2025 model, so it refuses a nanochat-2026 config. ``--breakdown`` splits each side's step
+into forward+backward and the optimizer update. ``--remat`` sets ``model.remat``; with ``--aot`` it takes several
+policies and prints one memory analysis for each (the analysis is the backend's own: on a CPU, for XLA's attention).
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ from flax import nnx
 from revjax import sharding as shd
 from revjax.config import load_config
 from revjax.config_args import find_config
+from revjax.errors import RevjaxError
 from revjax.model import flops_per_token, num_params
-from revjax.optim import build_optimizer, set_schedule
+from revjax.optim import build_optimizer, get_schedule, schedule_names, set_schedule
 from revjax.sharding import data_parallel_size, make_mesh
 from revjax.state import init_train_state, train_state_shardings
 from revjax.train.loop import device_peak_flops
 from revjax.train.step import LOSSES, accumulation_steps, build_train_step
 
 GIB = 2**30
+REMAT_POLICIES = ("none", "dots", "full")
 
 
 def peak_memory_gib() -> tuple[float, str]:
@@ -67,21 +73,30 @@ class Setup:
         T, B = config.model.sequence_len, config.training.device_batch_size
         self.dp = data_parallel_size(self.mesh)
         self.accum = accumulation_steps(config.training.total_batch_tokens, B, T, self.dp)
-        self.tx = build_optimizer(config.optimizer, config.model)
+        self.tx = build_optimizer(config.optimizer, config.model, init_lr_frac=config.schedule.init_lr_frac,
+                                  batch_tokens=config.training.total_batch_tokens)
         self.graphdef, self.abstract, self.shardings = train_state_shardings(config.model, self.tx, self.mesh)
         self.step = build_train_step(self.graphdef, self.tx, self.mesh, self.shardings)
+        # the optimizer's scheduled scalars, in the step's order (the nanochat-2026 optimizer has three)
+        self.scheduled = schedule_names(self.abstract.opt_state)
         self.batch_shape = (self.accum, B * self.dp, T)
         sharding = shd.step_batch_sharding(self.mesh)
         batch = jax.ShapeDtypeStruct(self.batch_shape, jnp.int32, sharding=sharding)
-        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        scalars = (jax.ShapeDtypeStruct((), jnp.float32),) * len(self.scheduled)
         t0 = time.perf_counter()
-        self.compiled = self.step.lower(self.abstract, {"inputs": batch, "targets": batch}, scalar, scalar).compile()
-        self.compile_s = time.perf_counter() - t0
+        lowered = self.step.lower(self.abstract, {"inputs": batch, "targets": batch}, *scalars)
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        self.lower_s, self.compile_s = t1 - t0, time.perf_counter() - t0
 
     def memory(self) -> dict[str, int]:
+        """XLA's memory analysis in bytes; ``total`` = temp + arguments + outputs − aliased (donated) buffers, and
+        ``peak`` the backend's own peak estimate (0 where it gives none)."""
         m = self.compiled.memory_analysis()
-        out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("temp", "argument", "output", "alias")}
+        keys = ("temp", "argument", "output", "alias", "generated_code")
+        out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in keys}
         out["total"] = out["temp"] + out["argument"] + out["output"] - out["alias"]
+        out["peak"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
         return out
 
     def batch(self, seed: int = 0) -> dict:
@@ -95,11 +110,11 @@ def bench_revjax(setup: Setup, steps: int, breakdown: bool = False) -> dict:
     config = setup.config
     _, state, _ = init_train_state(config.model, setup.tx, setup.mesh, seed=0)
     batch = setup.batch()
-    lrm, mom = np.float32(1.0), np.float32(0.95)
+    scalars = [np.float32(v) for v in get_schedule(state.opt_state)]  # the optimizer's own starting values
     box = [state]
 
     def one_step():
-        box[0], metrics = setup.compiled(box[0], batch, lrm, mom)
+        box[0], metrics = setup.compiled(box[0], batch, *scalars)
         jax.block_until_ready(metrics)
 
     step_s = timed(one_step, steps)
@@ -123,9 +138,11 @@ def revjax_parts(setup: Setup, state, batch, steps: int) -> dict:
             return jax.tree.map(jnp.add, acc, g), None
         return jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, params), batch)[0]
 
+    values = get_schedule(state.opt_state)
+
     @jax.jit
     def update_only(grads, opt_state, params):
-        opt_state = set_schedule(opt_state, 1.0, 0.95)
+        opt_state = set_schedule(opt_state, *values)
         return tx.update(grads, opt_state, params)
 
     grads = grads_only(state.params, batch)
@@ -218,10 +235,44 @@ def fitting_setup(files, overrides, batches):
 def print_memory(setup: Setup) -> None:
     m = setup.memory()
     c = setup.config
+    peak = f", XLA peak estimate {size(m['peak'])}" if m["peak"] else ""
     print(f"memory analysis (B={c.training.device_batch_size}, T={c.model.sequence_len}, accum {setup.accum}, "
-          f"loss_chunk {c.model.loss_chunk or 'plain'}): temp {m['temp'] / GIB:.2f} GiB, arguments "
-          f"{m['argument'] / GIB:.2f} GiB, outputs {m['output'] / GIB:.2f} GiB, aliased {m['alias'] / GIB:.2f} GiB, "
-          f"total {m['total'] / GIB:.2f} GiB; compile {setup.compile_s:.1f}s")
+          f"remat {c.model.remat}, loss_chunk {c.model.loss_chunk or 'plain'}): temp {size(m['temp'])}, "
+          f"arguments {size(m['argument'])}, outputs {size(m['output'])}, aliased {size(m['alias'])}, "
+          f"generated code {size(m['generated_code'])}, total {size(m['total'])}{peak}; lower {setup.lower_s:.1f}s, "
+          f"compile {setup.compile_s:.1f}s", flush=True)
+
+
+def size(n: int) -> str:
+    """Bytes in GiB (two decimals), or in MiB below 1 GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def check_torch_reference(config) -> None:
+    """The PyTorch reference is onanchat's (2025) model: refuse a config of another recipe."""
+    if config.model.recipe != "onanchat-2025":
+        raise RevjaxError(f"--torch and --torch-only time the PyTorch reference of the onanchat-2025 model, not "
+                          f"model.recipe={config.model.recipe}; drop them or set model.recipe=onanchat-2025")
+
+
+def remat_policies(text: str) -> list[str]:
+    """``--remat``'s comma-separated policies."""
+    policies = text.split(",")
+    bad = [p for p in policies if p not in REMAT_POLICIES]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown remat policy {', '.join(bad)}; use {', '.join(REMAT_POLICIES)} "
+                                         f"(several comma-separated, e.g. none,dots,full)")
+    return policies
+
+
+def remat_overrides(args) -> list[list[str]]:
+    """One override list per ``--remat`` policy (several only with ``--aot``), or the overrides alone."""
+    if not args.remat:
+        return [args.overrides]
+    if len(args.remat) > 1 and not args.aot:
+        raise RevjaxError(f"--remat takes several policies ({','.join(args.remat)}) only with --aot, which compiles "
+                          f"one step per policy; give one policy or add --aot")
+    return [args.overrides + [f"model.remat={policy}"] for policy in args.remat]
 
 
 def main() -> None:
@@ -235,14 +286,34 @@ def main() -> None:
                         help="time only the PyTorch reference (on a GPU: apart from jax, which holds its memory)")
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model")
     parser.add_argument("--breakdown", action="store_true", help="time forward+backward and the update apart")
+    parser.add_argument("--remat", type=remat_policies, metavar="POLICIES",
+                        help="model.remat (none, dots or full); several, comma-separated, with --aot: one memory "
+                             "analysis each")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args()
+    try:
+        run(args)
+    except RevjaxError as exc:
+        sys.exit(f"bench_train: {exc}")
+
+
+def run(args) -> None:
     files = [find_config(c) for c in (args.config or ["default"])]
-    config = load_config(files, args.overrides)
+    variants = remat_overrides(args)
+    config = load_config(files, variants[0])
+    if args.torch or args.torch_only:
+        check_torch_reference(config)
     device = jax.devices()[0]
+    m = config.model
     print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}")
-    print(f"model: {num_params(config.model):,} params, {flops_per_token(config.model):.3e} FLOPs/token, "
-          f"compute {config.model.compute_dtype}, T {config.model.sequence_len}")
+    print(f"model: {m.recipe}, depth {m.n_layer} (n_embd {m.n_embd}, {m.n_head} heads, vocab {m.vocab_size}), "
+          f"{num_params(m):,} params, {flops_per_token(m):.3e} FLOPs/token, compute {m.compute_dtype}, "
+          f"T {m.sequence_len}")
+    if args.aot:
+        for overrides in variants:
+            print_memory(Setup(load_config(files, overrides)))
+        return
+    args.overrides = variants[0]
     if args.torch_only:
         print_torch(config, args)
         return
@@ -263,8 +334,6 @@ def main() -> None:
     else:
         setup = Setup(config)
         print_memory(setup)
-        if args.aot:
-            return
         r = bench_revjax(setup, args.steps, args.breakdown)
     print(f"batch: device batch {config.training.device_batch_size}, {config.training.total_batch_tokens:,} "
           f"tokens/step ({setup.accum} micro-batch(es))")
