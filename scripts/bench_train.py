@@ -99,6 +99,12 @@ class Setup:
         out["peak"] = int(getattr(m, "peak_memory_in_bytes", 0) or 0)
         return out
 
+    def step_flops(self) -> float:
+        """XLA's count of the floating-point operations of one device's compiled step (0 if it gives none)."""
+        cost = self.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list of one dict on older jax
+        return float((cost or {}).get("flops", 0.0))
+
     def batch(self, seed: int = 0) -> dict:
         rng = np.random.default_rng(seed)
         a, rows, T = self.batch_shape
@@ -241,6 +247,11 @@ def print_memory(setup: Setup) -> None:
           f"arguments {size(m['argument'])}, outputs {size(m['output'])}, aliased {size(m['alias'])}, "
           f"generated code {size(m['generated_code'])}, total {size(m['total'])}{peak}; lower {setup.lower_s:.1f}s, "
           f"compile {setup.compile_s:.1f}s", flush=True)
+    if flops := setup.step_flops():
+        tokens = c.training.total_batch_tokens / setup.dp
+        print(f"  XLA cost analysis: {flops:.3e} FLOPs a device a step, {flops / tokens:.3e} per token of its "
+              f"share (the whole step as this backend runs it: attention scores over the full context where it "
+              f"masks windows, the optimizer), against the model's {flops_per_token(c.model):.3e}", flush=True)
 
 
 def size(n: int) -> str:

@@ -65,6 +65,11 @@ def test_aot_prints_one_memory_analysis_per_remat_policy(bench_train, monkeypatc
         assert line.startswith("memory analysis (B=1, T=64, accum 1, remat ")
         for field in ("temp", "arguments", "outputs", "aliased", "generated code", "total", "lower", "compile"):
             assert f"{field} " in line
+    costs = [line for line in out.splitlines() if line.startswith("  XLA cost analysis: ")]
+    assert len(costs) == 2
+    per_token = float(costs[0].split(", ")[1].split(" per token")[0])
+    # the compiled step does the model's count (6 FLOPs per weight and token, attention) and the optimizer's work
+    assert per_token > flops_per_token(config)
     assert "revjax:" not in out  # --aot runs no step
 
 
