@@ -2,8 +2,9 @@
 
     python scripts/bench_train.py --config default [key=value ...] [--steps 10] [--torch] [--breakdown]
     python scripts/bench_train.py --config d20 --aot training.device_batch_size=32   # memory only, nothing allocated
-    python scripts/bench_train.py --aot --remat none,dots,full model.recipe=nanochat-2026 model.depth=24 \
-        tokenizer.vocab_size=32768 training.device_batch_size=16 training.total_batch_tokens=32768
+    python scripts/bench_train.py --config model/d20 --aot --remat none,dots,full model.depth=24 \
+        model.recipe=nanochat-2026 tokenizer.vocab_size=32768 model.sequence_len=2048 model.compute_dtype=bfloat16 \
+        training.device_batch_size=16 training.total_batch_tokens=32768   # the 2026 recipe's d24, per remat policy
     python scripts/bench_train.py --config d20 --fit-batch 32 16 8                    # the largest batch that fits
 
 Batches are random tokens (the data pipeline has its own benchmark, scripts/bench_pipeline.py). The step is compiled
@@ -14,7 +15,9 @@ same optimizer (Muon with bf16 Newton–Schulz for the block matrices, AdamW for
 configured; bf16 autocast when the compute dtype is bf16) and prints the revjax/PyTorch throughput ratio; the
 reference is the onanchat-2025 model, so it refuses a nanochat-2026 config. ``--breakdown`` splits each side's step
 into forward+backward and the optimizer update. ``--remat`` sets ``model.remat``; with ``--aot`` it takes several
-policies and prints one memory analysis for each (the analysis is the backend's own: on a CPU, for XLA's attention).
+policies and prints one memory analysis for each, and XLA's cost analysis of the step. The analysis is the backend's
+own: on a CPU it is for XLA's attention (full-context scores) and its buffer assignment, which shows little of what
+rematerialisation saves on a GPU.
 """
 
 from __future__ import annotations
