@@ -3,6 +3,8 @@ that include it, and ``revjax chain`` running the recipe's phases (base then SFT
 exported in onanchat's layout and imported back bit for bit."""
 
 import jax
+import json
+import math
 import numpy as np
 import pytest
 
@@ -107,6 +109,12 @@ def test_chain_runs_the_recipe_and_its_base_run_round_trips_through_export(base,
         assert meta["config"]["direction"]["direction"] == direction
         assert meta["config"]["optimizer"]["weight_decay"] == 0.28
         assert np.isfinite(outcome.result.val_bpb)
+    # by hand: nanochat's initialisation (head N(0, 0.001²), zero projections) gives logits within about 0.01 of
+    # zero, so the first loss is ln V of the real vocabulary in every direction (padding rows are never predicted)
+    rows = [json.loads(line) for line in (outcomes[0].run_dir / "metrics.jsonl").read_text().splitlines()]
+    first = next(row for row in rows if "loss" in row)
+    vocab = Checkpointer(outcomes[0].run_dir).metadata(2)["config"]["model"]["vocab_size"]
+    assert first["step"] == 0 and abs(first["loss"] - math.log(vocab)) < 5e-3
     parent = Checkpointer(outcomes[1].run_dir).metadata(1)["parent"]
     assert parent == {"run": str(outcomes[0].run_dir), "step": 2, "phase": "base"}
 
