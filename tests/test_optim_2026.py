@@ -499,13 +499,19 @@ def test_the_train_step_takes_the_muon_weight_decay_as_an_input_and_shards_the_s
     assert muon.momentum_buffer["blocks"][0]["mlp"]["c_fc"]["kernel"].sharding.spec == P("fsdp", "tensor")
 
 
-@pytest.fixture(scope="module")
-def recipe_run(base):  # noqa: F811  (base: the tiny corpus and tokenizer fixture)
-    return train(load_config(overrides=train_overrides(base, "recipe-2026", **{"model.recipe": "nanochat-2026"})))
+def recipe_overrides(base, name: str, direction: str, **extra) -> list[str]:
+    return train_overrides(base, f"{name}-{direction}", **{"model.recipe": "nanochat-2026",
+                                                           "direction.direction": direction, **extra})
+
+
+@pytest.fixture(scope="module", params=["forward", "backward", "bidirectional"])
+def recipe_run(base, request):  # noqa: F811  (base: the tiny corpus and tokenizer fixture)
+    return request.param, train(load_config(overrides=recipe_overrides(base, "recipe-2026", request.param)))
 
 
 def test_a_recipe_run_logs_its_three_schedules_and_resumes_bitwise(base, recipe_run):  # noqa: F811
-    config = load_config(overrides=train_overrides(base, "recipe-2026", **{"model.recipe": "nanochat-2026"}))
+    direction, recipe_run = recipe_run
+    config = load_config(overrides=recipe_overrides(base, "recipe-2026", direction))
     rows = [json.loads(line) for line in (recipe_run.run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = {r["step"]: r for r in rows if "loss" in r}
     assert sorted(rows) == list(range(STEPS)) and rows[STEPS - 1]["loss"] < rows[0]["loss"]
@@ -515,11 +521,11 @@ def test_a_recipe_run_logs_its_three_schedules_and_resumes_bitwise(base, recipe_
         assert row["lr_multiplier"] == pytest.approx((step + 1) / 40)
         assert row["muon_momentum"] == pytest.approx(0.85 + 0.12 * step / 400)
         assert row[MUON_WEIGHT_DECAY] == pytest.approx(decay * 0.5 * (1 + math.cos(math.pi * step / STEPS)), rel=1e-6)
-    copy = base / "checkpoints" / "recipe-2026-resumed"
+    copy = base / "checkpoints" / f"recipe-2026-resumed-{direction}"
     shutil.copytree(recipe_run.run_dir, copy)
     with pytest.warns(UserWarning, match="moved checkpoint step 8"):  # the newer step steps aside
-        resumed = train(load_config(overrides=train_overrides(base, "recipe-2026-resumed", **{
-            "model.recipe": "nanochat-2026", "checkpoint.resume_step": 6})))
+        resumed = train(load_config(overrides=recipe_overrides(base, "recipe-2026-resumed", direction,
+                                                               **{"checkpoint.resume_step": 6})))
     assert sorted(resumed.losses) == [6, 7]
     assert all(loss == recipe_run.losses[step] for step, loss in resumed.losses.items())
     assert resumed.val_bpb == recipe_run.val_bpb
