@@ -40,28 +40,22 @@ MC_ITEMS = CORE_MC_ITEMS + [
 DOCS = ["In the beginning God created the heaven and the earth.",
         "To be, or not to be, that is the question.",
         "The quick brown fox jumps over the lazy dog, twice."]
-MC_YAML = """task: revjax_mc
+TASK_YAML = """task: revjax_{name}
 dataset_path: json
 dataset_kwargs:
   cache_dir: {folder}/datasets-cache
   data_files:
-    test: {folder}/mc.jsonl
+    test: {folder}/{name}.jsonl
 test_split: test
-output_type: multiple_choice
+"""
+MC_YAML = TASK_YAML + """output_type: multiple_choice
 doc_to_text: "{{{{query}}}}"
 doc_to_choice: "{{{{choices}}}}"
 doc_to_target: "{{{{gold}}}}"
 metric_list:
   - metric: acc
 """
-DOCS_YAML = """task: revjax_docs
-dataset_path: json
-dataset_kwargs:
-  cache_dir: {folder}/datasets-cache
-  data_files:
-    test: {folder}/docs.jsonl
-test_split: test
-output_type: loglikelihood_rolling
+DOCS_YAML = TASK_YAML + """output_type: loglikelihood_rolling
 doc_to_text: ""
 doc_to_target: "{{{{text}}}}"
 metric_list:
@@ -84,8 +78,8 @@ def task_dir(tmp_path_factory):
     items = [{"id": i, **item} for i, item in enumerate(MC_ITEMS)]
     (folder / "mc.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     (folder / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
-    (folder / "mc.yaml").write_text(MC_YAML.format(folder=folder))
-    (folder / "docs.yaml").write_text(DOCS_YAML.format(folder=folder))
+    (folder / "mc.yaml").write_text(MC_YAML.format(folder=folder, name="mc"))
+    (folder / "docs.yaml").write_text(DOCS_YAML.format(folder=folder, name="docs"))
     return folder
 
 

@@ -24,7 +24,7 @@ from revjax.interop.state_dict import (StateDictError, build_model, checkpoint_m
                                        from_torch_layout, model_keys_from_checkpoint, model_params, to_torch_layout)
 from revjax.losses import model_loss
 from revjax.model import GPT, KVCache, cross_entropy, flops_per_token, num_params
-from tests.helpers import cached_forward, forward
+from tests.helpers import cached_forward, decode_with_cache, forward
 
 GOLDEN = ("windows_gqa", "small_mha")
 
@@ -49,16 +49,6 @@ def case(request, golden_dir):
     return request.param, config, build_model(config, from_torch_layout(state_dict, config)), golden, state_dict
 
 
-def decode(model, ids, prefill):
-    cache = KVCache.zeros(model.config, ids.shape[0], ids.shape[1])
-    logits, cache = cached_forward(model, ids[:, :prefill], cache)
-    chunks = [logits]
-    for t in range(prefill, ids.shape[1]):
-        logits, cache = cached_forward(model, ids[:, t:t + 1], cache)
-        chunks.append(logits)
-    return jnp.concatenate(chunks, axis=1)
-
-
 # ---- parity with nanochat's own outputs ------------------------------------------------------------------------
 
 
@@ -71,7 +61,7 @@ def test_logits_loss_and_decode_match_nanochat(case):
     logits = forward(model, ids)
     assert logits.shape == golden["logits"].shape and rel_err(logits, golden["logits"]) < 1e-5
     assert float(cross_entropy(logits, targets)) == pytest.approx(float(golden["loss"]), rel=1e-5)
-    assert rel_err(decode(model, ids, c["prefill"]), golden["kv_logits"]) < 1e-5
+    assert rel_err(decode_with_cache(model, ids, c["prefill"]), golden["kv_logits"]) < 1e-5
 
 
 def test_windows_matter_in_the_golden_model(case):
