@@ -167,3 +167,20 @@ def test_offline_without_a_cached_copy_fails_at_once(base, tmp_path):
     assert len(lines) == 1 and "nobody/nothing@v1 could not be downloaded" in lines[0], done.stderr
     assert not (tmp_path / "cli" / "checkpoints").exists()
     shutil.rmtree(tmp_path / "cli", ignore_errors=True)
+
+
+def test_a_second_import_reads_no_unchanged_blob_again(released, base, monkeypatch):
+    from revjax.interop import hub
+
+    _, flat, _ = released
+    snapshot = put_in_cache(base, "someone/twice", folder_files(flat))
+    import_checkpoint("hf:someone/twice", base / "first")
+    hashed = []
+    original = hub._hash_of
+    monkeypatch.setattr(hub, "_hash_of", lambda path, *a: hashed.append(path.name) or original(path, *a))
+    import_checkpoint("hf:someone/twice", base / "second")
+    assert hashed == []
+    blob = (snapshot / "model.pt").resolve()
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 1))  # changed on disk: checked again
+    import_checkpoint("hf:someone/twice", base / "third")
+    assert hashed == [blob.name]

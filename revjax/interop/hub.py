@@ -10,6 +10,7 @@ repository that is not in the cache fails at once with one sentence.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -79,11 +80,26 @@ def _hash_of(path: Path, kind: str, size: int) -> str:
 
 
 def verify(snapshot: Path) -> None:
-    """Check every file of a cached snapshot against the hash its blob is named by; one sentence per damage."""
+    """Check every file of a cached snapshot against the hash its blob is named by; one sentence per damage.
+
+    Blobs already checked, unchanged since (same size and modification time), are not read again: the record is
+    ``.revjax-verified.json`` beside the repository's ``blobs/``."""
+    record_path = snapshot.parent.parent / ".revjax-verified.json"
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
     for link in sorted(p for p in snapshot.rglob("*") if p.is_file()):
         blob = link.resolve()
-        name = blob.name
+        name, stat = blob.name, blob.stat()
         kind = "sha256" if re.fullmatch(r"[0-9a-f]{64}", name) else "sha1" if re.fullmatch(r"[0-9a-f]{40}", name) else ""
-        if kind and _hash_of(blob, kind, blob.stat().st_size) != name:
+        if not kind or record.get(name) == [stat.st_size, stat.st_mtime_ns]:
+            continue
+        if _hash_of(blob, kind, stat.st_size) != name:
             raise HubError(f"the downloaded {link.relative_to(snapshot)} does not match its {kind} checksum (damaged "
                            f"or changed on disk); delete {blob} and run the import again to download it afresh")
+        record[name] = [stat.st_size, stat.st_mtime_ns]
+    try:
+        record_path.write_text(json.dumps(record), encoding="utf-8")
+    except OSError:
+        pass  # a read-only cache: the next import checks again

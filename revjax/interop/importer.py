@@ -16,7 +16,8 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -131,7 +132,7 @@ def is_old_import(folder: Path) -> bool:
 
 
 def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path,
-                  model_options: dict | None = None) -> Config:
+                  model_options: Mapping | None = None) -> Config:
     """A full revjax config for the imported model: explicit dims (and further ``model.*`` options), its tokenizer
     in ``<out_run_dir>/tokenizer``."""
     T = model_config["sequence_len"]
@@ -156,7 +157,8 @@ class Source(NamedTuple):
     phase: str | None
     val_bpb: float | None
     tensors: Callable[[], dict[str, np.ndarray]]  # onanchat state_dict names → fp32 arrays
-    model_options: dict = {}  # further model.* settings (a transformers folder's RoPE base and table dtype)
+    model_options: Mapping = MappingProxyType({})  # further model.* settings (a transformers folder's RoPE base
+    # and table dtype; nanochat's recipe and window pattern)
 
 
 def onanchat_source(folder: Path, step: int | None) -> Source:
