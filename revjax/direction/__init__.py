@@ -1,7 +1,7 @@
 """Direction semantics: every forward / backward / bidirectional token layout in revjax.
 
 The rest of revjax never reverses a token list itself; it asks this package, whose modules follow the sections
-below (``core``, ``documents``, ``conversations``, ``chat``, ``render``, ``compat``; every name is importable from
+below (``core``, ``units``, ``documents``, ``conversations``, ``chat``, ``render``, ``compat``; every name is importable from
 ``revjax.direction``). Everything here is pure Python/numpy on token ids: no model, no device, no file, no
 tokenizer import. Special token ids come in through :class:`Specials`.
 
@@ -9,6 +9,11 @@ Directions
     ``forward`` reads text left to right, ``backward`` right to left, and ``bidirectional`` trains
     one model on both, with a direction token (``<|forward|>`` F or ``<|backward|>`` K) right after
     BOS telling it which way the sequence runs. In model order BOS always comes first.
+
+Reversal units (``units``)
+    What a backward reading reverses: token ids (``token``, onanchat's and the default), or the text's words
+    (``word``, BackGPT) or words with whole entities (``entity``) before tokenization; every layout below takes a
+    ``unit`` and, for the text units, reverses segments around text already reversed (:mod:`revjax.direction.units`).
 
 Documents (default, corrected mode)
     Each document is oriented on its own: forward ``[BOS, t1 … tn]``, backward ``[BOS, tn … t1]``,
@@ -85,9 +90,12 @@ from revjax.direction.core import ConversationMode, Direction, LossMask, Special
 from revjax.direction.documents import (continued_row, document_direction, document_head_length, inputs_and_targets,
                                         known_directions, orient_document, orient_documents, restore_document)
 from revjax.direction.render import Rendering, chat_turn, chat_turn_ends, render, render_reply
+from revjax.direction.units import (MEASURE_UNITS, Unit, UnitStream, flip, is_entity_word, orient_text,
+                                    reverse_units, segment_permutation, text_pieces)
 
 __all__ = [
-    "ConversationMode", "Direction", "LossMask", "Rendering", "Specials", "Tokens",
+    "MEASURE_UNITS", "ConversationMode", "Direction", "LossMask", "Rendering", "Specials", "Tokens", "Unit",
+    "UnitStream", "flip", "is_entity_word", "orient_text", "reverse_units", "segment_permutation", "text_pieces",
     "chat_prompt", "chat_reply", "chat_stop_token", "chat_turn", "chat_turn_ends", "choose_direction",
     "compat_batches", "compat_chunk_to_batch", "compat_chunks", "compat_orient_chunk", "compat_orient_conversation",
     "compat_orient_sft_example",

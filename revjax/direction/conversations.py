@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from revjax.direction.core import ConversationMode, Direction, LossMask, Specials, _resolve
+from revjax.direction.units import Unit, segment_permutation
 
 
 def _spans(ids: Sequence[int], pairs: Mapping[int, int]) -> list[tuple[int, int]]:
@@ -30,14 +31,21 @@ def _turn_pairs(specials: Specials) -> dict[int, int]:
     return {specials.user_start: specials.user_end, specials.assistant_start: specials.assistant_end}
 
 
-def _permutation(ids: Sequence[int], mode: ConversationMode, specials: Specials) -> list[int]:
+def _reversed_positions(ids: Sequence[int], start: int, stop: int, unit: Unit, specials: Specials) -> list[int]:
+    """Positions ``start … stop-1`` read backward: reversed (token units) or by segments (text units)."""
+    if unit is Unit.TOKEN:
+        return list(range(stop - 1, start - 1, -1))
+    return [start + p for p in segment_permutation(ids[start:stop], specials.all_ids())]
+
+
+def _permutation(ids: Sequence[int], mode: ConversationMode, specials: Specials, unit: Unit) -> list[int]:
     """Return the involutive position permutation that reverses a one-way conversation ``ids`` (BOS at 0)."""
     n = len(ids)
     if mode is ConversationMode.SEQUENCE:
-        return [0] + list(range(n - 1, 0, -1))
+        return [0] + _reversed_positions(ids, 1, n, unit, specials)
     perm = list(range(n))
     for start, stop in _spans(ids, _turn_pairs(specials)):
-        perm[start + 1 : stop] = range(stop - 1, start, -1)
+        perm[start + 1 : stop] = _reversed_positions(ids, start + 1, stop, unit, specials)
     return perm
 
 
@@ -69,15 +77,19 @@ def orient_conversation(
     loss: LossMask | str = LossMask.GENERATED,
     seed: int = 0,
     index: int = 0,
+    unit: Unit | str = Unit.TOKEN,
 ) -> tuple[list[int], list[int]]:
-    """Return ``(ids, mask)`` of a rendered conversation in model order, masked per ``loss`` (module docstring)."""
+    """Return ``(ids, mask)`` of a rendered conversation in model order, masked per ``loss`` (module docstring).
+
+    With a text ``unit`` a backward conversation is rendered from reversed message texts
+    (:func:`revjax.direction.orient_text`); its turns and markers are reversed around them."""
     ids, mask = _check_conversation(ids, mask, specials)
     mode, loss = ConversationMode.parse(mode), LossMask.parse(loss)
     way, marked = _resolve(direction, seed, index)
     if way is Direction.BACKWARD:
         if mode is ConversationMode.SEQUENCE and loss is LossMask.GENERATED:
             mask = _user_turn_mask(ids, specials)
-        perm = _permutation(ids, mode, specials)
+        perm = _permutation(ids, mode, specials, Unit.parse(unit))
         ids, mask = [ids[p] for p in perm], [mask[p] for p in perm]
     if marked:
         ids = [ids[0], specials.marker(way)] + ids[1:]
@@ -92,8 +104,10 @@ def restore_conversation(
     specials: Specials,
     *,
     mode: ConversationMode | str,
+    unit: Unit | str = Unit.TOKEN,
 ) -> tuple[list[int], list[int]]:
-    """Return ``(ids, mask)`` of a model-order conversation in reading order, marker removed, mask carried along."""
+    """Return ``(ids, mask)`` of a model-order conversation in reading order, marker removed, mask carried along
+    (text ``unit``: message contents stay the reversed texts' tokens)."""
     ids, mask = _check_conversation(ids, mask, specials)
     mode = ConversationMode.parse(mode)
     direction = Direction.parse(direction)
@@ -103,6 +117,6 @@ def restore_conversation(
         direction = specials.marker_direction(ids[1])
         ids, mask = ids[:1] + ids[2:], mask[:1] + mask[2:]
     if direction is Direction.BACKWARD:
-        perm = _permutation(ids, mode, specials)
+        perm = _permutation(ids, mode, specials, Unit.parse(unit))
         ids, mask = [ids[p] for p in perm], [mask[p] for p in perm]
     return ids, mask

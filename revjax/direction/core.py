@@ -113,6 +113,10 @@ class Specials:
         """Build from a tokenizer that has ``encode_special(name) -> int``."""
         return cls(**{field: int(tok.encode_special(name)) for field, name in _SPECIAL_NAMES.items()})
 
+    def all_ids(self) -> frozenset[int]:
+        """Every special token id."""
+        return frozenset(getattr(self, f.name) for f in fields(self))
+
     def marker(self, direction: Direction | str) -> int:
         """Return the direction token id for ``forward`` or ``backward``."""
         direction = _one_way(direction)

@@ -10,6 +10,14 @@ from collections.abc import Iterable
 import numpy as np
 
 from revjax.direction.core import Direction, Specials, Tokens, _as_ids, _resolve
+from revjax.direction.units import Unit, flip
+
+
+def _backward_body(body: np.ndarray, unit: Unit | str, specials: Specials) -> np.ndarray:
+    """A one-way document body read backward: ids reversed (token units) or segments reversed (text units)."""
+    if Unit.parse(unit) is Unit.TOKEN:
+        return body[::-1].copy()
+    return np.asarray(flip(body, unit, specials), dtype=np.int32)
 
 
 def known_directions(direction: Direction | str) -> list[Direction]:
@@ -24,15 +32,19 @@ def document_direction(direction: Direction | str, seed: int, index: int) -> Dir
 
 
 def orient_document(
-    tokens: Tokens, direction: Direction | str, specials: Specials, *, seed: int = 0, index: int = 0
+    tokens: Tokens, direction: Direction | str, specials: Specials, *, seed: int = 0, index: int = 0,
+    unit: Unit | str = Unit.TOKEN,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(ids int32, is_target bool)`` of one document (tokens without BOS) in model order."""
+    """Return ``(ids int32, is_target bool)`` of one document (tokens without BOS) in model order.
+
+    With a text ``unit`` a backward document's ``tokens`` are those of its reversed text
+    (:func:`revjax.direction.orient_text` with :func:`document_direction`), kept in order."""
     body = _as_ids(tokens, "document tokens")
     if np.any(body == specials.bos):
         raise ValueError(f"document tokens contain BOS ({specials.bos}); pass each document without it")
     way, marked = _resolve(direction, seed, index)
     if way is Direction.BACKWARD:
-        body = body[::-1]
+        body = _backward_body(body, unit, specials)
     head = [specials.bos, specials.marker(way)] if marked else [specials.bos]
     ids = np.concatenate([np.asarray(head, dtype=np.int32), body])
     is_target = np.ones(ids.shape, dtype=bool)
@@ -62,12 +74,13 @@ def continued_row(head: Tokens, ids: Tokens, is_target: Tokens) -> tuple[np.ndar
 
 
 def orient_documents(
-    docs: Iterable[Tokens], direction: Direction | str, specials: Specials, *, seed: int = 0, first_index: int = 0
+    docs: Iterable[Tokens], direction: Direction | str, specials: Specials, *, seed: int = 0, first_index: int = 0,
+    unit: Unit | str = Unit.TOKEN,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the flat ``(ids, is_target)`` stream of documents ``first_index, first_index+1, …`` in model order."""
     ids_parts, mask_parts = [], []
     for offset, doc in enumerate(docs):
-        ids, is_target = orient_document(doc, direction, specials, seed=seed, index=first_index + offset)
+        ids, is_target = orient_document(doc, direction, specials, seed=seed, index=first_index + offset, unit=unit)
         ids_parts.append(ids)
         mask_parts.append(is_target)
     if not ids_parts:
@@ -75,8 +88,10 @@ def orient_documents(
     return np.concatenate(ids_parts), np.concatenate(mask_parts)
 
 
-def restore_document(ids: Tokens, direction: Direction | str, specials: Specials) -> np.ndarray:
-    """Return the reading-order tokens (no BOS, no marker) of one model-order document."""
+def restore_document(ids: Tokens, direction: Direction | str, specials: Specials, *,
+                     unit: Unit | str = Unit.TOKEN) -> np.ndarray:
+    """Return the reading-order tokens (no BOS, no marker) of one model-order document; with a text ``unit`` a
+    backward body stays as it is (decode it and :func:`revjax.direction.reverse_units` the text)."""
     arr = _as_ids(ids, "model-order ids")
     if arr.size == 0 or arr[0] != specials.bos:
         raise ValueError(f"a model-order document must start with BOS ({specials.bos})")
@@ -87,7 +102,7 @@ def restore_document(ids: Tokens, direction: Direction | str, specials: Specials
         direction, body = specials.marker_direction(int(arr[1])), arr[2:]
     else:
         body = arr[1:]
-    return body[::-1].copy() if direction is Direction.BACKWARD else body.copy()
+    return _backward_body(body, unit, specials) if direction is Direction.BACKWARD else body.copy()
 
 
 def inputs_and_targets(ids: Tokens, is_target: Tokens) -> tuple[np.ndarray, np.ndarray]:

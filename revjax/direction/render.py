@@ -15,6 +15,10 @@ the tokenizer) is shown as typed. The rules:
 :class:`Rendering` streams: fed model-order ids chunk by chunk it returns pieces in reading order, to go after the
 text so far (forward) or before it (backward). A tool call is held back until it is complete, and so is a character
 whose UTF-8 bytes are split over tokens, so the pieces always add up to :func:`render`'s text.
+
+A backward model with a text ``unit`` (word, entity) writes the reversed text left to right: its ids are decoded in
+model order and the text's pieces put back in reading order (:class:`revjax.direction.UnitStream`), each going
+before the text so far.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from revjax.direction.chat import _chat_way
 from revjax.direction.core import ConversationMode, Direction, Specials
+from revjax.direction.units import Unit, UnitStream, flip
 
 TokenBytes = Callable[[int], bytes]
 CALL, RESULT = "[calculator: ", " = "
@@ -37,11 +42,14 @@ def _labels(s: Specials) -> dict[int, bytes]:
 
 class Rendering:
     """Model-order ids → reading-order text pieces (see the module). ``backward``: ids arrive right to left;
-    ``skip_first``: a token dropped when it comes first; ``ends``: tokens that end the text (nothing after shows)."""
+    ``skip_first``: a token dropped when it comes first; ``ends``: tokens that end the text (nothing after shows);
+    ``unit``: what a backward text reverses."""
 
     def __init__(self, token_bytes: TokenBytes, specials: Specials, *, backward: bool, skip_first: int | None = None,
-                 ends: Collection[int] = ()):
+                 ends: Collection[int] = (), unit: Unit | str = Unit.TOKEN):
         self._bytes, self.backward, self._skip, self._ends = token_bytes, backward, skip_first, frozenset(ends)
+        self._units = UnitStream(unit) if backward and Unit.parse(unit) is not Unit.TOKEN else None
+        self._flipped = backward and self._units is None  # ids arrive in reverse reading order
         s = specials
         # model order: a backward call reads python_end … python_start, its output output_end … output_start
         self._call = (s.python_end, s.python_start) if backward else (s.python_start, s.python_end)
@@ -76,6 +84,9 @@ class Rendering:
     def finish(self) -> str:
         """The rest: a tool call or character left incomplete, as far as it goes."""
         parts = [self._settle()]
+        if self._units is not None:
+            done = self._units.feed(self._decoder.decode(b"".join(parts), final=True))
+            return self._units.finish() + done
         if not self.backward:
             return self._decoder.decode(b"".join(parts), final=True)
         held, self._held = b"".join(parts) + self._held, b""
@@ -121,7 +132,7 @@ class Rendering:
             expr, result = None, group[1:]
 
         def text(ids: list[int]) -> bytes:
-            return b"".join(self._bytes(i) for i in (ids[::-1] if self.backward else ids) if i not in tools)
+            return b"".join(self._bytes(i) for i in (ids[::-1] if self._flipped else ids) if i not in tools)
 
         if expr is None:
             return LONE_RESULT.encode() + text(result) + b"]"
@@ -131,6 +142,8 @@ class Rendering:
         return self._labels[t] if t in self._labels else b"" if t in self._tools else self._bytes(t)
 
     def _text(self, parts: list[bytes]) -> str:
+        if self._units is not None:
+            return self._units.feed(self._decoder.decode(b"".join(parts)))
         if not self.backward:
             return self._decoder.decode(b"".join(parts))
         data = b"".join(reversed(parts)) + self._held
@@ -140,10 +153,10 @@ class Rendering:
 
 
 def render(generated: Sequence[int], token_bytes: TokenBytes, specials: Specials, *, backward: bool = False,
-           skip_first: int | None = None, ends: Collection[int] = ()) -> str:
+           skip_first: int | None = None, ends: Collection[int] = (), unit: Unit | str = Unit.TOKEN) -> str:
     """The reading-order text for people of model-order ``generated`` ids (``backward``: generated right to left);
     the whole of what :class:`Rendering` streams."""
-    rendering = Rendering(token_bytes, specials, backward=backward, skip_first=skip_first, ends=ends)
+    rendering = Rendering(token_bytes, specials, backward=backward, skip_first=skip_first, ends=ends, unit=unit)
     body, tail = rendering.feed(generated), rendering.finish()
     return tail + body if backward else body + tail
 
@@ -163,22 +176,23 @@ def chat_turn_ends(
 
 def chat_turn(
     generated: Sequence[int], direction: Direction | str, specials: Specials, *, mode: ConversationMode | str,
-    generate: Direction | str | None = None,
+    generate: Direction | str | None = None, unit: Unit | str = Unit.TOKEN,
 ) -> list[int]:
     """Reading-order content ids of a generated chat turn (model order in), ended at the turn's end (see
-    :func:`chat_turn_ends`); tool calls are kept, so a later prompt holds exactly what the model wrote."""
+    :func:`chat_turn_ends`); tool calls are kept, so a later prompt holds exactly what the model wrote (text
+    ``unit``: a backward turn's ids of its reversed text, as a later prompt takes them)."""
     backward, skip, ends = chat_turn_ends(direction, specials, mode=mode, generate=generate)
     ids = [int(t) for t in generated]
     if ids and ids[0] == skip:
         ids = ids[1:]
     cut = next((i for i, t in enumerate(ids) if t in ends), len(ids))
-    return ids[:cut][::-1] if backward else ids[:cut]
+    return flip(ids[:cut], unit, specials) if backward else ids[:cut]
 
 
 def render_reply(
     generated: Sequence[int], direction: Direction | str, specials: Specials, token_bytes: TokenBytes, *,
-    mode: ConversationMode | str, generate: Direction | str | None = None,
+    mode: ConversationMode | str, generate: Direction | str | None = None, unit: Unit | str = Unit.TOKEN,
 ) -> str:
     """The reading-order text for people of a generated chat turn (model order in): :func:`render` of the turn."""
     backward, skip, ends = chat_turn_ends(direction, specials, mode=mode, generate=generate)
-    return render(generated, token_bytes, specials, backward=backward, skip_first=skip, ends=ends)
+    return render(generated, token_bytes, specials, backward=backward, skip_first=skip, ends=ends, unit=unit)
