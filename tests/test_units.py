@@ -130,3 +130,17 @@ def test_unit_stream_pieces_add_up():
     for ch in "out. one odd the Identify":
         text = stream.feed(ch) + text
     assert stream.finish() + text == "Identify the odd one out."
+
+
+def test_unit_stream_equals_reversal_for_any_chunking():
+    rng = np.random.default_rng(1)
+    alphabet = list("aZ5 .\nkm$")
+    for _ in range(200):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 30))))
+        for unit in ("word", "entity"):
+            stream, out, i = UnitStream(unit), "", 0
+            while i < len(text):
+                step = int(rng.integers(1, 5))
+                out = stream.feed(text[i:i + step]) + out
+                i += step
+            assert stream.finish() + out == reverse_units(text, unit), (text, unit)
