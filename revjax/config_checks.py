@@ -249,6 +249,18 @@ def check_logging(config: Any, fail: Fail) -> None:
             fail([f"logging.{key}"], f"logging.{key}={getattr(config.logging, key)} must be a number of steps, or 0")
 
 
+def check_direction(config: Any, fail: Fail) -> None:
+    d = config.direction
+    if d.unit != "token" and d.direction == "forward":
+        fail(["direction.unit", "direction.direction"],
+             f"direction.unit={d.unit} reverses text for backward reading, but direction.direction=forward reads it "
+             "as it is; use direction.unit=token for a forward model")
+    if d.unit != "token" and d.layout == "compat":
+        fail(["direction.unit", "direction.layout"],
+             f"direction.unit={d.unit} needs direction.layout=document (the compat layouts reproduce onanchat, which "
+             "reverses token ids); use direction.unit=token with the compat layout")
+
+
 def check_checkpoint(config: Any, fail: Fail) -> None:
     if config.checkpoint.keep < 1:
         fail(["checkpoint.keep"], f"checkpoint.keep={config.checkpoint.keep} must be at least 1")
@@ -258,7 +270,7 @@ def check_checkpoint(config: Any, fail: Fail) -> None:
 SECTION_CHECKS: dict[str, Callable[[Any, Fail], None]] = {
     "model": check_model, "tokenizer": check_tokenizer, "run_name": check_run_name, "training": check_training,
     "schedule": check_schedule, "optimizer": check_optimizer, "mesh": check_mesh, "data": check_data,
-    "logging": check_logging, "checkpoint": check_checkpoint, "chain": check_chain,
+    "logging": check_logging, "checkpoint": check_checkpoint, "chain": check_chain, "direction": check_direction,
 }
 
 

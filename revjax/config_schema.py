@@ -107,6 +107,9 @@ class DirectionConfig:
     # user turns, else the assistant's); "assistant" is onanchat's assistant-only mask
     loss_mask: Literal["generated", "assistant"] = "generated"
     seed: int = 0  # per-document direction choice in bidirectional mode
+    # what a backward reading reverses: token ids (onanchat), word pieces (BackGPT) or words with whole entities
+    # (revjax.direction.units); forward models read text as it is, so they keep token
+    unit: Literal["token", "word", "entity"] = "token"
 
 
 def _default_train_tasks() -> list:

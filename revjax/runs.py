@@ -1,11 +1,11 @@
 """Runs: what a checkpoint records about its run, and the one loader of a trained run.
 
 * :func:`build_metadata`: the JSON metadata stored with every checkpoint step (:mod:`revjax.checkpoint` saves it);
-* :func:`check_compatible`: refuse to continue a checkpoint of another direction, tokenizer or model;
+* :func:`check_compatible`: refuse to continue a checkpoint of another direction, reversal unit, tokenizer or model;
 * :func:`read_params`: only the parameters of a step, as numpy fp32 arrays, after the size and memory checks;
 * :func:`load_run`: a :class:`TrainedRun` (config, metadata, tokenizer with its identity checked, direction,
-  conversation mode, and the model's graphdef and parameters, or the metadata alone), optionally under the run
-  lock. Evaluation, comparison, chat, serving, export and the report load runs through it.
+  reversal unit, conversation mode, and the model's graphdef and parameters, or the metadata alone), optionally
+  under the run lock. Evaluation, comparison, chat, serving, export and the report load runs through it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import revjax
 from revjax.checkpoint import (CHECKSUMS, MAX_LISTED_DIFFERENCES, STATE, Checkpointer, CheckpointError,
                                CheckpointMismatch, DamagedCheckpoint, NoIntactCheckpoint, checksums)
 from revjax.config import Config
-from revjax.direction import Direction
+from revjax.direction import Direction, Unit
 from revjax.memory import check_dimensions, check_fits
 from revjax.runlock import RunLock
 from revjax.tokenizer import Tokenizer
@@ -82,6 +82,11 @@ class TrainedRun:
     @cached_property
     def direction(self) -> Direction:
         return Direction.parse(self.meta.get("direction") or self.config.direction.direction)
+
+    @cached_property
+    def unit(self) -> Unit:
+        """What the run's backward reading reverses (``token`` for runs saved before reversal units existed)."""
+        return Unit.parse(self.meta.get("unit") or self.config.direction.unit)
 
     @cached_property
     def mode(self) -> str:
@@ -202,10 +207,12 @@ def check_compatible(
     tokenizer_identity: str,
     model_config: Mapping | None = None,
     force: bool = False,
+    unit: str = "token",
 ) -> None:
-    """Refuse to continue a checkpoint trained with another direction, tokenizer or model (any of
-    ``model_config``'s keys, e.g. ``sequence_len``), unless ``force``."""
+    """Refuse to continue a checkpoint trained with another direction, reversal unit, tokenizer or model (any of
+    ``model_config``'s keys, e.g. ``sequence_len``), unless ``force``; a checkpoint without a unit has ``token``."""
     wanted = [("direction", metadata.get("direction"), direction),
+              ("unit", metadata.get("unit", "token"), str(Unit.parse(unit).value)),
               ("tokenizer_identity", metadata.get("tokenizer_identity"), tokenizer_identity)]
     stored_model = metadata.get("model_config") or {}
     wanted += [(f"model.{key}", stored_model.get(key), value) for key, value in (model_config or {}).items()]
@@ -248,11 +255,13 @@ def build_metadata(
     tokenizer_identity: str,
     tokenizer_path: str,
     val_bpb: float | None,
+    unit: str = "token",
 ) -> dict:
     """The JSON metadata stored with a checkpoint, plus the revjax version, git commit and UTC save time."""
     return {
         "step": int(step),
         "direction": direction,
+        "unit": Unit.parse(unit).value,
         "phase": phase,
         "model_config": dict(model_config),
         "config": config,

@@ -141,14 +141,15 @@ def _resume(config: Config, tokenizer: Tokenizer, checkpointer: Checkpointer, tx
     if newest_readable is not None:
         check_compatible(checkpointer.metadata(newest_readable), direction=config.direction.direction,
                          tokenizer_identity=tokenizer.identity(), model_config=config.model.gpt_config(),
-                         force=ck.force)
+                         force=ck.force, unit=config.direction.unit)
     graphdef, abstract, shardings = train_state_shardings(config.model, tx, mesh)
     restored, data_state, meta = checkpointer.restore(_abstract_tree(abstract), chosen)
     step = int(meta["step"])
     for newer in (s for s in steps if s > step):
         checkpointer.set_aside(newer, "superseded" if chosen is not None else "damaged")
-    if (meta.get("direction"), meta.get("tokenizer_identity")) != (config.direction.direction, tokenizer.identity()):
-        data_state = None  # a forced change of direction or tokenizer starts the data stream afresh
+    saved = (meta.get("direction"), meta.get("unit", "token"), meta.get("tokenizer_identity"))
+    if saved != (config.direction.direction, config.direction.unit, tokenizer.identity()):
+        data_state = None  # a forced change of direction, unit or tokenizer starts the data stream afresh
     return graphdef, TrainState(restored["params"], restored["opt_state"]), shardings, step, data_state
 
 
@@ -156,7 +157,7 @@ def _init_from(config: Config, tokenizer: Tokenizer) -> tuple[Any, dict]:
     """The parameters of the newest intact checkpoint of ``training.init_from`` and the parent's lineage record."""
     params, meta, origin = read_params(config.training.init_from)
     check_compatible(meta, direction=config.direction.direction, tokenizer_identity=tokenizer.identity(),
-                     force=config.checkpoint.force)
+                     force=config.checkpoint.force, unit=config.direction.unit)
     shape_keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd")
     if any(getattr(origin.model, k) != getattr(config.model, k) for k in shape_keys):
         raise TrainingError(
@@ -257,7 +258,7 @@ def save_checkpoint(run: RunSetup, state: TrainState, step: int, val_bpb: float 
     """Save the train state, data position and metadata as ``step`` (a committed step is never rewritten)."""
     config = run.config
     metadata = build_metadata(
-        step=step, direction=config.direction.direction, phase=config.training.phase,
+        step=step, direction=config.direction.direction, unit=config.direction.unit, phase=config.training.phase,
         model_config=config.model.gpt_config(), config=config.with_absolute_paths().to_dict(),
         tokenizer_identity=run.tokenizer.identity(), tokenizer_path=str(config.tokenizer_path()), val_bpb=val_bpb)
     metadata["finished"] = step == run.num_iterations
