@@ -26,6 +26,7 @@ from revjax.config import Config, ConfigError, load_config
 from revjax.config_args import config_files, config_from_args
 from revjax.errors import exit_on_interrupt, run_command
 from revjax.eval import compare
+from revjax.eval import rerank_cli
 from revjax.eval import run as eval_run
 from revjax.experiments import cli as sweep_cli
 from revjax.interop import export, importer, lm_eval_cli
@@ -112,13 +113,14 @@ def train_tokenizer(config: Config):
 
 def show_directions(config: Config, tokenizer, text: str) -> None:
     """Print how one sentence looks to a forward, backward and bidirectional model."""
-    from revjax.direction import Direction, Specials, orient_document
+    from revjax.direction import Direction, Specials, document_direction, orient_document, orient_text
 
-    specials = Specials.from_tokenizer(tokenizer)
+    specials, seed, unit = Specials.from_tokenizer(tokenizer), config.direction.seed, config.direction.unit
     ids = tokenizer.encode(text)
-    print(f"\n{text!r} in model order ({len(ids)} tokens; | separates tokens):")
+    print(f"\n{text!r} in model order ({len(ids)} tokens; | separates tokens; reversal unit {unit}):")
     for direction in Direction:
-        oriented, _ = orient_document(ids, direction, specials, seed=config.direction.seed)
+        body = tokenizer.encode(orient_text(text, document_direction(direction, seed, 0), unit))
+        oriented, _ = orient_document(body, direction, specials, seed=seed, unit=unit)
         pieces = [tokenizer.decode([int(t)]) for t in oriented]
         print(f"  {direction.value:>13}: {'|'.join(pieces)!r}")
 
@@ -233,6 +235,9 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(eval_run.add_arguments, eval_run.run,
                     "evaluate a run: bpb, CORE, the offline suite, ChatCORE (--help for options)",
                     eval_run.DESCRIPTION, cached=True),
+    "rerank": Command(rerank_cli.add_arguments, rerank_cli.run,
+                      "best-of-N answers reranked by a backward model's reverse reward (--help for options)",
+                      rerank_cli.DESCRIPTION, cached=True),
     "compare": Command(compare.add_arguments, compare.run,
                        "compare runs per direction on the same bytes: bpb, suites, gaps, plots (--help)",
                        compare.DESCRIPTION, cached=True),

@@ -27,6 +27,10 @@ end and shows a calculator call as ``[calculator: EXPR = RESULT]``, never raw sp
 Streaming a backward generation: the text is written right to left, so each piece is sent as ``delta.prepend``
 (it goes before the text so far) and the whole reading-order text comes as ``delta.content`` in the last chunk, so
 a client that only concatenates ``content`` still gets the right text.
+
+Reversal units: a backward ``word`` or ``entity`` model (``unit`` in ``GET /v1/models``) reads each message from its
+reversed text, so a message is encoded from it (:meth:`revjax.chat.session.ChatModel.encode_message`); its replies
+are sent in reading order, streamed as ``prepend`` pieces of whole words like any backward reply.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from revjax.chat.session import REVERSE, ChatError, ChatModel
@@ -98,6 +102,7 @@ class Completion:
     seed: int | None
     stream: bool
     include_usage: bool
+    messages: list[list[int]] = field(default_factory=list)  # the reading-order message ids the prompt holds
 
 
 def _number(body: dict, name: str, default: Any, *, integer: bool = False,
@@ -234,7 +239,7 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise _bad("'stream' must be true or false and 'stream_options' an object", "stream")
 
-    prompt = model.prompt([model.encode(t) for t in texts], way)
+    prompt = model.prompt([model.encode_message(t, way) for t in texts], way)
     most = limits.max_prompt_tokens
     if len(prompt) > most:
         raise _bad(f"the prompt is {len(prompt)} tokens; this model takes at most {most}; shorten the messages",
@@ -246,7 +251,7 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
         raise _bad(f"the prompt ({len(prompt)} tokens) and '{name}' ({max_tokens}) exceed the model's "
                    f"{model.max_len}-token context; ask for at most {room}", name, "context_length_exceeded")
     return Completion(way, task, prompt, max_tokens, float(temperature), top_k or None, top_p, seed, stream,
-                      bool(options.get("include_usage")))
+                      bool(options.get("include_usage")), [model.encode(t) for t in texts])
 
 
 def completion_body(ident: str, created: int, model: str, request: Completion, text: str, finish_reason: str,

@@ -76,7 +76,8 @@ async def models(request: Request):
     model, limits = request.app.state.model, request.app.state.limits
     return {"object": "list", "data": [{
         "id": model.name, "object": "model", "created": request.app.state.created, "owned_by": "revjax",
-        "direction": model.direction.value, "conversation_mode": model.mode.value, "step": model.step,
+        "direction": model.direction.value, "unit": model.unit.value, "conversation_mode": model.mode.value,
+        "step": model.step,
         "ways": [w.value for w in model.ways], "tasks": {w.value: model.task(w) for w in model.ways},
         "context_length": model.max_len,
         "limits": {"max_tokens": limits.max_tokens, "max_prompt_tokens": limits.max_prompt_tokens,
@@ -95,6 +96,8 @@ async def completions(request: Request):
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
+    if getattr(request.app.state, "reranker", None) is not None:
+        return await best_of(request, parsed)
     job = Job(parsed, emit)
     try:
         batcher.submit(job)
@@ -125,6 +128,38 @@ async def completions(request: Request):
                 return completion_body(ident, now, model.name, parsed, text, value, len(generated))
     finally:
         batcher.cancel(job)
+
+
+async def best_of(request: Request, parsed: Completion) -> dict:
+    """``--reranker RUN --best-of N``: sample N replies, answer with the one the reranker chooses, and report every
+    candidate's scores and the chosen index in the ``revjax`` field (one request at a time, not streamed)."""
+    from revjax.eval.rerank import RerankError
+
+    state = request.app.state
+    if parsed.stream:
+        raise APIError(400, "this server answers with the best of several replies, which it cannot stream; send "
+                            "stream=false", param="stream")
+    if parsed.way is not Direction.FORWARD:
+        raise APIError(400, "best-of reranking chooses among forward answers; ask for direction forward",
+                       param="direction")
+
+    def work():
+        with state.rerank_lock:
+            return state.reranker.best_of([parsed.messages], state.best_of, temperature=parsed.temperature,
+                                          seed=parsed.seed or 0, max_new_tokens=parsed.max_tokens)[0]
+
+    try:
+        ranking = await asyncio.to_thread(work)
+    except RerankError as err:
+        raise APIError(400, str(err)) from None
+    model, chosen = state.model, ranking.chosen["combined"]
+    text = model.render(ranking.candidates[chosen].ids, parsed.way)
+    body = completion_body(f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), model.name, parsed, text, "stop",
+                           len(ranking.candidates[chosen].ids))
+    body["revjax"] = {"best_of": state.best_of, "weight": state.reranker.weight, "rule": "combined",
+                      "reranker": state.reranker.reranker.name, "chosen": chosen, "chosen_by": ranking.chosen,
+                      "candidates": [c.as_dict() for c in ranking.candidates]}
+    return body
 
 
 async def read_body(request, limit: int, timeout_s: float = 30.0) -> bytes:

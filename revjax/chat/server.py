@@ -30,6 +30,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -131,8 +132,10 @@ async def send_error(send, error: APIError, *, close: bool = False) -> None:
 
 
 def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool = False, api_key: str | None = None,
-               hosts: Iterable[str] = LOOPBACK_HOSTS):
+               hosts: Iterable[str] = LOOPBACK_HOSTS, reranker=None, best_of: int = 1):
     """The FastAPI application serving ``model``; its batcher starts and stops with the app (``app.state.batcher``).
+    With ``reranker`` (a :class:`revjax.eval.rerank.Reranker` whose generator is ``model``) a completion is the best
+    of ``best_of`` sampled replies.
 
     Requests pass :class:`Guard` with ``api_key`` (None: none needed) and the ``Host`` names ``hosts``; the routes
     and error handlers are :mod:`revjax.chat.routes`'."""
@@ -156,6 +159,7 @@ def create_app(model: ChatModel, limits: Limits | None = None, *, warmup: bool =
 
     app = FastAPI(title="revjax chat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.model, app.state.limits = batcher, model, limits
+    app.state.reranker, app.state.best_of, app.state.rerank_lock = reranker, best_of, threading.Lock()
     app.state.page = (STATIC / "index.html").read_text(encoding="utf-8")
     app.state.created = int(time.time())
     app.add_middleware(Guard, api_key=api_key, hosts=hosts)
@@ -297,6 +301,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="waiting requests before 429")
     parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                         help="largest max_tokens allowed (cut to the model's context length)")
+    parser.add_argument("--reranker", default=None, metavar="RUN",
+                        help="answer with the best of --best-of sampled replies, chosen by this backward run's "
+                             "reverse reward (reported in each response's 'revjax' field; no streaming)")
+    parser.add_argument("--best-of", type=int, default=4, metavar="N", help="replies sampled per request with "
+                        "--reranker")
+    parser.add_argument("--weight", type=float, default=1.0,
+                        help="--reranker's combined score: reverse + weight × forward log-probability")
+
+
+def load_reranker(model: ChatModel, run_dir: str, best_of: int, weight: float):
+    """The :class:`revjax.eval.rerank.Reranker` of ``--reranker`` for ``model``, refused in one sentence when the
+    two cannot rerank together."""
+    from revjax.eval.rerank import RankModel, Reranker, RerankError
+
+    if best_of < 1:
+        raise RerankError(f"--best-of must be at least 1, got {best_of}")
+    generator = RankModel(model.graphdef, model.params, model.tokenizer, model.direction, model.mode, model.max_len,
+                          name=model.name)
+    return Reranker(generator, RankModel.from_run(run_dir), weight=weight)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -322,9 +345,11 @@ def run(args: argparse.Namespace) -> int:
         sock = bind(args.host, args.port)
         try:
             model = load_model(args.run_dir, args.step, command="serve", batch=args.max_batch)
+            reranker = load_reranker(model, args.reranker, args.best_of, args.weight) if args.reranker else None
             limits = Limits(max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens)
             hosts = allowed_hosts(args.host, args.allowed_host)
-            app = create_app(model, limits, warmup=True, api_key=args.api_key, hosts=hosts)
+            app = create_app(model, limits, warmup=True, api_key=args.api_key, hosts=hosts, reranker=reranker,
+                             best_of=args.best_of)
             server = make_server(app, sock, head_timeout_s=args.head_timeout, max_connections=args.max_connections)
             if not is_loopback(args.host):
                 print(f"revjax serve: listening on {args.host}: "

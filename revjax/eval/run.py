@@ -77,30 +77,33 @@ def write_json(path: Path, data: dict) -> None:
         raise
 
 
-def suite_names(suite: str) -> list[str]:
-    """The suites ``--suite`` names: ``all`` every registered one, ``default`` :data:`DEFAULT_SUITES`."""
-    if suite == "all":
-        return list(SUITES)
-    return default_suite_names() if suite == "default" else [suite]
+def suite_names(suite: str, reranker: str | None = None) -> list[str]:
+    """The suites ``--suite`` names: ``all`` every registered one (``rerank`` only with a reranker), ``default``
+    :data:`DEFAULT_SUITES`; a reranker adds ``rerank``."""
+    names = [n for n in SUITES if n != "rerank"] if suite == "all" else (
+        default_suite_names() if suite == "default" else [suite])
+    return names + ["rerank"] if reranker is not None and "rerank" not in names else names
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions: Sequence[str] | None = None,
                  max_per_task: int | None = None, step: int | None = None, *, bpb_tokens: int = 1 << 18,
                  bundle: str | None = None, chat_source: str = "offline", tokens_per_call: int = 8192,
-                 min_len: int = MIN_LEN, progress: bool = True) -> dict:
+                 min_len: int = MIN_LEN, progress: bool = True, reranker: str | None = None, best_of: int = 4,
+                 weight: float = 1.0) -> dict:
     """Evaluate step ``step`` (default: newest intact) of the run in ``run_dir`` on ``suite`` for ``directions``
     (default: every direction the model knows); writes ``<run_dir>/eval/<suite>-step<N>.json`` and returns it.
 
     With ``suite="all"`` or ``"default"`` a suite that cannot run (no validation shards, the CORE bundle offline) is recorded with
     its error and the others still run; a single suite that cannot run raises. ``tokens_per_call`` and ``min_len``
-    shape the scorer's batches (:class:`revjax.eval.scorer.Scorer`).
+    shape the scorer's batches (:class:`revjax.eval.scorer.Scorer`). ``reranker`` (a backward run) adds the
+    ``rerank`` suite: best-of-``best_of`` answers to the generative tasks, chosen by :mod:`revjax.eval.rerank`.
     """
     if suite not in CHOICES:
         raise EvalError(f"unknown suite {suite!r}; choose one of {', '.join(CHOICES)}")
     start = time.perf_counter()
     run = LoadedRun(run_dir, step, tokens_per_call=tokens_per_call, min_len=min_len)
     ways = _ways(run.direction, directions)
-    names = suite_names(suite)
+    names = suite_names(suite, reranker)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(SUITES[n].steps(len(ways)) for n in names), desc="eval", unit="task",
@@ -121,7 +124,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions
             try:
                 row = SUITES[name]
                 job = SuiteRun(run, directions_of(row, run.direction, ways), max_per_task, bpb_tokens, bundle,
-                               chat_source, tick)
+                               chat_source, tick, reranker=reranker, best_of=best_of, weight=weight)
                 out = row.evaluate(job)
             except RevjaxError as err:
                 if suite not in ("all", "default"):
@@ -189,6 +192,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-source", choices=("offline", "hub"), default="offline", help="ChatCORE's tasks")
     parser.add_argument("--batch-tokens", type=int, default=8192, metavar="N",
                         help="tokens per scoring call (rows × length; lower it if memory runs short)")
+    parser.add_argument("--reranker", default=None, metavar="RUN",
+                        help="a backward run (sequence mode): adds the rerank suite, best-of-N answers to sums and "
+                             "GSM8K chosen by its reverse reward")
+    parser.add_argument("--best-of", type=int, default=4, metavar="N", help="samples per question for --reranker")
+    parser.add_argument("--weight", type=float, default=1.0,
+                        help="--reranker's combined score: reverse + weight × forward log-probability")
 
 
 def chosen(args: argparse.Namespace) -> tuple[str, int | None]:
@@ -205,7 +214,9 @@ def run(args: argparse.Namespace) -> int:
 
     def body() -> int:
         results = evaluate_run(args.run_dir, suite, directions, cap, args.step,
-                               bundle=args.bundle, chat_source=args.chat_source, tokens_per_call=args.batch_tokens)
+                               bundle=args.bundle, chat_source=args.chat_source, tokens_per_call=args.batch_tokens,
+                               reranker=getattr(args, "reranker", None), best_of=getattr(args, "best_of", 4),
+                               weight=getattr(args, "weight", 1.0))
         print(format_markdown(results))
         print(f"wrote {results_path(results['run_dir'], suite, results['step'])}")
         return 0

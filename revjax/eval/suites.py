@@ -26,6 +26,9 @@ class SuiteRun:
     bundle: str | None = None
     chat_source: str = "offline"
     tick: Callable[[str], Any] = lambda label: None
+    reranker: str | None = None  # the rerank suite's backward run (``revjax eval --reranker RUN``)
+    best_of: int = 4
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -320,3 +323,19 @@ register_suite(Suite("offline", _offline_evaluate, in_context_table, in_context_
                      in_context_report("OLMo-offline"), train=in_context_train(_offline_tasks), in_context=True))
 register_suite(Suite("chat", _chat_evaluate, _chat_render, _chat_scores, _chat_report, steps=_chat_steps,
                      compare=True))
+
+
+def _rerank_evaluate(job: SuiteRun) -> dict:
+    from revjax.eval.rerank_cli import evaluate_suite
+
+    return evaluate_suite(job)
+
+
+def _rerank_render(out: dict) -> list[str]:
+    from revjax.eval.rerank_cli import render_suite
+
+    return render_suite(out)
+
+
+register_suite(Suite("rerank", _rerank_evaluate, _rerank_render, lambda out, way: {}, lambda way, parts: [],
+                     steps=lambda ways: 2, directions=lambda d: [] if d is Direction.BACKWARD else [Direction.FORWARD]))

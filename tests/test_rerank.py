@@ -1,0 +1,224 @@
+"""Best-of-N with the reverse reward: scores checked against a direct forward pass on hand-built layouts, the
+selection rules and their ties, one scorer call per model per batch, the refusals, ``revjax rerank``, the ``rerank``
+suite of ``revjax eval`` and ``revjax serve --reranker``."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from revjax.chat import server as chat_server
+from revjax.chat.protocol import Limits
+from revjax.chat.session import load_model
+from revjax.eval import rerank_cli
+from revjax.eval.rerank import (RULES, RankModel, Reranker, RerankError, accuracy_table, choose, forward_request,
+                                reverse_request)
+from revjax.tasks.facts import wilson_interval
+from tests.helpers import make_run
+
+QUESTION = "What is 3 plus 5?"
+ANSWERS = ["3 + 5 = 8. #### 8", "8", "no idea at all"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank")
+    for name, direction, mode in [("fwd", "forward", "sequence"), ("bwd", "backward", "sequence"),
+                                  ("bid", "bidirectional", "sequence"), ("turn", "backward", "turn")]:
+        make_run(root / name, direction, mode)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(runs):
+    return {name: RankModel.from_run(runs / name) for name in ("fwd", "bwd", "bid", "turn")}
+
+
+def hand_logprob(model: RankModel, ids: list[int], first: int) -> float:
+    """Sum of log p(ids[i] | ids[:i]) for i >= first, by one plain forward pass of the whole sequence."""
+    net = nnx.merge(model.graphdef, model.params)
+    logits = np.asarray(net(np.asarray([ids], np.int32))[0], np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return float(sum(logp[i - 1, ids[i]] for i in range(first, len(ids))))
+
+
+def test_reverse_reward_matches_a_hand_computation(models):
+    """The backward reranker's layout is B ae rev(a) as ue rev(q) us, scored over ue … us; a bidirectional
+    reranker adds <|backward|> after BOS. Scores and the chosen candidate equal a direct forward pass."""
+    g, tok = models["fwd"], models["fwd"].tokenizer
+    s = g.specials
+    q, answers = tok.encode(QUESTION), [tok.encode(a) for a in ANSWERS]
+    for name, head in (("bwd", [s.bos]), ("bid", [s.bos, s.marker("backward")])):
+        r = models[name]
+        hand = []
+        for a in answers:
+            ids = head + [s.assistant_end, *a[::-1], s.assistant_start, s.user_end, *q[::-1], s.user_start]
+            first = len(head) + len(a) + 2
+            request = reverse_request([q], a, r)
+            assert list(request.ids) == ids and (request.first, request.last) == (first, len(ids))
+            hand.append(hand_logprob(r, ids, first))
+        reranker = Reranker(g, r, weight=0.0)
+        ranking = reranker.rank([[q]], [answers])[0]
+        np.testing.assert_allclose([c.reverse for c in ranking.candidates], hand, atol=1e-4)
+        assert ranking.chosen["reverse"] == ranking.chosen["combined"] == int(np.argmax(hand))
+        hand_forward = []
+        for a in answers:
+            ids = [s.bos, s.user_start, *q, s.user_end, s.assistant_start, *a, s.assistant_end]
+            assert list(forward_request([q], a, g).ids) == ids
+            hand_forward.append(hand_logprob(g, ids, len(q) + 4))
+        np.testing.assert_allclose([c.forward for c in ranking.candidates], hand_forward, atol=1e-4)
+        assert ranking.chosen["forward"] == int(np.argmax(hand_forward)) and ranking.chosen["pass@1"] == 0
+
+
+def test_rules_weights_and_ties():
+    forward = np.array([[-1.0, -5.0, -2.0], [-3.0, -3.0, -9.0]])
+    reverse = np.array([[-3.0, -1.0, -1.0], [-2.0, -4.0, -1.0]])
+    picks = choose(forward, reverse, 0.0)
+    assert picks["pass@1"].tolist() == [0, 0]
+    assert picks["forward"].tolist() == [0, 0]  # row 2: a tie between 0 and 1, the earliest wins
+    assert picks["reverse"].tolist() == [1, 2]  # row 1: a tie between 1 and 2
+    assert picks["combined"].tolist() == [1, 2]  # weight 0: the reverse reward alone
+    assert choose(forward, reverse, 1.0)["combined"].tolist() == [2, 0]  # [-4, -6, -3], [-5, -7, -10]
+    assert choose(forward, reverse, 10.0)["combined"].tolist() == [0, 0]
+    assert choose(forward, reverse, 1.0, n=2)["combined"].tolist() == [0, 0]  # [-4, -6], [-5, -7]
+    assert choose(forward, reverse, 0.0, n=1)["reverse"].tolist() == [0, 0]
+
+
+def test_accuracy_table_by_hand():
+    correct = np.array([[False, True, False], [True, False, False], [False, False, True], [False, False, False]])
+    forward = np.array([[-1.0, -2, -3], [-1, -2, -3], [-3, -2, -1], [-1, -2, -3]])
+    reverse = np.array([[-5.0, -1, -2], [-1, -2, -3], [-1, -2, -3], [-1, -2, -3]])
+    table = accuracy_table(correct, [1, 3], forward, reverse, weight=1.0)
+    assert table["1"]["pass@1"]["correct"] == table["1"]["reverse"]["correct"] == 1  # the first samples: only #2
+    # N=3: forward picks 0, 0, 2, 0 → 2 right; reverse picks 1, 0, 0, 0 → 2 right; combined (sum) picks 1, 0, 0/2
+    # tie → 0 (−4 vs −4), 0 → 2 right
+    assert [table["3"][r]["correct"] for r in RULES] == [1, 2, 2, 2]
+    assert table["3"]["forward"]["accuracy"] == 0.5
+    assert (table["3"]["forward"]["low"], table["3"]["forward"]["high"]) == wilson_interval(2, 4)
+
+
+def test_one_scorer_call_per_model_per_batch(models, monkeypatch):
+    from revjax.tasks import get_task
+
+    reranker = Reranker(models["fwd"], models["bwd"], weight=0.5)
+    calls = {"fwd": 0, "bwd": 0}
+    for name in calls:
+        scorer = models[name].scorer
+        original = scorer.score
+
+        def counted(requests, groups=(), name=name, original=original):
+            calls[name] += 1
+            return original(requests, groups)
+
+        monkeypatch.setattr(scorer, "score", counted)
+    out = rerank_cli.evaluate_task(get_task("sums", split="test", size=5), reranker, [3, 1], limit=5,
+                                   max_new_tokens=6, batch_size=3)
+    assert calls == {"fwd": 2, "bwd": 2}  # two batches (3 + 2 questions), each of 3 candidates per question
+    assert out["questions"] == 5 and sorted(out["results"]) == ["1", "3"]
+    detail = out["questions_detail"]
+    assert [len(d["candidates"]) for d in detail] == [3] * 5
+    forward = np.array([[c["forward"] for c in d["candidates"]] for d in detail])
+    reverse = np.array([[c["reverse"] for c in d["candidates"]] for d in detail])
+    correct = np.array([[c["correct"] for c in d["candidates"]] for d in detail])
+    assert out["results"] == accuracy_table(correct, [1, 3], forward, reverse, 0.5)
+
+
+def test_refusals(models, tmp_path):
+    from revjax.tokenizer import train_tokenizer
+
+    with pytest.raises(RerankError, match="only a backward or bidirectional model trained in sequence"):
+        Reranker(models["fwd"], models["fwd"])
+    with pytest.raises(RerankError, match=r"\(backward, turn mode\) cannot score a question"):
+        Reranker(models["fwd"], models["turn"])
+    with pytest.raises(RerankError, match="is a backward model, which cannot write answers"):
+        Reranker(models["bwd"], models["bwd"])
+    with pytest.raises(RerankError, match="needs a temperature above 0"):
+        Reranker(models["fwd"], models["bwd"]).sample([[[5]]], 2, temperature=0.0)
+    docs = [f"word{i} and word{i + 1} are words number {i}" for i in range(200)]
+    other = train_tokenizer(docs, tmp_path / "tok", 300, progress=False)
+    g = models["fwd"]
+    foreign = RankModel(g.graphdef, g.params, other, "backward", "sequence", g.max_len, name="foreign")
+    with pytest.raises(RerankError, match="use different tokenizers .* rerank with models trained on the same"):
+        Reranker(g, foreign)
+
+
+def test_rerank_command_with_a_prompt(runs, tmp_path, capsys):
+    out = tmp_path / "prompt.json"
+    code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "bwd"), "--prompt", QUESTION, "--best-of",
+                            "3", "--max-new-tokens", "6", "--weight", "0.5", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    candidates = data["candidates"]
+    assert len(candidates) == 3 and f"question: {QUESTION!r}" in text
+    for c in candidates:
+        assert c["combined"] == pytest.approx(c["reverse"] + 0.5 * c["forward"])
+        assert f"{c['reverse']:>9.3f} {c['combined']:>9.3f}" in text
+    assert data["chosen"]["combined"] == int(np.argmax([c["combined"] for c in candidates]))
+    assert data["chosen"]["forward"] == int(np.argmax([c["forward"] for c in candidates]))
+    assert f"chosen (combined): {candidates[data['chosen']['combined']]['text']!r}" in text
+
+
+def test_rerank_command_with_sums_and_refusal(runs, tmp_path, capsys):
+    out = tmp_path / "sums.json"
+    code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "bwd"), "--task", "sums", "--limit", "4",
+                            "--best-of", "1", "2", "--max-new-tokens", "6", "--json", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["questions"] == 4 and list(data["results"]) == ["1", "2"]
+    row = data["results"]["2"]["reverse"]
+    assert (row["low"], row["high"]) == pytest.approx(wilson_interval(row["correct"], 4))
+    text = capsys.readouterr().out
+    assert "| N | pass@1 | forward | reverse | combined |" in text and "\n| 2 | " in text
+    code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "fwd"), "--prompt", QUESTION])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("revjax rerank: error:") and err.count("\n") == 1
+
+
+def test_eval_rerank_suite(runs, monkeypatch):
+    from revjax.eval.run import evaluate_run, format_markdown
+    from revjax.tasks import get_task
+    from tests.conftest import REPO_ROOT
+
+    load = rerank_cli.load_task  # GSM8K from the repository's fixture (its offline copy is a registry download)
+    fixture = REPO_ROOT / "tests" / "fixtures" / "tasks" / "gsm8k"
+    monkeypatch.setattr(rerank_cli, "load_task", lambda name, count, tasks_dir=None: get_task(
+        "gsm8k", split="train", path=fixture) if name == "gsm8k" else load(name, count, tasks_dir))
+    results = evaluate_run(runs / "fwd", "rerank", max_per_task=3, reranker=str(runs / "bwd"), best_of=2,
+                           progress=False)
+    part = results["suites"]["rerank"]["ways"]["forward"]
+    sums = part["tasks"]["sums"]
+    assert sums["questions"] == 3 and sums["best_of"] == [1, 2]
+    assert set(sums["results"]["2"]) == set(RULES)
+    assert part["tasks"]["GSM8K"]["questions"] == 2 and part["unavailable"] == {}  # the fixture holds 2
+    assert "### best-of-2 reranked by" in format_markdown(results)
+
+
+def test_serve_with_a_reranker(runs, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    model = load_model(runs / "fwd")
+    reranker = chat_server.load_reranker(model, str(runs / "bwd"), 3, 0.0)
+    app = chat_server.create_app(model, Limits(max_tokens=8), reranker=reranker, best_of=3)
+    with TestClient(app, base_url="http://localhost") as client:
+        body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 1.0, "max_tokens": 6, "seed": 3}
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        data = reply.json()
+        info = data["revjax"]
+        assert info["best_of"] == 3 and len(info["candidates"]) == 3
+        reverse = [c["reverse"] for c in info["candidates"]]
+        assert info["chosen"] == int(np.argmax(reverse))  # weight 0: the reverse reward alone
+        assert data["choices"][0]["message"]["content"] == info["candidates"][info["chosen"]]["text"]
+        assert [c["combined"] for c in info["candidates"]] == reverse
+        streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+        assert streamed.status_code == 400 and "cannot stream" in streamed.json()["error"]["message"]
+    code = chat_server.main([str(runs / "fwd"), "--port", "0", "--reranker", str(runs / "turn")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot score a question given its answer" in err and err.count("\n") == 1
