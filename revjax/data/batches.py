@@ -42,6 +42,7 @@ def build_pipeline(
         batch_size=batch_size,
         seq_len=seq_len,
         direction=config.direction.direction,
+        unit=config.direction.unit,
         layout=config.direction.layout,
         packing=config.data.packing if split == "train" else config.data.val_packing,
         packing_buffer=config.data.packing_buffer,

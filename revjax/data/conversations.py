@@ -21,6 +21,10 @@ Mid (``kind="mid"``)
     is the bidirectional direction token, which is never a target. Backward conversations use the configured
     conversation mode (``sequence``: all after BOS reversed; ``turn``: each turn's content reversed).
 
+Reversal units
+    With a text unit (``word``, ``entity``) a backward conversation is rendered from messages whose texts are
+    reversed by pieces (:func:`orient_messages`), and its turns and markers are reversed around them.
+
 SFT (``kind="sft"``)
     One example per row of fixed width ``T`` (so the step compiles once): the model-order sequence is cut to
     its first ``T+1`` tokens, inputs are padded with ``<|assistant_end|>`` and targets with −1. Targets are −1
@@ -63,10 +67,13 @@ from revjax.direction import (
     Direction,
     LossMask,
     Specials,
+    Unit,
     compat_orient_conversation,
     compat_orient_sft_example,
+    document_direction,
     inputs_and_targets,
     orient_conversation,
+    orient_text,
 )
 from revjax.errors import RevjaxError
 from revjax.tokenizer import Tokenizer
@@ -76,12 +83,39 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 COMPAT_RENDER_TOKENS = 2048  # onanchat renders with render_conversation's default cut
 _UNCUT = 1 << 62
-_FINGERPRINT = ("kind", "direction", "layout", "mode", "loss", "seed", "order_seed", "shuffle", "examples",
+_FINGERPRINT = ("kind", "direction", "unit", "layout", "mode", "loss", "seed", "order_seed", "shuffle", "examples",
                 "global_rows", "seq_len")
 
 
 class ConversationDataError(RevjaxError, ValueError):
     """A conversation source, batch shape or saved iterator state does not fit the configured pipeline."""
+
+
+def orient_messages(conversation: Any, way: Direction | str, unit: Unit | str) -> Any:
+    """``conversation`` to render for a reading ``way`` with reversal ``unit``: for a backward text unit a copy whose
+    message texts (a string content or each part's text) are reversed by pieces; a leading system message is merged
+    into the first user message first, and neighbouring text parts into one, as each is one stretch of text."""
+    if Direction.parse(way) is not Direction.BACKWARD or Unit.parse(unit) is Unit.TOKEN:
+        return conversation
+    messages = list(conversation["messages"])
+    if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
+        messages = [{**messages[1], "content": messages[0]["content"] + "\n\n" + messages[1]["content"]},
+                    *messages[2:]]
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            content = orient_text(content, way, unit)
+        elif isinstance(content, list):
+            parts: list[dict] = []
+            for part in content:
+                if part.get("type") == "text" and parts and parts[-1].get("type") == "text":
+                    parts[-1] = {**parts[-1], "text": parts[-1]["text"] + part["text"]}
+                else:
+                    parts.append(dict(part))
+            content = [{**part, "text": orient_text(part["text"], way, unit)} for part in parts]
+        out.append({**message, "content": content})
+    return {**conversation, "messages": out}
 
 
 class ConversationDataset(grain.IterDataset):
@@ -91,7 +125,7 @@ class ConversationDataset(grain.IterDataset):
                  direction: Direction | str = "forward", layout: str = "document",
                  mode: ConversationMode | str = "sequence", loss: LossMask | str = "generated", seed: int = 0,
                  order_seed: int = 0, shuffle: bool = True, process_index: int = 0, process_count: int = 1,
-                 cycle: bool = True) -> None:
+                 cycle: bool = True, unit: Unit | str = Unit.TOKEN) -> None:
         super().__init__()
         if kind not in ("mid", "sft"):
             raise ConversationDataError(f"unknown conversation batch kind {kind!r}; expected 'mid' or 'sft'")
@@ -99,6 +133,9 @@ class ConversationDataset(grain.IterDataset):
             raise ConversationDataError(f"unknown direction layout {layout!r}; expected 'document' or 'compat'")
         if rows < 1 or seq_len < 1:
             raise ConversationDataError(f"rows and seq_len must be positive, got {rows} and {seq_len}")
+        if layout == "compat" and Unit.parse(unit) is not Unit.TOKEN:
+            raise ConversationDataError(f"the compat layout reverses token ids as onanchat does; unit={unit} needs the "
+                                        "document layout")
         if not 0 <= process_index < process_count:
             raise ConversationDataError(f"process_index must be in [0, {process_count}), got {process_index}")
         if len(source) == 0:
@@ -106,7 +143,7 @@ class ConversationDataset(grain.IterDataset):
         self.source, self.tokenizer, self.kind = source, tokenizer, kind
         self.specials = Specials.from_tokenizer(tokenizer)
         self.rows, self.seq_len = rows, seq_len
-        self.direction = Direction.parse(direction)
+        self.direction, self.unit = Direction.parse(direction), Unit.parse(unit)
         self.layout = layout
         self.mode, self.loss = ConversationMode.parse(mode), LossMask.parse(loss)
         self.seed, self.order_seed, self.shuffle = seed, order_seed, shuffle
@@ -124,7 +161,8 @@ class ConversationDataset(grain.IterDataset):
                 f"loss={self.loss.value}, process={self.process_index}/{self.process_count})")
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": self.kind, "direction": self.direction.value, "layout": self.layout, "mode": self.mode.value,
+        return {"kind": self.kind, "direction": self.direction.value, "unit": self.unit.value, "layout": self.layout,
+                "mode": self.mode.value,
                 "loss": self.loss.value, "seed": self.seed, "order_seed": self.order_seed, "shuffle": self.shuffle,
                 "examples": self.examples, "global_rows": self.global_rows, "seq_len": self.seq_len}
 
@@ -143,40 +181,46 @@ class ConversationDataset(grain.IterDataset):
         epoch, k = divmod(position, self.examples)
         return epoch, int(self.order(epoch)[k])
 
-    def render(self, index: int) -> tuple[list[int], list[int]]:
+    def render(self, index: int, stream_index: int) -> tuple[list[int], list[int]]:
+        """The rendered conversation ``index`` (``stream_index`` draws a bidirectional one's direction)."""
         cut = COMPAT_RENDER_TOKENS if self.layout == "compat" else _UNCUT
-        return self.tokenizer.render_conversation(self.source[index], max_tokens=cut)
+        conversation = self.source[index]
+        if self.unit is not Unit.TOKEN:
+            way = document_direction(self.direction, self.seed, stream_index)
+            conversation = orient_messages(conversation, way, self.unit)
+        return self.tokenizer.render_conversation(conversation, max_tokens=cut)
 
     def mid_example(self, position: int, parity: int) -> tuple[np.ndarray, np.ndarray]:
         """Return the model-order ``(ids int32, is_target bool)`` of a mid example (``parity``: compat only)."""
         epoch, index = self.locate(position)
-        ids, _ = self.render(index)
+        ids, _ = self.render(index, epoch * self.examples + index)
         if self.layout == "compat":
             ids = compat_orient_conversation(ids, self.direction, self.specials, parity)
             mask = [1] * len(ids)
         else:  # score everything: carry an all-ones mask; orientation clears the marker's entry
             ids, mask = orient_conversation(ids, [1] * len(ids), self.direction, self.specials, mode=self.mode,
                                             loss=LossMask.ASSISTANT, seed=self.seed,
-                                            index=epoch * self.examples + index)
+                                            index=epoch * self.examples + index, unit=self.unit)
         return np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool)
 
     def sft_example(self, position: int) -> tuple[list[int], list[int]]:
         """Return the model-order ``(ids, mask)`` of an SFT example, cut to ``T+1`` tokens."""
         epoch, index = self.locate(position)
-        ids, mask = self.render(index)
+        ids, mask = self.render(index, epoch * self.examples + index)
         if self.layout == "compat":
             ids, mask = compat_orient_sft_example(ids, mask, self.direction, self.specials, position)
         else:
             ids, mask = orient_conversation(ids, mask, self.direction, self.specials, mode=self.mode, loss=self.loss,
-                                            seed=self.seed, index=epoch * self.examples + index)
+                                            seed=self.seed, index=epoch * self.examples + index, unit=self.unit)
         return ids[: self.seq_len + 1], mask[: self.seq_len + 1]
 
     def check_state(self, state: dict[str, Any]) -> None:
         mine = self.fingerprint()
         for key in _FINGERPRINT:
-            if state.get(key) != mine[key]:
+            saved = state.get(key, "token" if key == "unit" else None)  # states saved before reversal units
+            if saved != mine[key]:
                 raise ConversationDataError(
-                    f"the conversation iterator state was saved with {key}={state.get(key)!r} but this pipeline has "
+                    f"the conversation iterator state was saved with {key}={saved!r} but this pipeline has "
                     f"{key}={mine[key]!r}; build the pipeline with the settings and data of the saved run")
 
 
@@ -321,7 +365,7 @@ class ConversationBatches:
         self.dataset = ConversationDataset(
             source, tokenizer, kind=kind, rows=rows, seq_len=seq_len, direction=d.direction, layout=d.layout,
             mode=d.conversation, loss=loss_mask if loss_mask is not None else d.loss_mask,
-            seed=d.seed, order_seed=config.training.seed,
+            seed=d.seed, order_seed=config.training.seed, unit=d.unit,
             shuffle=d.layout != "compat" if shuffle is None else shuffle,
             process_index=process_index, process_count=process_count, cycle=cycle)
         wrapped: grain.IterDataset = self.dataset

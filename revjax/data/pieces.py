@@ -2,7 +2,9 @@
 
 :class:`revjax.data.pipeline.TokenBatchIterator` reads a split's documents a batch of texts at a time;
 :func:`orient_texts` tokenizes them in threads and orients each through :func:`revjax.direction.orient_document`,
-giving one :class:`Piece` of flat ids and target mask with each document's start and stream position.
+giving one :class:`Piece` of flat ids and target mask with each document's start and stream position. With a text
+reversal unit (``word``, ``entity``) each document's direction is drawn first and a backward document's text is
+reversed by pieces (:func:`revjax.direction.orient_text`) before tokenization.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from revjax.direction import Direction, Specials, orient_document
+from revjax.direction import Direction, Specials, Unit, document_direction, orient_document, orient_text
 from revjax.tokenizer import Tokenizer
 
 Place = tuple[int, int, int]  # (epoch, unit, row) of a document
@@ -52,14 +54,19 @@ def orient_texts(
     specials: Specials,
     seed: int,
     stream_index: Callable[[int, int, int], int],
+    unit: Unit | str = Unit.TOKEN,
 ) -> Piece:
     """Tokenize ``texts`` (in ``threads``) and orient each; ``stream_index(*place)`` seeds its bidirectional draw."""
+    unit = Unit.parse(unit)
+    if unit is not Unit.TOKEN:
+        texts = [orient_text(text, document_direction(direction, seed, stream_index(*place)), unit)
+                 for text, place in zip(texts, where)]
     rows = tokenizer.encode(texts, num_threads=threads)
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum()))
     bounds = np.cumsum(lengths)[:-1]
     oriented = [
-        orient_document(doc, direction, specials, seed=seed, index=stream_index(*place))
+        orient_document(doc, direction, specials, seed=seed, index=stream_index(*place), unit=unit)
         for doc, place in zip(np.split(flat, bounds), where)
     ]
     sizes = np.fromiter((len(ids) for ids, _ in oriented), dtype=np.int64, count=len(oriented))

@@ -8,10 +8,10 @@ concatenates them into one flat stream and cuts that stream into ``(inputs int32
 
 Layouts
     ``document`` (default): every document is oriented on its own (``[BOS t…]``, ``[BOS rev(t)]`` or
-    ``[BOS marker …]`` with a seeded per-document direction). Row ``r`` of a batch is the ``T+1``
-    stream tokens starting ``r·T`` after the batch start, so consecutive rows overlap by one token (the
-    last target of a row is the first input of the next), and the next batch starts ``B·T`` tokens
-    later. Every stream token after the first is therefore a target exactly once; nothing is dropped.
+    ``[BOS marker …]`` with a seeded per-document direction; ``rev`` by the reversal ``unit``). Row ``r``
+    of a batch is the ``T+1`` stream tokens starting ``r·T`` after the batch start, so consecutive rows
+    overlap by one token (the last target of a row is the first input of the next), and the next batch
+    starts ``B·T`` tokens later. Every stream token after the first is therefore a target exactly once.
     The document index that seeds the bidirectional choice is ``epoch · N + i`` for the ``i``-th of the
     split's ``N`` documents, so it does not depend on the process layout and a document seen again in
     a later epoch gets a fresh draw.
@@ -54,6 +54,7 @@ from revjax.data.shards import Split, open_shard, plan_row_groups, read_texts, s
 from revjax.direction import (
     Direction,
     Specials,
+    Unit,
     compat_chunk_to_batch,
     compat_orient_chunk,
     continued_row,
@@ -66,7 +67,8 @@ Layout = Literal["document", "compat"]
 Batch = tuple[np.ndarray, np.ndarray]
 
 _LAYOUTS = ("document", "compat")
-_FINGERPRINT = ("split", "layout", "packing", "direction", "seed", "process_index", "process_count")
+_FINGERPRINT = ("split", "layout", "packing", "direction", "unit", "seed", "process_index", "process_count")
+_BEFORE = {"packing": "stream", "unit": "token"}  # what states saved before these keys existed had
 
 
 class TokenBatchDataset(grain.IterDataset):
@@ -81,6 +83,7 @@ class TokenBatchDataset(grain.IterDataset):
         batch_size: int,
         seq_len: int,
         direction: Direction | str = "forward",
+        unit: Unit | str = Unit.TOKEN,
         layout: Layout = "document",
         packing: Packing = "stream",
         packing_buffer: int = 1000,
@@ -133,7 +136,7 @@ class TokenBatchDataset(grain.IterDataset):
         self.specials = Specials.from_tokenizer(tokenizer)
         self.batch_size = batch_size
         self.seq_len = seq_len
-        self.direction = Direction.parse(direction)
+        self.direction, self.unit = Direction.parse(direction), Unit.parse(unit)
         self.layout = layout
         self.packing = packing
         self.packing_buffer = packing_buffer
@@ -230,7 +233,7 @@ class TokenBatchIterator(grain.DatasetIterator):
         ds = self._ds
         direction = Direction.FORWARD if ds.layout == "compat" else ds.direction
         piece = orient_texts(texts, where, ds.tokenizer, threads=ds.tokenizer_threads, direction=direction,
-                             specials=ds.specials, seed=ds.seed, stream_index=self._stream_index)
+                             specials=ds.specials, seed=ds.seed, stream_index=self._stream_index, unit=ds.unit)
         if not self._pieces and self._head >= piece.first_size:
             raise ValueError(
                 f"the iterator state's token offset {self._head} lies past the end of its document "
@@ -364,6 +367,7 @@ class TokenBatchIterator(grain.DatasetIterator):
             "layout": ds.layout,
             "packing": ds.packing,
             "direction": ds.direction.value,
+            "unit": ds.unit.value,
             "seed": ds.seed,
             "process_index": ds.process_index,
             "process_count": ds.process_count,
@@ -375,7 +379,7 @@ class TokenBatchIterator(grain.DatasetIterator):
         ds = self._ds
         mine = self.get_state()
         for key in (*_FINGERPRINT, *(["packing_buffer"] if ds.packing == "bos_aligned" else [])):
-            saved = state.get(key, "stream" if key == "packing" else None)  # states before packing: stream
+            saved = state.get(key, _BEFORE.get(key))
             if saved != mine[key]:
                 raise ValueError(
                     f"the iterator state was saved with {key}={saved!r} but this pipeline has "

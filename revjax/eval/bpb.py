@@ -6,6 +6,9 @@ into rows of ``T+1`` tokens as the training pipeline packs its validation split 
 a stream cut anywhere, the same with each continued document's head repeated, or BOS-aligned best fit). The
 direction token is never a target and special tokens have no bytes, so with stream or marked rows (which keep
 every token) every direction is measured on the same bytes. Sums go through :func:`revjax.eval.steps.evaluate_loss`.
+A model of a text reversal unit (``word``, ``entity``) reads a backward document's text reversed by pieces
+(:func:`revjax.direction.orient_text`) and tokenized as it is; a reversal keeps every character, so it is measured on
+the same bytes as a token-unit model of the same documents.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from jax.sharding import PartitionSpec as P
 from revjax.config import MeshConfig
 from revjax.data.batches import global_batch
 from revjax.data.packing import PACKINGS, Packing, best_fit_rows
-from revjax.direction import Direction, Specials, continued_row, inputs_and_targets
-from revjax.eval.choice import model_order
+from revjax.direction import Direction, Specials, Unit, continued_row, inputs_and_targets, orient_document, orient_text
+from revjax.eval.choice import bidirectional_index, model_order
 from revjax.eval.icl import EvalError
 from revjax.eval.steps import build_eval_step, evaluate_loss
 from revjax.sharding import batch_sharding, make_mesh
@@ -30,16 +33,17 @@ from revjax.sharding import batch_sharding, make_mesh
 
 def document_rows(texts: Iterable[str], tokenizer: Any, direction: Direction | str, way: Direction | str,
                   rows: int, seq_len: int, *, packing: Packing = "stream",
-                  packing_buffer: int = 1000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(inputs (rows, T), targets (rows, T))`` batches of ``texts`` read ``way``, rows packed as the training
-    pipeline packs them with ``packing`` (:mod:`revjax.data.packing`); the last partial batch is dropped unless it
-    is the only one (then it is padded with untargeted rows)."""
+                  packing_buffer: int = 1000,
+                  unit: Unit | str = Unit.TOKEN) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(inputs (rows, T), targets (rows, T))`` batches of ``texts`` read ``way`` by a model of reversal ``unit``,
+    rows packed as the training pipeline packs them with ``packing`` (:mod:`revjax.data.packing`); the last partial
+    batch is dropped unless it is the only one (then it is padded with untargeted rows)."""
     if packing not in PACKINGS:
         raise ValueError(f"unknown packing {packing!r}; expected one of {', '.join(PACKINGS)}")
     specials = Specials.from_tokenizer(tokenizer)
-    docs, head = [], 1
+    unit, docs, head = Unit.parse(unit), [], 1
     for text in texts:
-        ids, head = model_order(tokenizer.encode(text), direction, way, specials)
+        ids, head = _model_order(tokenizer, text, direction, way, specials, unit)
         is_target = np.ones(len(ids), bool)
         is_target[1:head] = False  # the direction token is never a target
         docs.append((ids, is_target))
@@ -57,6 +61,19 @@ def document_rows(texts: Iterable[str], tokenizer: Any, direction: Direction | s
         pad = (np.full(seq_len + 1, specials.bos, np.int32), np.zeros(seq_len + 1, bool))
         batch += [pad] * (rows - len(batch))
         yield inputs_and_targets(np.stack([r[0] for r in batch]), np.stack([r[1] for r in batch]))
+
+
+def _model_order(tokenizer: Any, text: str, direction: Direction | str, way: Direction | str, specials: Specials,
+                 unit: Unit) -> tuple[np.ndarray, int]:
+    """``(ids, first)`` of ``text`` read ``way`` (:func:`revjax.eval.choice.model_order`), by a model of ``unit``."""
+    if unit is Unit.TOKEN:
+        return model_order(tokenizer.encode(text), direction, way, specials)
+    direction, way = Direction.parse(direction), Direction.parse(way)
+    if direction is not Direction.BIDIRECTIONAL and way is not direction:
+        raise ValueError(f"a {direction.value} model reads {direction.value} only, not {way.value}")
+    body = tokenizer.encode(orient_text(text, way, unit))
+    ids, _ = orient_document(body, direction, specials, index=bidirectional_index(way), unit=unit)
+    return ids, len(ids) - len(body)
 
 
 def _stream_rows(docs: list[tuple[np.ndarray, np.ndarray]], seq_len: int,
@@ -110,10 +127,12 @@ def validation_documents(data_dir: str | os.PathLike[str], max_chars: int) -> li
 def evaluate_bpb(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str, texts: Sequence[str], *,
                  ways: Sequence[Direction | str], seq_len: int, rows: int = 8, max_tokens: int = 1 << 20,
                  token_bytes_method: str = "decode", packing: Packing = "stream", packing_buffer: int = 1000,
-                 mesh: Mesh | None = None, param_shardings: Any = None, eval_step: Callable | None = None) -> dict:
+                 mesh: Mesh | None = None, param_shardings: Any = None, eval_step: Callable | None = None,
+                 unit: Unit | str = Unit.TOKEN) -> dict:
     """``{way: {"bpb", "loss", "batches", "positions"}}`` on ``texts`` (about ``max_tokens`` positions per way), rows
     packed with ``packing`` (a run's ``data.val_packing``), on ``mesh`` (default: one device; ``rows`` are this
-    process's rows of each global batch), with ``eval_step`` when one is built for that mesh already."""
+    process's rows of each global batch), with ``eval_step`` when one is built for that mesh already; ``unit`` is
+    the model's reversal unit (a run's ``direction.unit``)."""
     if mesh is None:
         mesh = make_mesh(MeshConfig(data=1), jax.devices()[:1])
     if eval_step is None:
@@ -131,7 +150,7 @@ def evaluate_bpb(graphdef: Any, params: Any, tokenizer: Any, direction: Directio
                 yield global_batch(batch, row_sharding)
 
         rows_iter = counted(document_rows(texts, tokenizer, direction, way, rows, seq_len, packing=packing,
-                                          packing_buffer=packing_buffer))
+                                          packing_buffer=packing_buffer, unit=unit))
         measured = evaluate_loss(eval_step, params, rows_iter, max(1, max_tokens // (global_rows * seq_len)))
         out[way.value] = {**measured, "batches": used[0], "positions": used[0] * global_rows * seq_len}
     return out

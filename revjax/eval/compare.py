@@ -52,6 +52,12 @@ def _token_nll(graphdef, params, inputs, targets):
     return cross_entropy(nnx.merge(graphdef, params)(inputs), targets, reduction="none")
 
 
+def _direction_cell(model: dict) -> str:
+    """A model's direction as the table shows it, with its reversal unit unless that is ``token``."""
+    unit = model.get("unit", "token")
+    return model["direction"] if unit == "token" else f"{model['direction']} ({unit})"
+
+
 def pieces(texts: Sequence[str], tokenizer: Any, window: int) -> list[list[int]]:
     """Each text's tokens (reading order, no BOS) cut into consecutive pieces of at most ``window`` tokens."""
     out = []
@@ -211,7 +217,8 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
             bar.set_postfix_str(f"{name}: bits per byte")
             chunks = pieces(texts, run.tokenizer, window)
             entry = {"name": name, "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value,
-                     "mode": run.mode, "phase": run.meta.get("phase"), "ways": {}, "suites": {}}
+                     "unit": run.meta.get("unit") or run.config.direction.unit, "mode": run.mode,
+                     "phase": run.meta.get("phase"), "ways": {}, "suites": {}}
             for way in ways:
                 measured = position_losses(run.graphdef, run.params, run.tokenizer, run.direction, way, chunks,
                                            window, vocab_size=run.config.model.vocab_size,
@@ -305,7 +312,7 @@ def format_markdown(results: dict) -> str:
     for m in results["models"]:
         for way, v in m["ways"].items():
             cells = [_fmt(v["metrics"].get(metric)) for metric in metrics]
-            lines.append(f"| {m['name']} | {m['direction']} | {m['phase']} | {m['step']} | {way} | "
+            lines.append(f"| {m['name']} | {_direction_cell(m)} | {m['phase']} | {m['step']} | {way} | "
                          + " | ".join(cells) + f" | {v['bytes']:,} |")
     reused = [f"{m['name']}: {s['suite']}" for m in results["models"] for s in m["suites"].values() if s["reused"]]
     if reused:

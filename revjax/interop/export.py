@@ -46,13 +46,15 @@ def torch_for(command: str):
 
 
 def onanchat_meta(meta: dict, config: Config) -> dict:
-    """onanchat's checkpoint metadata: step, direction, the six-key model_config (with nanochat's
-    ``window_pattern`` for a nanochat-2026 model) and the base-phase resume fields."""
+    """onanchat's checkpoint metadata: step, direction, revjax's reversal unit (``unit``, which onanchat ignores),
+    the six-key model_config (with nanochat's ``window_pattern`` for a nanochat-2026 model) and the base-phase resume
+    fields."""
     val_bpb = meta.get("val_bpb")
     t = config.training
     return {
         "step": int(meta["step"]),
         "direction": meta["direction"],
+        "unit": meta.get("unit") or config.direction.unit,
         "val_bpb": val_bpb,
         "model_config": checkpoint_model_config(config.model),
         "user_config": {

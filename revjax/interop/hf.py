@@ -118,10 +118,11 @@ def hf_config(run: TrainedRun, *, fp32: bool = True) -> dict:
 
 
 def revjax_info(run: TrainedRun) -> dict:
-    """What ``revjax import`` needs beyond the architecture: direction, phase, step, validation bpb, and whether
-    revjax rounds the RoPE tables to bf16 (transformers never does)."""
+    """What ``revjax import`` needs beyond the architecture: direction, reversal unit, phase, step, validation bpb,
+    and whether revjax rounds the RoPE tables to bf16 (transformers never does)."""
     val_bpb = run.meta.get("val_bpb")
-    return {"direction": run.meta.get("direction", "forward"), "phase": run.meta.get("phase", "base"),
+    return {"direction": run.meta.get("direction", "forward"), "unit": run.unit.value,
+            "phase": run.meta.get("phase", "base"),
             "step": int(run.meta["step"]), "val_bpb": None if val_bpb is None else float(val_bpb),
             "rope_bf16": elements(run.config.model).rope_bf16}
 
@@ -163,17 +164,29 @@ def model_card(run: TrainedRun) -> str:
     return (f"# {run.config.run_name} ({direction})\n\n"
             f"A {run.config.model.n_layer}-layer {direction} GPT trained with revjax, exported for transformers' "
             "native NanoChat model (`model_type: nanochat`, transformers >= 5, no remote code).\n\n"
-            f"- direction: {direction}\n- step: {int(meta['step'])}\n- validation bpb: {bpb}\n\n"
+            f"- direction: {direction}\n- reversal unit: {run.unit.value}\n- step: {int(meta['step'])}\n"
+            f"- validation bpb: {bpb}\n\n"
             "## Loading\n\n```python\nimport torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
             "model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n"
             "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")  # adds no BOS by itself\n"
             "text = \"The capital of France is\"\n```\n\n"
-            f"## Prompting\n\n{how}\n"
+            f"## Prompting\n\n{how}\n{_unit_note(run.unit.value, direction)}"
             "The tokenizer (tokenizer.json) is the run's: the same byte-level BPE, split pattern and special "
             "tokens, except that text spelling a special token (`<|bos|>`) encodes to that token here and to plain "
             "text in revjax.\n" + ("\nrevjax rounds this model's RoPE tables to bf16 and transformers does not, so "
                                     "fp32 logits differ from revjax's by about 1e-3.\n"
                                     if elements(run.config.model).rope_bf16 else ""))
+
+
+def _unit_note(unit: str, direction: str) -> str:
+    """How a model of a text reversal unit reads backward, for its model card (empty for token units)."""
+    if unit == "token" or direction == "forward":
+        return ""
+    whole = " (a run of capitalised words, numbers or units of measure stays whole)" if unit == "entity" else ""
+    return (f"Its reversal unit is `{unit}`: a backward sequence is the text with the order of its words{whole} "
+            "reversed and whitespace kept, tokenized as it is; the token ids are *not* reversed. Use "
+            "`tokenizer.encode(reversed_text)` where the examples above reverse ids, and reverse the words of the "
+            "decoded output again (`revjax.direction.reverse_units`).\n\n")
 
 
 def byte_symbols() -> list[str]:

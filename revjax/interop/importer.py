@@ -35,6 +35,7 @@ from revjax.tokenizer import Tokenizer
 PHASES = {folder: phase for phase, folder in PHASE_DIRS.items()}
 STEP_FILE = re.compile(r"model_(\d+)\.pt")
 DIRECTIONS = ("forward", "backward", "bidirectional")
+UNITS = ("token", "word", "entity")
 
 
 def locate(src: str | Path, step: int | None = None) -> tuple[Path, Path, Path, str | None]:
@@ -132,7 +133,7 @@ def is_old_import(folder: Path) -> bool:
 
 
 def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir: Path,
-                  model_options: Mapping | None = None) -> Config:
+                  model_options: Mapping | None = None, unit: str = "token") -> Config:
     """A full revjax config for the imported model: explicit dims (and further ``model.*`` options), its tokenizer
     in ``<out_run_dir>/tokenizer``."""
     T = model_config["sequence_len"]
@@ -140,7 +141,7 @@ def revjax_config(model_config: dict, *, direction: str, phase: str, out_run_dir
         "run_name": out_run_dir.name,
         "model": {"depth": None, **model_config, **(model_options or {})},
         "tokenizer": {"vocab_size": model_config["vocab_size"], "dir": str(out_run_dir / "tokenizer")},
-        "direction": {"direction": direction},
+        "direction": {"direction": direction, "unit": unit},
         "training": {"phase": phase, "total_batch_tokens": T * max(1, 524_288 // T)},
         "checkpoint": {"dir": str(out_run_dir)},
     }, source="the imported model_config")
@@ -159,6 +160,7 @@ class Source(NamedTuple):
     tensors: Callable[[], dict[str, np.ndarray]]  # onanchat state_dict names → fp32 arrays
     model_options: Mapping = MappingProxyType({})  # further model.* settings (a transformers folder's RoPE base
     # and table dtype; nanochat's recipe and window pattern)
+    unit: str = "token"  # the reversal unit a revjax export recorded (token where the metadata does not say)
 
 
 def onanchat_source(folder: Path, step: int | None) -> Source:
@@ -169,7 +171,8 @@ def onanchat_source(folder: Path, step: int | None) -> Source:
     keys = model_keys_from_checkpoint(meta["model_config"])  # the six, and nanochat's recipe and window pattern
     options = {k: v for k, v in keys.items() if k not in MODEL_CONFIG_KEYS}
     return Source(meta_path, {k: keys[k] for k in MODEL_CONFIG_KEYS}, Tokenizer.load(tok_dir), meta.get("direction"),
-                  number, phase, meta.get("val_bpb"), lambda: read_state_dict(model_path), options)
+                  number, phase, meta.get("val_bpb"), lambda: read_state_dict(model_path), options,
+                  meta.get("unit") or "token")
 
 
 def hf_source(folder: Path, step: int | None) -> Source:
@@ -181,7 +184,7 @@ def hf_source(folder: Path, step: int | None) -> Source:
     number = info.get("step", 0)
     return Source(folder / "config.json", model_config, hf_import.read_tokenizer(folder), info.get("direction"),
                   number if isinstance(number, int) and number >= 0 else 0, info.get("phase"), info.get("val_bpb"),
-                  lambda: hf_import.read_tensors(folder, model_config), options)
+                  lambda: hf_import.read_tensors(folder, model_config), options, info.get("unit") or "token")
 
 
 def read_source(folder: Path, step: int | None) -> Source:
@@ -248,8 +251,10 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path | None = None, *,
         raise InteropError(f"the tokenizer has {tokenizer.vocab_size} tokens but model_config has vocab_size="
                            f"{model_config['vocab_size']} ({source.where}); the two do not belong together")
     direction = choose_direction(source, name, direction, ask)
+    if source.unit not in UNITS:
+        raise InteropError(f"{source.where} has reversal unit {source.unit!r}; expected one of {', '.join(UNITS)}")
     config = revjax_config(model_config, direction=direction, phase=phase, out_run_dir=out,
-                           model_options=source.model_options)
+                           model_options=source.model_options, unit=source.unit)
     params = from_torch_layout(source.tensors(), config.model)
 
     mesh = shd.make_mesh(MeshConfig(data=1), jax.devices()[:1])
@@ -258,7 +263,7 @@ def import_checkpoint(src: str | Path, out_run_dir: str | Path | None = None, *,
     del params
     val_bpb = source.val_bpb
     metadata = build_metadata(
-        step=source.step, direction=direction, phase=phase, model_config=config.model.gpt_config(),
+        step=source.step, direction=direction, unit=source.unit, phase=phase, model_config=config.model.gpt_config(),
         config=config.to_dict(), tokenizer_identity=tokenizer.identity(), tokenizer_path=str(out / "tokenizer"),
         val_bpb=val_bpb if isinstance(val_bpb, (int, float)) and np.isfinite(val_bpb) else None)
 

@@ -30,10 +30,14 @@ from revjax.train.errors import TrainingError
 
 
 def check_rl_direction(config: Config, phase: str = "rl") -> None:
-    """Refuse a direction and conversation mode the phase's row does not accept (:data:`revjax.phases.PHASES`)."""
+    """Refuse a direction and conversation mode the phase's row does not accept (:data:`revjax.phases.PHASES`), and
+    text reversal units (the engine's calculator reads a backward tool call as reversed token ids)."""
     refusal = PHASES[phase].refuses(config.direction.direction, config.direction.conversation)
     if refusal:
         raise TrainingError(refusal)
+    if config.direction.unit != "token":
+        raise TrainingError(f"RL samples replies whose calculator calls are read as reversed token ids, so it trains "
+                            f"direction.unit=token only, not {config.direction.unit}; run RL on a token-unit model")
 
 
 def prompt_way(config: Config, index: int) -> Direction:
