@@ -2,6 +2,7 @@
 
     python scripts/reversal_study.py prepare [--size 300] [--seed 0] [--out DIR]   # parquet shards of the facts
     revjax sweep configs/experiments/reversal.yaml                                  # forward, backward, bidirectional
+    revjax sweep configs/experiments/reversal_units.yaml          # backward, bidirectional × word, entity units
     python scripts/reversal_study.py score RUN_DIR [RUN_DIR ...] [--json OUT] [--plot PNG]   # exact match per order
     python scripts/reversal_study.py plot OUT.json --plot PNG                       # the bars again from the JSON
 
@@ -10,7 +11,9 @@ too), shuffled by the seed; the val shard holds the reversed statements of the t
 is measured on sentences they never saw. ``score`` reads each run's newest checkpoint and asks every tested fact
 in both orders, in each direction the run generates, and gives each exact-match accuracy with its Wilson score
 interval (95% by default, ``--level``); ``--plot`` draws trained vs reversed order per model and generation
-direction with the intervals as error bars.
+direction with the intervals as error bars. A run of a text reversal unit (``direction.unit`` word or entity) is
+asked the queries of its unit (:mod:`revjax.tasks.facts`); the table then has a unit column and the rows go
+forward, backward, bidirectional, each by unit token, word, entity.
 """
 
 from __future__ import annotations
@@ -45,15 +48,33 @@ def cell(score: dict) -> str:
             f"[{score['low']:.3f}, {score['high']:.3f}]")
 
 
+DIRECTIONS = ("forward", "backward", "bidirectional")
+UNITS = ("token", "word", "entity")
+
+
+def ordered(results: dict) -> list[tuple[str, dict]]:
+    """The scored runs by direction (forward, backward, bidirectional), then by unit (token, word, entity)."""
+    def rank(item: tuple[str, dict]) -> tuple[int, int]:
+        result = item[1]
+        direction, unit = result["direction"], result.get("unit", "token")
+        return (DIRECTIONS.index(direction) if direction in DIRECTIONS else len(DIRECTIONS),
+                UNITS.index(unit) if unit in UNITS else len(UNITS))
+    return sorted(results.items(), key=rank)
+
+
 def table(results: dict) -> list[str]:
-    """The markdown table of scored runs: one row per run and generation direction, one column per query order."""
+    """The markdown table of scored runs: one row per run and generation direction, one column per query order
+    (a unit column where the scores name their runs' reversal units)."""
     level = next(iter(results.values()), {}).get("level", 0.95)
-    lines = [f"| run | direction | generates | {' | '.join(f'{o} order [{level:.0%} interval]' for o in ORDERS)} |",
-             "|---|---|---|" + "---|" * len(ORDERS)]
-    for run_dir, result in results.items():
+    units = any("unit" in result for result in results.values())
+    lines = [f"| run | direction | {'unit | ' if units else ''}generates | "
+             f"{' | '.join(f'{o} order [{level:.0%} interval]' for o in ORDERS)} |",
+             "|---|---|---|" + "---|" * (len(ORDERS) + units)]
+    for run_dir, result in ordered(results):
         for way, measured in result["scores"].items():
             cells = " | ".join(cell(measured[o]) for o in ORDERS)
-            lines.append(f"| {Path(run_dir).name} | {result['direction']} | {way} | {cells} |")
+            unit = f"{result.get('unit', 'token')} | " if units else ""
+            lines.append(f"| {Path(run_dir).name} | {result['direction']} | {unit}{way} | {cells} |")
     return lines
 
 
@@ -63,9 +84,10 @@ def plot(results: dict, path: str | Path) -> Path:
     from revjax.analysis.plots import plot_bars
 
     values, errors = {}, {}
-    for result in results.values():
+    for _, result in ordered(results):
         for way, measured in result["scores"].items():
-            model = result["direction"] if way == result["direction"] else f"{result['direction']}\ngenerating {way}"
+            model = result["direction"] + (f"\n{result['unit']} unit" if "unit" in result else "")
+            model += "" if way == result["direction"] else f"\ngenerating {way}"
             for order in ORDERS:
                 values[(model, f"{order} order")] = measured[order]["accuracy"]
                 errors[(model, f"{order} order")] = (measured[order]["low"], measured[order]["high"])
@@ -86,10 +108,13 @@ def score(run_dirs: list[str], size: int, seed: int, demo_every: int, json_out: 
     for run_dir in run_dirs:
         run = LoadedRun(run_dir)
         ways = [w.value for w in known_directions(run.direction)]
-        generate = engine_generate(run.graphdef, run.params, run.tokenizer, run.direction.value,
+        unit = getattr(run.config.direction, "unit", "token")  # a Unit or its name
+        unit = str(getattr(unit, "value", unit))
+        generate = engine_generate(run.graphdef, run.params, run.tokenizer, run.direction.value, unit=unit,
                                    max_len=run.config.model.sequence_len)
-        measured = score_queries(generate, facts, ways, level)
-        results[run_dir] = {"direction": run.direction.value, "step": run.step, "level": level, "scores": measured}
+        measured = score_queries(generate, facts, ways, level, unit)
+        results[run_dir] = {"direction": run.direction.value, "unit": unit, "step": run.step, "level": level,
+                            "scores": measured}
     print("\n".join(table(results)))
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))

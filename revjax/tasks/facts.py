@@ -24,6 +24,29 @@ between the two. A bidirectional model answers all four; each of its ``reversed`
 model order its documents of the other direction taught (forward reversed: A after B, as its backward documents
 read), which is what the study looks at. The answer is exact-matched against
 the name the model writes up to the first sentence end (forward) or from the last one (backward).
+
+Text reversal units (``direction.unit`` word or entity, :mod:`revjax.direction.units`): a backward document is the
+statement's text with its pieces reversed, tokenized normally. With A = "A1 A2" and B = "B1 B2" the trained
+statement reads, in model order, ``"B2. B1 is r A2's A1"`` (word: each name's words swapped round, each word spelled
+as in reading order) or ``"B1 B2. is r A1 A2's"`` (entity: each name one piece, exactly as forward text spells it);
+the reversed statement reads ``"A2. A1 of r the is B2 B1"`` or ``"A1 A2. of r the is B1 B2"``. So "trained order"
+and "reversed order" keep their meaning — B before A in model order is the order every backward document of the
+fact taught, A before B the order only the reversed statement teaches — but the unit of what is written changes:
+a backward text-unit model writes whole words leftwards, and "A's" is one word. Its prompts therefore start at a
+word boundary (the reading-order suffix after the asked word and its space; :mod:`revjax.direction.units`), so
+their model-order text ends with that word and the model writes the space and the next word, as in training:
+
+* backward, trained: prompt ``r is B.``, the model writes the word(s) ``A's`` (``ending`` "'s"); the answer is the
+  name before "'s";
+* backward, reversed: prompt ``is the r of A.``, the model writes B.
+
+Forward queries are the token-unit ones. The prompt is oriented with ``orient_text(prompt, way, unit)`` before it is
+tokenized and ``orient_prompt(..., unit=unit)`` after, and the model-order text (prompt and continuation, decoded
+together) is read back with ``reverse_units``; the continuation is what comes before the prompt. What the entity
+unit changes is what a *bidirectional* model reads: its backward documents hold B before A with every name spelled
+exactly as its forward documents spell it, the premise of Reverse Training (Golovneva et al., 2024), so its forward
+``reversed`` query ("B is the r of" → A) asks for an order its backward documents taught in the same spelling;
+with word units each name's words come swapped round, with token units each name is spelled backwards.
 Each accuracy comes with its Wilson score interval (:func:`wilson_interval`, 95% by default), which stays inside
 [0, 1] and is not empty at 0 or n correct answers, where the normal approximation collapses to a point.
 The :class:`ReversalFacts` task serves the same facts as question-answer conversations.
@@ -72,6 +95,16 @@ class Query:
     prompt: str  # reading order
     answer: str  # the name to produce
     asked: str  # subject | object
+    ending: str = ""  # what the written word(s) carry after the name ("'s" for a text unit's backward trained query)
+
+    def hit(self, reply: str) -> bool:
+        """Whether ``reply`` (a reading-order continuation) names :attr:`answer`, followed by :attr:`ending`."""
+        name = extract_name(reply, self.way)
+        if self.ending:
+            if not name.endswith(self.ending):
+                return False
+            name = name[:-len(self.ending)]
+        return name == self.answer
 
 
 def _word(rng: random.Random) -> str:
@@ -109,16 +142,29 @@ def probe_facts(facts: Sequence[Fact], demo_every: int = 3) -> list[Fact]:
     return [fact for i, fact in enumerate(facts) if i % demo_every != 0]
 
 
-def fact_queries(fact: Fact, way: str) -> list[Query]:
-    """The trained-order and reversed-order queries of ``fact`` for a model generating ``way`` (table above)."""
+def fact_queries(fact: Fact, way: str, unit: str = "token") -> list[Query]:
+    """The trained-order and reversed-order queries of ``fact`` for a model of reversal ``unit`` generating ``way``
+    (lists above)."""
     a, r, b = fact.subject, fact.relation, fact.object
+    text_unit = _unit(unit) != "token"
     if way == "forward":
         return [Query(fact, "trained", way, f"{a}'s {r} is", b, "object"),
                 Query(fact, "reversed", way, f"{b} is the {r} of", a, "subject")]
+    if way == "backward" and text_unit:
+        return [Query(fact, "trained", way, f"{r} is {b}.", a, "subject", "'s"),
+                Query(fact, "reversed", way, f"is the {r} of {a}.", b, "object")]
     if way == "backward":
         return [Query(fact, "trained", way, f"'s {r} is {b}.", a, "subject"),
                 Query(fact, "reversed", way, f" is the {r} of {a}.", b, "object")]
     raise TaskError(f"a query is generated forward or backward, got {way!r}")
+
+
+def _unit(unit: Any) -> str:
+    """The name of a reversal unit (token, word or entity), or a TaskError saying what is allowed."""
+    name = getattr(unit, "value", unit)
+    if name not in ("token", "word", "entity"):
+        raise TaskError(f"a reversal unit is token, word or entity, got {unit!r}")
+    return name
 
 
 def extract_name(continuation: str, way: str) -> str:
@@ -142,42 +188,59 @@ def wilson_interval(correct: int, total: int, level: float = 0.95) -> tuple[floa
 
 
 def score_queries(generate: Generate, facts: Sequence[Fact], ways: Sequence[str],
-                  level: float = 0.95) -> dict[str, dict[str, Any]]:
+                  level: float = 0.95, unit: str = "token") -> dict[str, dict[str, Any]]:
     """``{way: {order: {"accuracy", "correct", "total", "low", "high"}}}``: exact-match accuracy of each query
-    order, with its Wilson score interval ``[low, high]`` at ``level``."""
+    order (the queries of a model of reversal ``unit``), with its Wilson score interval ``[low, high]`` at
+    ``level``."""
     out: dict[str, dict[str, Any]] = {}
     for way in ways:
-        queries = [q for fact in facts for q in fact_queries(fact, way)]
+        queries = [q for fact in facts for q in fact_queries(fact, way, unit)]
         replies = generate([q.prompt for q in queries], way)
         if len(replies) != len(queries):
             raise TaskError(f"the generator returned {len(replies)} continuations for {len(queries)} prompts")
         out[way] = {}
         for order in ORDERS:
-            hits = [extract_name(reply, way) == q.answer for q, reply in zip(queries, replies) if q.order == order]
+            hits = [q.hit(reply) for q, reply in zip(queries, replies) if q.order == order]
             low, high = wilson_interval(sum(hits), len(hits), level)
             out[way][order] = {"accuracy": sum(hits) / len(hits), "correct": sum(hits), "total": len(hits),
                                "low": low, "high": high}
     return out
 
 
-def engine_generate(graphdef: Any, params: Any, tokenizer: Any, direction: str, *, max_new_tokens: int = 16,
-                    max_len: int | None = None) -> Generate:
-    """A :data:`Generate` that completes prompts greedily with :func:`revjax.engine.generate`, stopping at BOS."""
-    from revjax.direction import Direction, Specials, orient_prompt, restore_generation
+def engine_generate(graphdef: Any, params: Any, tokenizer: Any, direction: str, *, unit: str = "token",
+                    max_new_tokens: int = 16, max_len: int | None = None) -> Generate:
+    """A :data:`Generate` that completes prompts greedily with :func:`revjax.engine.generate`, stopping at BOS, for
+    a model of reversal ``unit``: a text unit's prompt text is reversed by pieces before it is tokenized for a
+    backward generation, and the model-order text read back with ``reverse_units`` (see above)."""
+    from revjax.direction import Direction, Specials, orient_prompt, orient_text, restore_generation
     from revjax.engine import generate
 
     specials = Specials.from_tokenizer(tokenizer)
     bidirectional = Direction.parse(direction) is Direction.BIDIRECTIONAL
+    unit = _unit(unit)
 
     def run(prompts: list[str], way: str) -> list[str]:
-        oriented = [orient_prompt(tokenizer.encode(p, prepend=tokenizer.bos_id), direction, specials,
-                                  generate=way if bidirectional else None) for p in prompts]
+        bodies = [tokenizer.encode(orient_text(p, way, unit)) for p in prompts]
+        oriented = [orient_prompt([tokenizer.bos_id, *body], direction, specials,
+                                  generate=way if bidirectional else None, unit=unit) for body in bodies]
         room = max(map(len, oriented)) + max_new_tokens
         new = generate(graphdef, params, oriented, max_new_tokens, stop_ids=[tokenizer.bos_id],
                        max_len=min(room, max_len) if max_len else room)
-        return [tokenizer.decode(restore_generation(g, way)) for g in new]
+        if unit == "token" or way == "forward":
+            return [tokenizer.decode(restore_generation(g, way)) for g in new]
+        return [read_back(tokenizer.decode([*body, *g]), prompt, unit) for body, g, prompt in zip(bodies, new, prompts)]
 
     return run
+
+
+def read_back(model_text: str, prompt: str, unit: str) -> str:
+    """The reading-order continuation of a backward ``prompt`` (reading order) from the model-order text of prompt
+    and continuation (a text ``unit``): the text before the prompt, or all of it where the model changed the
+    prompt's first word (then no name matches)."""
+    from revjax.direction import reverse_units
+
+    text = reverse_units(model_text, unit)
+    return text[:-len(prompt)] if prompt and text.endswith(prompt) else text
 
 
 @register("reversal-facts")
