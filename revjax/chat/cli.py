@@ -7,7 +7,8 @@ reply in reading order; when the output is not a terminal only the final reply i
 be until its first text arrives. Replies are rendered for people (:func:`revjax.direction.render_reply`): a tool
 call reads ``[calculator: EXPR = RESULT]``. A base model (trained on documents only) is announced with a warning.
 A ``sequence``-mode backward model is offered the reverse task: you type an answer and the model writes the
-question that precedes it.
+question that precedes it. A backward ``word`` or ``entity`` model (its unit is named in the greeting) writes whole
+words right to left, each spelled as usual; its reply grows leftwards a word at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from typing import Sequence, TextIO
 
 from revjax.chat.session import REVERSE, ChatError, ChatSession, load_model
-from revjax.direction import Direction
+from revjax.direction import Direction, Unit
 from revjax.errors import run_command
 
 HELP = "/forward, /backward: generation direction (bidirectional models) · /clear: new conversation · /quit: leave"
@@ -42,8 +43,9 @@ def base_warning(session: ChatSession) -> str | None:
 def describe(session: ChatSession) -> str:
     model = session.model
     step = "" if model.step is None else f", step {model.step}"
-    lines = [f"revjax chat: {model.name}{step}, a {model.direction.value} model ({model.mode.value} conversations); "
-             f"generating {session.generate.value}"]
+    unit = "" if model.unit is Unit.TOKEN else f", {model.unit.value} units"
+    lines = [f"revjax chat: {model.name}{step}, a {model.direction.value} model ({model.mode.value} conversations"
+             f"{unit}); generating {session.generate.value}"]
     if session.task == REVERSE:
         lines.append("Reverse task: type an answer; the model writes the question that comes before it.")
     lines += [w for w in [base_warning(session)] if w]

@@ -18,6 +18,14 @@ Streaming: a forward generation arrives left to right, so each piece goes after 
 arrives right to left: each piece (itself in reading order) goes *before* the text so far (``Piece.prepend``); a
 front end may show it growing leftwards and then presents the whole reply in reading order (``Reply.text``).
 Pieces are cut at UTF-8 character boundaries, so a character split over tokens is never shown half.
+
+Reversal units (``ChatModel.unit``): a backward ``word`` or ``entity`` model reads each message as its reversed text
+(:func:`~revjax.direction.orient_text`), so a typed message read backward is encoded from its reversed text, the
+prompt is laid out with the unit (turns and markers reversed around the contents), and a reply's ids stay those of
+the reversed text the model wrote (:attr:`Message.ids` with ``Message.reversed``), which is what a later backward
+prompt takes; its text for people is put back in reading order piece by piece. A message is encoded again from its
+text only when a bidirectional model reads it the other way. The calculator does not run in a backward text-unit
+reply (its expression would be reversed text).
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-from revjax.direction import (ConversationMode, Direction, Rendering, Specials, chat_prompt, chat_stop_token,
-                              chat_turn, chat_turn_ends, render_reply)
+from revjax.direction import (ConversationMode, Direction, Rendering, Specials, Unit, chat_prompt, chat_stop_token,
+                              chat_turn, chat_turn_ends, orient_text, render_reply)
 from revjax.errors import RevjaxError
 from revjax.phases import PHASES
 
@@ -54,11 +62,13 @@ class ChatModel:
     step: int | None = None
     chunk_size: int = 8
     phase: str | None = None  # the training phase of the run (``base``, ``mid``, ``sft``, ``rl``), when known
+    unit: Unit = Unit.TOKEN  # what a backward reading reverses (``token``, ``word``, ``entity``)
 
     def __post_init__(self) -> None:
         from revjax.engine import Engine
 
         self.direction = Direction.parse(self.direction)
+        self.unit = Unit.parse(self.unit)
         self.mode = ConversationMode.parse(self.mode)
         self.specials = Specials.from_tokenizer(self.tokenizer)
         self.engine = Engine(self.graphdef, self.params, tokenizer=self.tokenizer, chunk_size=self.chunk_size)
@@ -97,29 +107,44 @@ class ChatModel:
     def _generate_arg(self, way: Direction) -> Direction | None:
         return way if self.direction is Direction.BIDIRECTIONAL else None
 
+    def reverses_text(self, way: Direction) -> bool:
+        """Whether messages read ``way`` are the tokens of their reversed text (a backward word or entity unit)."""
+        return way is Direction.BACKWARD and self.unit is not Unit.TOKEN
+
+    @property
+    def tool_order(self) -> dict[Direction, str | None]:
+        """The calculator layout of a reply generated each way (None: no calculator, a backward text unit)."""
+        return {way: None if self.reverses_text(way) else way.value for way in (Direction.FORWARD, Direction.BACKWARD)}
+
+    def encode_message(self, text: str, way: Direction) -> list[int]:
+        """A message's content ids as a prompt read ``way`` takes them (the reversed text's for a text unit)."""
+        return self.encode(orient_text(text, way, self.unit))
+
     def prompt(self, messages: Sequence[Sequence[int]], way: Direction) -> list[int]:
-        """Model-order prompt for reading-order message ids (``[user, …, user]``, or ``[assistant, …, assistant]``
-        for the reverse task)."""
-        return chat_prompt(messages, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+        """Model-order prompt for the message ids (``[user, …, user]``, or ``[assistant, …, assistant]`` for the
+        reverse task) in reading order of messages, each from :meth:`encode_message` for ``way``."""
+        return chat_prompt(messages, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way),
+                           unit=self.unit)
 
     def stop_id(self, way: Direction) -> int:
         return chat_stop_token(self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
 
     def content(self, generated: Sequence[int], way: Direction) -> list[int]:
-        """Reading-order message ids of a generated turn (model order, as the engine returns it), ended at the
-        turn's end."""
-        return chat_turn(generated, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way))
+        """Message ids of a generated turn (model order, as the engine returns it), ended at the turn's end: in
+        reading order, or for a backward text unit the ids of the reversed text (as a later prompt takes them)."""
+        return chat_turn(generated, self.direction, self.specials, mode=self.mode, generate=self._generate_arg(way),
+                         unit=self.unit)
 
     def render(self, generated: Sequence[int], way: Direction) -> str:
         """The reading-order text for people of a generated turn (model order in): what :meth:`text_stream`'s
         pieces add up to."""
         return render_reply(generated, self.direction, self.specials, self.tokenizer.encoding.decode_single_token_bytes,
-                            mode=self.mode, generate=self._generate_arg(way))
+                            mode=self.mode, generate=self._generate_arg(way), unit=self.unit)
 
     def text_stream(self, way: Direction) -> TextStream:
         backward, skip, ends = chat_turn_ends(self.direction, self.specials, mode=self.mode,
                                               generate=self._generate_arg(way))
-        return TextStream(self.tokenizer, backward=backward, skip_first=skip, ends=ends)
+        return TextStream(self.tokenizer, backward=backward, skip_first=skip, ends=ends, unit=self.unit)
 
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tokenizer.encode(text)]
@@ -139,7 +164,14 @@ def load_model(run_dir: str | Path, step: int | None = None, *, chunk_size: int 
 
     run = load_run(run_dir, step, command=command, batch=batch)
     return ChatModel(run.graphdef, run.params, run.tokenizer, run.direction, run.mode, run.config.model.sequence_len,
-                     name=run.run_dir.resolve().name, step=run.step, chunk_size=chunk_size, phase=run.meta.get("phase"))
+                     name=run.run_dir.resolve().name, step=run.step, chunk_size=chunk_size, phase=run.meta.get("phase"),
+                     unit=run_unit(run))
+
+
+def run_unit(run) -> Unit:
+    """The reversal unit of a loaded run: its ``unit``, else its config's ``direction.unit``, else ``token``."""
+    unit = getattr(run, "unit", None) or getattr(getattr(run.config, "direction", None), "unit", None)
+    return Unit.parse(unit or Unit.TOKEN)
 
 
 # ---- text in reading order ------------------------------------------------------------------------------------
@@ -153,9 +185,10 @@ class TextStream(Rendering):
     after an ``ends`` token is shown.
     """
 
-    def __init__(self, tokenizer, *, backward: bool, skip_first: int | None = None, ends=()):
+    def __init__(self, tokenizer, *, backward: bool, skip_first: int | None = None, ends=(),
+                 unit: Unit | str = Unit.TOKEN):
         super().__init__(tokenizer.encoding.decode_single_token_bytes, Specials.from_tokenizer(tokenizer),
-                         backward=backward, skip_first=skip_first, ends=ends)
+                         backward=backward, skip_first=skip_first, ends=ends, unit=unit)
 
 
 class Piece(NamedTuple):
@@ -170,11 +203,13 @@ class Piece(NamedTuple):
 @dataclass
 class Message:
     """A turn in reading order; ``ids`` are its content's token ids (a generated turn keeps the ids it was made of,
-    tool calls included, so a prompt never re-encodes generated text)."""
+    tool calls included, so a prompt never re-encodes generated text); ``reversed``: they are the ids of the
+    reversed text (a backward text unit)."""
 
     role: str  # "user" or "assistant"
     content: str
     ids: list[int]
+    reversed: bool = False
 
 
 class Reply:
@@ -187,7 +222,7 @@ class Reply:
         self.label = TASK_LABELS[self.task]
         self.prompt = session.prompt_for(typed, way)
         self.text: str | None = None
-        self.tokens: list[int] = []  # reading-order content ids
+        self.tokens: list[int] = []  # content ids (reading order; a backward text unit's: of the reversed text)
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[Piece]:
@@ -200,7 +235,7 @@ class Reply:
         chunks = model.engine.stream(
             [self.prompt], max_new, temperature=self.settings["temperature"], top_k=self.settings["top_k"],
             seed=self.settings["seed"], stop_ids=[model.stop_id(self.way)], max_len=model.max_len,
-            tool_order=self.way.value)
+            tool_order=model.tool_order[self.way])
         try:
             for chunk in chunks:
                 generated += chunk.tokens[0]
@@ -248,8 +283,9 @@ class ChatSession:
 
     def prompt_for(self, typed: str, way: Direction) -> list[int]:
         """The model-order prompt for a new turn; the turns farthest from the new one are dropped to fit."""
-        model, encoded = self.model, [m.ids for m in self.history]
-        typed_ids = model.encode(typed)
+        model, reverses = self.model, self.model.reverses_text(way)
+        encoded = [m.ids if m.reversed is reverses else model.encode_message(m.content, way) for m in self.history]
+        typed_ids = model.encode_message(typed, way)
         reverse = model.task(way) == REVERSE
         for dropped in range(0, len(encoded) + 1, 2):
             kept = encoded[: len(encoded) - dropped] if reverse else encoded[dropped:]
@@ -274,8 +310,10 @@ class ChatSession:
 
     def _commit(self, reply: Reply) -> None:
         self.replies += 1
-        typed = Message("assistant" if reply.task == REVERSE else "user", reply.typed, self.model.encode(reply.typed))
-        written = Message("user" if reply.task == REVERSE else "assistant", reply.text, reply.tokens)
+        reverses = self.model.reverses_text(reply.way)
+        typed = Message("assistant" if reply.task == REVERSE else "user", reply.typed,
+                        self.model.encode_message(reply.typed, reply.way), reverses)
+        written = Message("user" if reply.task == REVERSE else "assistant", reply.text, reply.tokens, reverses)
         if reply.task == REVERSE:
             self.history[:0] = [written, typed]
         else:

@@ -13,6 +13,11 @@ Joint likelihood: for every direction, ``sequence``-mode backward included, each
 with every answer letter as the assistant's reply and the letters are ranked by the log-likelihood of the whole
 conversation in the model's order (:func:`revjax.direction.orient_conversation`). Its mean centered accuracy over
 the categorical tasks is one number all directions share.
+
+Reversal units (``unit``): a backward ``word`` or ``entity`` model reads every message from its reversed text, so
+the questions, and for the joint score every message of the rendered conversation, are the reversed texts
+(:func:`revjax.eval.generative.oriented_messages`) laid out with the unit. An answer letter is one word, so it reads
+the same reversed.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from revjax.direction import (
     ConversationMode,
     Direction,
     Specials,
+    Unit,
     chat_prompt,
     known_directions,
     orient_conversation,
 )
 from revjax.eval.choice import bidirectional_index
-from revjax.eval.generative import NOT_APPLICABLE_SEQUENCE, asks_assistant, generative_replies, question_messages
+from revjax.eval.generative import (NOT_APPLICABLE_SEQUENCE, asks_assistant, generative_replies, oriented_messages,
+                                    question_messages)
 from revjax.eval.icl import EvalError, centered
 from revjax.eval.scorer import Request, Scorer
 from revjax.tasks import Task, TaskError, get_task
@@ -95,19 +102,19 @@ def _letter_ids(tokenizer: Any, letters: Sequence[str]) -> list[int]:
 
 
 def letter_answers(conversations: Sequence[dict], scorer: Scorer, tokenizer: Any, direction: Direction | str,
-                   way: Direction | str, mode: ConversationMode | str) -> list[str]:
+                   way: Direction | str, mode: ConversationMode | str, unit: Unit | str = Unit.TOKEN) -> list[str]:
     """nanochat's categorical answer: the letter with the highest logit right after ``<|assistant_start|>``."""
     specials = Specials.from_tokenizer(tokenizer)
     generate = Direction.parse(way) if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
-    prompts = [chat_prompt(question_messages(c, tokenizer), direction, specials, mode=mode, generate=generate)
-               for c in conversations]
+    prompts = [chat_prompt(question_messages(c, tokenizer, way, unit), direction, specials, mode=mode,
+                           generate=generate, unit=unit) for c in conversations]
     candidates = [_letter_ids(tokenizer, c["letters"]) for c in conversations]
     logits = scorer.logits_at(prompts, candidates)
     return [c["letters"][int(np.argmax(row))] for c, row in zip(conversations, logits)]
 
 
 def joint_answers(conversations: Sequence[dict], scorer: Scorer, tokenizer: Any, direction: Direction | str,
-                  way: Direction | str, mode: ConversationMode | str) -> list[str]:
+                  way: Direction | str, mode: ConversationMode | str, unit: Unit | str = Unit.TOKEN) -> list[str]:
     """The letter whose whole rendered conversation (model order, every token after BOS) is the most likely."""
     specials = Specials.from_tokenizer(tokenizer)
     index = bidirectional_index(Direction.parse(way))
@@ -116,8 +123,9 @@ def joint_answers(conversations: Sequence[dict], scorer: Scorer, tokenizer: Any,
         for letter in conversation["letters"]:
             candidate = copy.deepcopy(conversation)
             candidate["messages"][-1]["content"] = letter
+            candidate["messages"] = oriented_messages(candidate, way, unit)
             ids, mask = tokenizer.render_conversation(candidate)
-            oriented, _ = orient_conversation(ids, mask, direction, specials, mode=mode, index=index)
+            oriented, _ = orient_conversation(ids, mask, direction, specials, mode=mode, index=index, unit=unit)
             first = 1 + len(oriented) - len(ids)  # after BOS and any direction token
             requests.append(Request(tuple(oriented), first, len(oriented)))
     sums, _ = scorer.score(requests)
@@ -144,11 +152,12 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
                   direction: Direction | str, mode: ConversationMode | str, *,
                   ways: Sequence[Direction | str] | None = None, max_per_task: int | None = None,
                   max_new_tokens: int = 512, batch_size: int = 16, errors: dict[str, str] | None = None,
-                  progress: Callable[[str], Any] | None = None) -> dict:
+                  progress: Callable[[str], Any] | None = None, unit: Unit | str = Unit.TOKEN) -> dict:
     """ChatCORE and the joint-likelihood score for each reading direction.
 
     ``tasks`` maps a :data:`CHAT_TASKS` label to its task; ``errors`` lists tasks that could not be loaded (they
-    are reported and ChatCORE is then left out, as nanochat reports it only over all six tasks).
+    are reported and ChatCORE is then left out, as nanochat reports it only over all six tasks); ``unit``: what
+    the model's backward reading reverses.
     """
     ways = [Direction.parse(w) for w in (ways or known_directions(direction))]
     data = {label: _conversations(task, max_per_task) for label, task in tasks.items()}
@@ -162,7 +171,7 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
             conversations = data[label]
             if kind == "categorical":
                 start = time.perf_counter()
-                replies = joint_answers(conversations, scorer, tokenizer, direction, way, mode)
+                replies = joint_answers(conversations, scorer, tokenizer, direction, way, mode, unit)
                 joint["tasks"][label] = _entry("joint", len(replies), _accuracy(task, conversations, replies),
                                                baseline, start)
             start = time.perf_counter()
@@ -171,12 +180,12 @@ def evaluate_chat(tasks: dict[str, Task], scorer: Scorer, graphdef: Any, params:
             elif getattr(task, "runs_code", False) and sandbox_problem() is not None:
                 answer["not_run"][label] = f"not run: {sandbox_problem()}"  # never scored, never run unconfined
             elif kind == "categorical":
-                replies = letter_answers(conversations, scorer, tokenizer, direction, way, mode)
+                replies = letter_answers(conversations, scorer, tokenizer, direction, way, mode, unit)
                 answer["tasks"][label] = _entry(kind, len(replies), _accuracy(task, conversations, replies),
                                                 baseline, start)
             else:
                 replies = generative_replies(graphdef, params, tokenizer, conversations, direction, way, mode,
-                                             max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                             max_new_tokens=max_new_tokens, batch_size=batch_size, unit=unit)
                 answer["tasks"][label] = _entry(kind, len(replies), _accuracy(task, conversations, replies),
                                                 baseline, start)
             if progress is not None:

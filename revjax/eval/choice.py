@@ -15,6 +15,14 @@ Normalisation follows nanochat per kind: multiple choice and schema pick the opt
 log-probability per scored token (nanochat's lowest mean loss); language modeling is correct when every
 continuation token is the greedy prediction. Greedy prediction of a continuation has no direction-neutral meaning
 for a model that reads the continuation before its context, so it is *not applicable* when reading backward.
+
+Reversal units: a backward ``word`` or ``entity`` model reads the reversed *text*, so its two sequences are the
+tokens of the reversed texts (:func:`revjax.direction.orient_text`): ``[BOS, tok(rev(x ⊕ c))]``, whose first
+tokens are the option's words, and ``[BOS, tok(rev(x))]``; the score is the same ``log P(x ⊕ c) − log P(x)``, each
+term what the model itself assigns to the text it reads, and its mean is over the option's reading-order tokens
+(``c``'s count in the example), as for every other model. The texts are the decoded reading-order spans, so the
+tokenizer is needed (``tokenizer=``); cropping to ``max_len`` drops the fewest leading reading-order tokens (of
+every option alike) that make the longest model-order sequence fit.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from revjax.direction import Direction, Specials, choose_direction, orient_document
-from revjax.eval.icl import Example
+from revjax.direction import Direction, Specials, Unit, choose_direction, orient_document, orient_text
+from revjax.eval.icl import EvalError, Example
 from revjax.eval.scorer import Request, Scorer
 
 NOT_APPLICABLE_LM = ("language modeling scores greedy prediction of the continuation after its context; a model "
@@ -57,20 +65,53 @@ def bidirectional_index(way: Direction) -> int:
 
 
 def model_order(body: Sequence[int], direction: Direction | str, way: Direction | str,
-                specials: Specials) -> tuple[np.ndarray, int]:
+                specials: Specials, unit: Unit | str = Unit.TOKEN) -> tuple[np.ndarray, int]:
     """``(ids, first)``: the reading-order text ``body`` (no BOS) as a model of ``direction`` reads it ``way``,
-    and the position of its first text token (after BOS and any direction token)."""
+    and the position of its first text token (after BOS and any direction token). With a text ``unit`` a backward
+    ``body`` must be the tokens of the reversed text; they keep their order."""
     direction, way = Direction.parse(direction), Direction.parse(way)
     if direction is Direction.BIDIRECTIONAL:
-        ids, _ = orient_document(body, direction, specials, index=bidirectional_index(way))
+        ids, _ = orient_document(body, direction, specials, index=bidirectional_index(way), unit=unit)
     else:
         if way is not direction:
             raise ValueError(f"a {direction.value} model reads {direction.value} only, not {way.value}")
-        ids, _ = orient_document(body, direction, specials)
+        ids, _ = orient_document(body, direction, specials, unit=unit)
     return ids, len(ids) - len(body)
 
 
-def _requests(example: Example, direction, way, specials, max_len: int | None) -> list[tuple[list[Request], int]]:
+@dataclass(frozen=True)
+class TextUnits:
+    """A backward text-unit reading: the ``unit`` and the tokenizer that decodes and encodes the spans."""
+
+    unit: Unit
+    tokenizer: object
+
+    def reversed_ids(self, body: Sequence[int]) -> list[int]:
+        """The tokens of the reversed text of the reading-order tokens ``body``."""
+        text = self.tokenizer.decode([int(t) for t in body])
+        return [int(t) for t in self.tokenizer.encode(orient_text(text, Direction.BACKWARD, self.unit))]
+
+
+def _text_requests(bodies, starts, direction, way, specials, text: TextUnits, limit: int | None):
+    """Per option ``(requests, tokens)`` of a backward text unit, cropping ``bodies`` from the front to fit."""
+    cut = 0
+    while True:
+        plan = []
+        for body, start in zip(bodies, starts):
+            body, start = body[cut:], max(0, start - cut)
+            full_ids, first = model_order(text.reversed_ids(body), direction, way, specials, text.unit)
+            requests = [Request(tuple(full_ids.tolist()), first, len(full_ids))]
+            if start > 0:
+                ctx, ctx_first = model_order(text.reversed_ids(body[:start]), direction, way, specials, text.unit)
+                requests.append(Request(tuple(ctx.tolist()), ctx_first, len(ctx)))
+            plan.append((requests, len(body) - start))
+        if limit is None or max(len(r[0].ids) for r, _ in plan) <= limit or cut >= max(map(len, bodies)):
+            return plan
+        cut += 1
+
+
+def _requests(example: Example, direction, way, specials, max_len: int | None,
+              text: TextUnits | None = None) -> list[tuple[list[Request], int]]:
     """Per option: ``(requests, tokens)``; the option's score is ``+requests[0] − sum(requests[1:])``.
 
     With ``max_len``, every option of the example loses the same leading tokens (as many as its longest option
@@ -80,6 +121,10 @@ def _requests(example: Example, direction, way, specials, max_len: int | None) -
     marker = 1 if Direction.parse(direction) is Direction.BIDIRECTIONAL else 0
     bodies = [list(seq[1:end]) for seq, end in zip(example.sequences, example.ends)]  # nanochat's spans end there
     cut = 0 if max_len is None else max(0, max(map(len, bodies)) - (max_len - 1 - marker))
+    if text is not None and Direction.parse(way) is Direction.BACKWARD:
+        starts = [max(0, start - 1) for start in example.starts]
+        return _text_requests([b[cut:] for b in bodies], [max(0, s - cut) for s in starts], direction, way,
+                              specials, text, max_len)
     for body, start in zip(bodies, example.starts):
         body, start = body[cut:], max(0, start - 1 - cut)  # start in the body (BOS dropped)
         ids, first = model_order(body, direction, way, specials)
@@ -97,18 +142,20 @@ def _requests(example: Example, direction, way, specials, max_len: int | None) -
 
 
 def score_examples(examples: Sequence[Example], kind: str, scorer: Scorer, direction: Direction | str,
-                   way: Direction | str, specials: Specials, *, max_len: int | None = None) -> list[ExampleResult]:
+                   way: Direction | str, specials: Specials, *, max_len: int | None = None,
+                   unit: Unit | str = Unit.TOKEN, tokenizer: object = None) -> list[ExampleResult]:
     """Score every example of one task read ``way`` by a model of ``direction`` (:func:`score_tasks` for one
     task); raises :class:`NotApplicable` for language modeling read backward."""
-    (results,) = score_tasks([(examples, kind)], scorer, direction, way, specials, max_len=max_len)
+    (results,) = score_tasks([(examples, kind)], scorer, direction, way, specials, max_len=max_len, unit=unit,
+                             tokenizer=tokenizer)
     if isinstance(results, NotApplicable):
         raise results
     return results
 
 
 def score_tasks(tasks: Sequence[tuple[Sequence[Example], str]], scorer: Scorer, direction: Direction | str,
-                way: Direction | str, specials: Specials, *,
-                max_len: int | None = None) -> list[list[ExampleResult] | NotApplicable]:
+                way: Direction | str, specials: Specials, *, max_len: int | None = None,
+                unit: Unit | str = Unit.TOKEN, tokenizer: object = None) -> list[list[ExampleResult] | NotApplicable]:
     """Score the examples of several tasks (``(examples, kind)`` each) read ``way`` by a model of ``direction``,
     all in one batched pass, so the sequences of every task share the scorer's rows.
 
@@ -116,9 +163,16 @@ def score_tasks(tasks: Sequence[tuple[Sequence[Example], str]], scorer: Scorer, 
     the longest model-order sequence fits (None: no cropping, as nanochat does for its own models). The options
     of one example go to the scorer as a group, so a shared context is computed once. A task that has no
     direction-neutral meaning read ``way`` (language modeling read backward) gets a :class:`NotApplicable`
-    instead of its results.
+    instead of its results. A text ``unit`` (``word``, ``entity``) read backward needs the ``tokenizer`` (see the
+    module).
     """
-    way = Direction.parse(way)
+    way, unit = Direction.parse(way), Unit.parse(unit)
+    text = None
+    if unit is not Unit.TOKEN and way is Direction.BACKWARD:
+        if tokenizer is None:
+            raise EvalError(f"scoring a {unit.value}-unit model backward reads the reversed text of each span; "
+                            "pass its tokenizer")
+        text = TextUnits(unit, tokenizer)
     plans: list[list | None] = []
     unique: dict[Request, int] = {}
     groups = []
@@ -126,7 +180,7 @@ def score_tasks(tasks: Sequence[tuple[Sequence[Example], str]], scorer: Scorer, 
         if kind == "language_modeling" and way is Direction.BACKWARD:
             plans.append(None)
             continue
-        plans.append([_requests(ex, direction, way, specials, max_len) for ex in examples])
+        plans.append([_requests(ex, direction, way, specials, max_len, text) for ex in examples])
         for plan in plans[-1]:
             for requests, _ in plan:
                 for r in requests:

@@ -9,6 +9,12 @@ in ``sequence`` mode a backward model writes the *user* turn, so generative grad
 Forward generation uses the engine's calculator tool when the engine offers one (``Engine.generate(...,
 tool_order=...)``); backward text cannot call a tool (the output would precede the call), so it generates plainly.
 Prompts are generated in batches of similar length, greedily by default (nanochat's ``temperature=0``).
+
+Reversal units: a backward ``word`` or ``entity`` model reads each message from its reversed text
+(:func:`revjax.direction.orient_text`), so :func:`question_messages` encodes the reversed texts for that way, the
+prompt is laid out with the unit, and the reply (the ids of the reversed text the model wrote) is decoded and put
+back in reading order by :func:`revjax.direction.reverse_units` before it is graded; it generates without the
+calculator, like any backward reply.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import inspect
 from typing import Any, Callable, Sequence
 
 from revjax import engine as engine_module
-from revjax.direction import ConversationMode, Direction, Specials, chat_prompt, chat_reply, chat_stop_token
+from revjax.direction import (ConversationMode, Direction, Specials, Unit, chat_prompt, chat_reply, chat_stop_token,
+                              orient_text, reverse_units)
+from revjax.eval.icl import EvalError
 
 NOT_APPLICABLE_SEQUENCE = ("in sequence mode a backward model generates the user turn that precedes an answer, "
                            "so it cannot be asked to answer a question; see the joint-likelihood score instead")
@@ -29,13 +37,29 @@ def asks_assistant(direction: Direction | str, way: Direction | str, mode: Conve
     return not (backward and ConversationMode.parse(mode) is ConversationMode.SEQUENCE)
 
 
-def question_messages(conversation: dict, tokenizer: Any) -> list[list[int]]:
-    """Token ids of every message before the final assistant reply (a system message joins the first user turn)."""
-    messages = list(conversation["messages"][:-1])
+def oriented_messages(conversation: dict, way: Direction | str = Direction.FORWARD,
+                      unit: Unit | str = Unit.TOKEN) -> list[dict]:
+    """The conversation's messages as read ``way``: a system message joined to the first user turn, and each
+    content the reversed text for a backward text ``unit`` (:func:`revjax.direction.orient_text`)."""
+    messages = [dict(m) for m in conversation["messages"]]
     if messages and messages[0]["role"] == "system":
         messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"},
                     *messages[2:]]
-    return [tokenizer.encode(m["content"]) for m in messages]
+    if Direction.parse(way) is not Direction.BACKWARD or Unit.parse(unit) is Unit.TOKEN:
+        return messages
+    for m in messages:
+        if not isinstance(m["content"], str):
+            raise EvalError(f"a {Unit.parse(unit).value}-unit model reads messages as reversed text, but a "
+                            f"{m['role']} message holds {type(m['content']).__name__} parts; give it plain text")
+        m["content"] = orient_text(m["content"], way, unit)
+    return messages
+
+
+def question_messages(conversation: dict, tokenizer: Any, way: Direction | str = Direction.FORWARD,
+                      unit: Unit | str = Unit.TOKEN) -> list[list[int]]:
+    """Token ids of every message before the final assistant reply (a system message joins the first user turn),
+    as a prompt read ``way`` takes them (see :func:`oriented_messages`)."""
+    return [tokenizer.encode(m["content"]) for m in oriented_messages(conversation, way, unit)[:-1]]
 
 
 def _tool_engine() -> bool:
@@ -58,13 +82,14 @@ def generate_batch(graphdef: Any, params: Any, tokenizer: Any, prompts: Sequence
 def generative_replies(graphdef: Any, params: Any, tokenizer: Any, conversations: Sequence[dict],
                        direction: Direction | str, way: Direction | str, mode: ConversationMode | str, *,
                        max_new_tokens: int = 512, batch_size: int = 16, temperature: float = 0.0,
-                       progress: Callable[[int], Any] | None = None) -> list[str]:
+                       progress: Callable[[int], Any] | None = None, unit: Unit | str = Unit.TOKEN) -> list[str]:
     """The model's reply text (reading order) to each conversation's final assistant turn."""
     specials = Specials.from_tokenizer(tokenizer)
-    way = Direction.parse(way)
+    way, unit = Direction.parse(way), Unit.parse(unit)
     generate_way = way if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
-    prompts = [chat_prompt(question_messages(c, tokenizer), direction, specials, mode=mode, generate=generate_way)
-               for c in conversations]
+    prompts = [chat_prompt(question_messages(c, tokenizer, way, unit), direction, specials, mode=mode,
+                           generate=generate_way, unit=unit) for c in conversations]
+    reversed_text = way is Direction.BACKWARD and unit is not Unit.TOKEN
     stop = chat_stop_token(direction, specials, mode=mode, generate=generate_way)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
@@ -73,8 +98,8 @@ def generative_replies(graphdef: Any, params: Any, tokenizer: Any, conversations
         generated = generate_batch(graphdef, params, tokenizer, [prompts[i] for i in chunk], max_new_tokens, stop,
                                    tools=way is Direction.FORWARD, temperature=temperature)
         for i, ids in zip(chunk, generated):
-            reply = chat_reply(ids, direction, specials, mode=mode, generate=generate_way)
-            replies[i] = tokenizer.decode(reply)
+            text = tokenizer.decode(chat_reply(ids, direction, specials, mode=mode, generate=generate_way, unit=unit))
+            replies[i] = reverse_units(text, unit) if reversed_text else text
         if progress is not None:
             progress(len(chunk))
     return replies

@@ -30,6 +30,10 @@ reversed when backward, the direction token after BOS for a bidirectional model)
   context, so it ends (on its left) after the first stop sequence it writes: what comes back is the text between
   that stop sequence and the context. BOS (a document boundary) always stops a row. A backward model does not
   answer: it writes what precedes its prompt, and a warning says so once.
+
+A model whose backward reading reverses words or entities (``direction.unit`` ``word`` or ``entity``) is refused
+when read backward: lm-eval splits requests into token spans of the reading-order text, which such a model never
+reads; score it with ``revjax eval``. Read forward (a bidirectional model) it is evaluated as any other.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from revjax.direction import ConversationMode, Direction, Specials, known_directions, orient_prompt
+from revjax.direction import ConversationMode, Direction, Specials, Unit, known_directions, orient_prompt
 from revjax.engine import Engine
 from revjax.errors import RevjaxError
 from revjax.eval.choice import model_order
@@ -122,6 +126,10 @@ class RevjaxLM(LM):
         self.graphdef, self.params = loaded.graphdef, loaded.params
         self.specials = Specials.from_tokenizer(self.tokenizer)
         self.way = self._way(direction)
+        unit = Unit.parse(getattr(loaded, "unit", None) or Unit.TOKEN)
+        if self.way is Direction.BACKWARD and unit is not Unit.TOKEN:
+            raise LMEvalError(f"this model reads backward by {unit.value}s (direction.unit={unit.value}), which "
+                              "lm-eval's token spans cannot express; evaluate it with revjax eval instead")
         limit = loaded.config.model.sequence_len
         self.max_length = limit if max_length is None else int(max_length)
         if not 2 < self.max_length <= limit:
