@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -18,7 +17,7 @@ from revjax.eval import rerank_cli
 from revjax.eval.rerank import (RULES, RankModel, Reranker, RerankError, accuracy_table, choose, forward_request,
                                 reverse_request)
 from revjax.tasks.facts import wilson_interval
-from tests.helpers import make_run
+from tests.helpers import forward, make_run
 
 QUESTION = "What is 3 plus 5?"
 ANSWERS = ["3 + 5 = 8. #### 8", "8", "no idea at all"]
@@ -39,9 +38,12 @@ def models(runs):
 
 
 def hand_logprob(model: RankModel, ids: list[int], first: int) -> float:
-    """Sum of log p(ids[i] | ids[:i]) for i >= first, by one plain forward pass of the whole sequence."""
+    """Sum of log p(ids[i] | ids[:i]) for i >= first, by one plain forward pass of the whole sequence (padded at
+    the end to 64 ids, which a causal model's earlier positions do not see)."""
     net = nnx.merge(model.graphdef, model.params)
-    logits = np.asarray(net(np.asarray([ids], np.int32))[0], np.float64)
+    padded = np.zeros((1, 64), np.int32)
+    padded[0, : len(ids)] = ids
+    logits = np.asarray(forward(net, padded)[0], np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     return float(sum(logp[i - 1, ids[i]] for i in range(first, len(ids))))
 
@@ -165,15 +167,15 @@ def test_rerank_command_with_a_prompt(runs, tmp_path, capsys):
 
 def test_rerank_command_with_sums_and_refusal(runs, tmp_path, capsys):
     out = tmp_path / "sums.json"
-    code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "bwd"), "--task", "sums", "--limit", "4",
-                            "--best-of", "1", "2", "--max-new-tokens", "6", "--json", str(out)])
+    code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "bwd"), "--task", "sums", "--limit", "5",
+                            "--best-of", "1", "3", "--max-new-tokens", "6", "--batch-size", "3", "--json", str(out)])
     assert code == 0
     data = json.loads(out.read_text())
-    assert data["questions"] == 4 and list(data["results"]) == ["1", "2"]
-    row = data["results"]["2"]["reverse"]
-    assert (row["low"], row["high"]) == pytest.approx(wilson_interval(row["correct"], 4))
+    assert data["questions"] == 5 and list(data["results"]) == ["1", "3"]
+    row = data["results"]["3"]["reverse"]
+    assert (row["low"], row["high"]) == pytest.approx(wilson_interval(row["correct"], 5))
     text = capsys.readouterr().out
-    assert "| N | pass@1 | forward | reverse | combined |" in text and "\n| 2 | " in text
+    assert "| N | pass@1 | forward | reverse | combined |" in text and "\n| 3 | " in text
     code = rerank_cli.main([str(runs / "fwd"), "--reranker", str(runs / "fwd"), "--prompt", QUESTION])
     assert code == 1
     err = capsys.readouterr().err
@@ -187,16 +189,17 @@ def test_eval_rerank_suite(runs, monkeypatch):
 
     load = rerank_cli.load_task  # GSM8K from the repository's fixture (its offline copy is a registry download)
     fixture = REPO_ROOT / "tests" / "fixtures" / "tasks" / "gsm8k"
+    monkeypatch.setattr(rerank_cli, "MAX_NEW_TOKENS", {"sums": 6, "gsm8k": 8})
     monkeypatch.setattr(rerank_cli, "load_task", lambda name, count, tasks_dir=None: get_task(
         "gsm8k", split="train", path=fixture) if name == "gsm8k" else load(name, count, tasks_dir))
-    results = evaluate_run(runs / "fwd", "rerank", max_per_task=3, reranker=str(runs / "bwd"), best_of=2,
+    results = evaluate_run(runs / "fwd", "rerank", max_per_task=2, reranker=str(runs / "bwd"), best_of=3,
                            progress=False)
     part = results["suites"]["rerank"]["ways"]["forward"]
     sums = part["tasks"]["sums"]
-    assert sums["questions"] == 3 and sums["best_of"] == [1, 2]
-    assert set(sums["results"]["2"]) == set(RULES)
+    assert sums["questions"] == 2 and sums["best_of"] == [1, 3]
+    assert set(sums["results"]["3"]) == set(RULES)
     assert part["tasks"]["GSM8K"]["questions"] == 2 and part["unavailable"] == {}  # the fixture holds 2
-    assert "### best-of-2 reranked by" in format_markdown(results)
+    assert "### best-of-3 reranked by" in format_markdown(results)
 
 
 def test_serve_with_a_reranker(runs, tmp_path, capsys):

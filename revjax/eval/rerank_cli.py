@@ -21,6 +21,7 @@ from revjax.eval.rerank import RULES, RankModel, Reranker, RerankError, evaluate
 DESCRIPTION = __doc__.splitlines()[0]
 TASKS = ("sums", "gsm8k")
 DEFAULT_QUESTIONS = {"sums": 200, "gsm8k": 50}
+MAX_NEW_TOKENS = {"sums": 32, "gsm8k": 256}  # longest answer per task (a sum's answer is about 15 tokens)
 
 
 def load_task(name: str, count: int, tasks_dir: Any = None) -> Any:
@@ -78,7 +79,8 @@ def evaluate_suite(job: Any) -> dict:
         except RerankError as err:
             part["unavailable"][label] = str(err)
         else:
-            part["tasks"][label] = evaluate_task(task, reranker, sorted({1, job.best_of}), limit=count)
+            part["tasks"][label] = evaluate_task(task, reranker, sorted({1, job.best_of}), limit=count,
+                                                 max_new_tokens=MAX_NEW_TOKENS[name])
         job.tick(label)
     return {"suite": "rerank", "best_of": job.best_of, "weight": reranker.weight, "reranker": str(job.reranker),
             "ways": {Direction.FORWARD.value: part}}
@@ -111,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"questions of --task (default: {DEFAULT_QUESTIONS['sums']} sums, "
                              f"{DEFAULT_QUESTIONS['gsm8k']} GSM8K)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest answer")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"longest answer (default: {MAX_NEW_TOKENS['sums']} for sums, "
+                             f"{MAX_NEW_TOKENS['gsm8k']} for GSM8K, 64 for --prompt)")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per batch")
     parser.add_argument("--step", type=int, default=None, help="generator checkpoint step (default: newest)")
     parser.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON here")
@@ -127,7 +131,7 @@ def rerank(args: argparse.Namespace) -> dict:
     if args.prompt is not None:
         question = [generator.tokenizer.encode(args.prompt)]
         ranking = reranker.best_of([question], n, temperature=args.temperature, seed=args.seed,
-                                   max_new_tokens=args.max_new_tokens)[0]
+                                   max_new_tokens=args.max_new_tokens or 64)[0]
         print(format_prompt(args.prompt, ranking))
         return {"prompt": args.prompt, "weight": reranker.weight, "chosen": ranking.chosen,
                 "candidates": [c.as_dict() for c in ranking.candidates]}
@@ -137,7 +141,8 @@ def rerank(args: argparse.Namespace) -> dict:
 
     with tqdm(total=min(count, len(task)), desc="rerank", unit="question") as bar:
         out = evaluate_task(task, reranker, args.best_of, limit=count, temperature=args.temperature, seed=args.seed,
-                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=bar.update)
+                            max_new_tokens=args.max_new_tokens or MAX_NEW_TOKENS[args.task],
+                            batch_size=args.batch_size, progress=bar.update)
     print(format_table(out))
     return out
 
