@@ -1,6 +1,7 @@
 """Reversal units at inference: chat prompts, replies and streams, ``revjax serve``, training samples, choice
 scoring, generative chat evaluation and lm-eval, for word and entity units, against hand-built model-order ids."""
 
+import functools
 import json
 
 import jax
@@ -35,10 +36,11 @@ def variant(model, direction: str, mode: str, unit: str) -> ChatModel:
                      unit=unit)
 
 
-def greedy(model, prompt, n, stop):
-    """The greedy model-order continuation of ``prompt`` (at most ``n`` ids), cut before ``stop``."""
-    ids = engine_module.generate(model.graphdef, model.params, [prompt], n, stop_ids=[stop],
-                                 max_len=len(prompt) + n)[0]
+def greedy(model, prompt, n, stop, engine=None):
+    """The greedy model-order continuation of ``prompt`` (at most ``n`` ids), cut before ``stop``, by ``engine``
+    (default: the one :func:`revjax.engine.generate` makes)."""
+    engine = engine or engine_module.Engine(model.graphdef, model.params)
+    ids = engine.generate([prompt], n, stop_ids=[stop], max_len=len(prompt) + n).tokens[0]
     ids = [int(t) for t in ids]
     return ids[:ids.index(stop)] if stop in ids else ids
 
@@ -51,7 +53,7 @@ def test_reverse_task_with_word_units(model):
     assert session.task == "reverse"
     reply = session.reply(TYPED, **GREEDY)
     assert reply.prompt == [BOS, AE, *TYPED_REV, AS]  # the typed answer's reversed text, whole
-    written = greedy(chat, reply.prompt, 6, US)
+    written = greedy(chat, reply.prompt, 6, US, chat.engine)
     if written[:1] == [UE]:
         written = written[1:]
     cut = next((i for i, t in enumerate(written) if t in SPECIAL), len(written))
@@ -161,10 +163,21 @@ def test_chat_samples_word_units(model):
 
 # ---- choice scoring -------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def plain_forward(graphdef):
+    return jax.jit(lambda params, ids: nnx.merge(graphdef, params)(ids))
+
+
+def logits_of(model, ids):
+    """The model's logits for ``ids`` by one plain forward pass (padded at the end to 32: causal, so unchanged)."""
+    padded = np.full((1, 32), BOS, np.int32)
+    padded[0, :len(ids)] = ids
+    return np.asarray(plain_forward(model.graphdef)(model.params, padded))[0, :len(ids)].astype(np.float64)
+
+
 def log_p(model, ids):
-    """log P of ids[1:] given what precedes each, by one plain forward pass."""
-    gpt = nnx.merge(model.graphdef, model.params)
-    logits = np.asarray(gpt(np.asarray([ids], np.int32)))[0].astype(np.float64)
+    """log P of ids[1:] given what precedes each."""
+    logits = logits_of(model, ids)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     return float(sum(logp[t - 1, ids[t]] for t in range(1, len(ids))))
 
@@ -238,8 +251,7 @@ def test_letter_and_joint_answers_word_units(model):
     scorer = Scorer(model.graphdef, model.params, pad_id=BOS)
     (letter,) = letter_answers([CONVERSATION], scorer, tok, "backward", "backward", "turn", "word")
     prompt = [BOS, US, *tok.encode("two? plus two is What\n\nbrief. Be"), UE, AS]
-    gpt = nnx.merge(model.graphdef, model.params)
-    last = np.asarray(gpt(np.asarray([prompt], np.int32)))[0, -1]
+    last = logits_of(model, prompt)[-1]
     assert letter == "AB"[int(np.argmax([last[tok.encode("A")[0]], last[tok.encode("B")[0]]]))]
     (joint,) = joint_answers([CONVERSATION], scorer, tok, "backward", "backward", "sequence", "word")
     rev = tok.encode("two? plus two is What\n\nbrief. Be")
