@@ -15,6 +15,12 @@ compatible requests as one engine batch (:mod:`revjax.chat.batcher`). A client t
 generation: its row is dropped at the next chunk, and the engine stops once no row of the batch is wanted. Every
 refusal is a 4xx (5xx for the server's own state) in OpenAI's error object, 404 and 405 included.
 
+With ``--reranker RUN --best-of N`` (:mod:`revjax.eval.rerank`) a completion samples N forward replies, answers
+with the one the backward run's reverse reward (plus ``--weight`` × the forward log-probability) prefers, and
+reports every candidate's scores and the chosen index in the response's ``revjax`` field; such requests are not
+streamed (``stream=true`` is refused) and run one at a time. A reranker that cannot rerank, or whose tokenizer
+differs, is refused at start-up in one sentence.
+
 Connections (:func:`guarded_protocol`): one whose request head is not complete within ``--head-timeout`` seconds
 is closed, and above ``--max-connections`` open connections a request is answered 503. The port is bound before
 the model loads, so a port in use is one line, not a traceback after a long load.

@@ -258,8 +258,11 @@ def accuracy_table(correct: np.ndarray, rankings_n: Sequence[int], forward: np.n
 
 def evaluate_task(task: Any, reranker: Reranker, best_of: Sequence[int], *, limit: int | None = None,
                   temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 64, batch_size: int = 16,
-                  progress: Callable[[int], Any] | None = None) -> dict:
+                  progress: Callable[[int], Any] | None = None, min_room: int = 16) -> dict:
     """Best-of-n accuracy of each rule on a generative task for every n of ``best_of``, with Wilson intervals.
+
+    The first ``limit`` questions whose chat prompt leaves at least ``min_room`` tokens of the generator's context
+    are asked (``skipped`` counts those passed over as too long).
 
     ``max(best_of)`` answers are sampled per question once; smaller n use the first n of them. Questions go in
     batches of ``batch_size`` (all their candidates scored in one call per model)."""
@@ -269,11 +272,24 @@ def evaluate_task(task: Any, reranker: Reranker, best_of: Sequence[int], *, limi
     if not ns or ns[0] < 1:
         raise RerankError(f"--best-of takes positive sample counts, got {list(best_of)}")
     count = len(task) if not limit or limit <= 0 else min(len(task), limit)
-    tokenizer = reranker.generator.tokenizer
+    g, tokenizer = reranker.generator, reranker.generator.tokenizer
+    kept, skipped = [], 0  # questions whose prompt leaves min_room tokens in the generator's context, in order
+    for i in range(len(task)):
+        if len(kept) == count:
+            break
+        question = question_messages(task[i], tokenizer)
+        if len(forward_prompt(question, g)) + min_room <= g.max_len:
+            kept.append((task[i], question))
+        else:
+            skipped += 1
+    count = len(kept)
+    if not count:
+        raise RerankError(f"no question of {getattr(task, 'name', 'the task')} leaves {min_room} tokens to answer in "
+                          f"{g.name}'s {g.max_len}-token context; use a model with a longer context")
     forward, reverse, correct, details = [], [], [], []
     for at in range(0, count, batch_size):
-        conversations = [task[i] for i in range(at, min(count, at + batch_size))]
-        questions = [question_messages(c, tokenizer) for c in conversations]
+        conversations = [c for c, _ in kept[at: at + batch_size]]
+        questions = [q for _, q in kept[at: at + batch_size]]
         answers = reranker.sample(questions, ns[-1], temperature=temperature, seed=seed + at,
                                   max_new_tokens=max_new_tokens)
         f, r = reranker.score(questions, answers)
@@ -289,7 +305,8 @@ def evaluate_task(task: Any, reranker: Reranker, best_of: Sequence[int], *, limi
             progress(len(conversations))
     forward_all, reverse_all = np.concatenate(forward), np.concatenate(reverse)
     table = accuracy_table(np.asarray(correct, bool), ns, forward_all, reverse_all, reranker.weight)
-    return {"task": getattr(task, "name", type(task).__name__), "questions": count, "best_of": ns,
+    return {"task": getattr(task, "name", type(task).__name__), "questions": count, "skipped": skipped,
+            "best_of": ns,
             "weight": reranker.weight, "temperature": temperature, "seed": seed,
             "generator": reranker.generator.name, "reranker": reranker.reranker.name, "results": table,
             "any_correct": float(np.mean(np.asarray(correct, bool).any(axis=1))) if count else 0.0,
