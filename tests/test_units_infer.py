@@ -129,6 +129,7 @@ def test_serve_word_units_stream_in_reading_order(model):
         plain = client.post("/v1/chat/completions", json=body).json()
         expected = ChatSession(chat).reply(TYPED, **GREEDY).run()
         assert plain["task"] == "reverse" and plain["choices"][0]["message"]["content"] == expected
+        assert plain["usage"]["prompt_tokens"] == len([BOS, AE, *TYPED_REV, AS])  # "Four apples" itself is 4 ids
         streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
     lines = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
     growing, content = "", ""
