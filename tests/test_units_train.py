@@ -14,7 +14,9 @@ from revjax.data.conversations import ConversationDataError, ConversationDataset
 from revjax.data.pipeline import TokenBatchDataset
 from revjax.data.shards import write_shards
 from revjax.direction import Direction, Specials, Unit, document_direction
-from revjax.eval.bpb import document_rows
+from revjax.eval.bpb import document_rows, evaluate_bpb
+from revjax.eval.run import evaluate_run
+from revjax.eval.suites import validation_texts
 from revjax.interop.export import export_checkpoint
 from revjax.interop.hf import export_hf
 from revjax.interop.importer import import_checkpoint
@@ -260,6 +262,15 @@ def test_word_unit_run_trains_records_exports_and_imports(base, tmp_path):
     assert 0 < result.val_bpb < 20
     run = load_run(result.run_dir)
     assert run.meta["unit"] == "word" and run.unit is Unit.WORD and run.config.direction.unit == "word"
+    # revjax eval reads the val texts reversed by words (token units would score other sequences)
+    texts = validation_texts(run.config, run.config.training.eval_tokens)
+    kwargs = dict(ways=["backward"], seq_len=run.config.model.sequence_len, max_tokens=run.config.training.eval_tokens,
+                  packing=run.config.data.val_packing)
+    by_word = evaluate_bpb(run.graphdef, run.params, run.tokenizer, "backward", texts, unit="word", **kwargs)
+    by_token = evaluate_bpb(run.graphdef, run.params, run.tokenizer, "backward", texts, **kwargs)
+    assert abs(by_token["backward"]["bpb"] - by_word["backward"]["bpb"]) > 1e-4
+    evaluated = evaluate_run(result.run_dir, "bpb", bpb_tokens=run.config.training.eval_tokens, progress=False)
+    assert evaluated["suites"]["bpb"]["ways"]["backward"]["bpb"] == pytest.approx(by_word["backward"]["bpb"], rel=1e-5)
     with pytest.raises(CheckpointMismatch, match="unit is 'word' in the checkpoint but 'token' in this run"):
         train(load_config(overrides=train_overrides(base, "word_unit", **{**word, "direction.unit": "token",
                                                                             "training.num_iterations": 3})))

@@ -154,7 +154,8 @@ class Batcher:
         size = 1 << (len(batch) - 1).bit_length()
         prompts = [job.request.prompt for job in batch]
         prompts += [prompts[0]] * (size - len(batch))
-        orders = [job.request.way.value for job in batch] + [first.way.value] * (size - len(batch))
+        orders = [model.tool_order[job.request.way] for job in batch]
+        orders += [orders[0]] * (size - len(batch))
         self.stats["batches"] += 1
         self.stats["requests"] += len(batch)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from revjax.direction import Direction, Specials, known_directions
+from revjax.direction import Direction, Specials, Unit, known_directions
 from revjax.eval.choice import NotApplicable, score_tasks
 from revjax.eval.icl import EvalError, TaskSpec, build_examples, centered
 from revjax.eval.scorer import Scorer
@@ -108,8 +108,10 @@ def load_core_tasks(bundle: str | os.PathLike[str]) -> list[TaskSpec]:
 
 def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokenizer: Any, direction: Direction | str,
                    ways: Sequence[Direction | str] | None = None, *, max_per_task: int | None = None,
-                   max_len: int | None = None, progress: Callable[[str], Any] | None = None) -> dict:
-    """Run in-context tasks for each reading direction; returns ``{"suite", "ways": {way: {...}}}``.
+                   max_len: int | None = None, progress: Callable[[str], Any] | None = None,
+                   unit: Unit | str = Unit.TOKEN) -> dict:
+    """Run in-context tasks for each reading direction (a model of reversal ``unit``); returns ``{"suite", "ways":
+    {way: {...}}}``.
 
     Each way holds ``tasks`` (label → kind, shots, examples, accuracy, baseline, centered), ``not_applicable``
     (label → reason), ``score`` (the mean centered accuracy over its scored tasks, None if there are none) and
@@ -123,7 +125,7 @@ def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokeniz
     for way in ways:
         start = time.perf_counter()
         scored = score_tasks([(examples[spec.label], spec.kind) for spec in specs], scorer, direction, way, specials,
-                             max_len=max_len)
+                             max_len=max_len, unit=unit, tokenizer=tokenizer)
         tasks, skipped = {}, {}
         for spec, results in zip(specs, scored):
             if isinstance(results, NotApplicable):
@@ -145,9 +147,9 @@ def evaluate_tasks(specs: Sequence[TaskSpec], name: str, scorer: Scorer, tokeniz
 def evaluate_core(scorer: Scorer, tokenizer: Any, direction: Direction | str, base_dir: str | os.PathLike[str], *,
                   ways: Sequence[Direction | str] | None = None, max_per_task: int | None = None,
                   max_len: int | None = None, bundle: str | os.PathLike[str] | None = None,
-                  progress: Callable[[str], Any] | None = None) -> dict:
+                  progress: Callable[[str], Any] | None = None, unit: Unit | str = Unit.TOKEN) -> dict:
     """CORE for each reading direction; ``bundle`` is an unpacked bundle folder (default: fetched under
     ``base_dir``)."""
     folder = Path(bundle) if bundle is not None else fetch_bundle(base_dir)
     return evaluate_tasks(load_core_tasks(folder), CORE_NAME, scorer, tokenizer, direction, ways,
-                          max_per_task=max_per_task, max_len=max_len, progress=progress)
+                          max_per_task=max_per_task, max_len=max_len, progress=progress, unit=unit)

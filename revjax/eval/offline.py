@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from revjax.direction import Direction
+from revjax.direction import Direction, Unit
 from revjax.eval.core import evaluate_tasks
 from revjax.eval.icl import EvalError, TaskSpec
 from revjax.eval.scorer import Scorer
@@ -155,8 +155,8 @@ def evaluate_offline(scorer: Scorer, tokenizer: Any, direction: Direction | str,
                      ways: Sequence[Direction | str] | None = None, max_per_task: int | None = None,
                      max_len: int | None = None, labels: Sequence[str] | None = None,
                      cache_dir: PathLike | None = None, archive: PathLike | None = None, verify: bool = True,
-                     progress: Callable[[str], Any] | None = None) -> dict:
+                     progress: Callable[[str], Any] | None = None, unit: Unit | str = Unit.TOKEN) -> dict:
     """The offline suite for each reading direction (same result layout as CORE, suite ``OLMo-offline``)."""
     specs = load_offline_tasks(labels, cache_dir=cache_dir, archive=archive, verify=verify)
     return evaluate_tasks(specs, OFFLINE_NAME, scorer, tokenizer, direction, ways, max_per_task=max_per_task,
-                          max_len=max_len, progress=progress)
+                          max_len=max_len, progress=progress, unit=unit)

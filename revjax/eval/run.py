@@ -32,8 +32,8 @@ CHOICES = SuiteChoices()  # every registered suite, default and all
 
 
 class LoadedRun:
-    """A run's model (graphdef, params), config, metadata, tokenizer and direction (:func:`revjax.runs.load_run`),
-    with a scorer, ready to evaluate."""
+    """A run's model (graphdef, params), config, metadata, tokenizer, direction and reversal unit
+    (:func:`revjax.runs.load_run`), with a scorer, ready to evaluate."""
 
     def __init__(self, run_dir: str | os.PathLike[str], step: int | None = None, *, tokens_per_call: int = 8192,
                  min_len: int = MIN_LEN):
@@ -41,7 +41,7 @@ class LoadedRun:
 
         run = load_run(run_dir, step, command="eval")
         self.run_dir, self.step, self.meta, self.config = run.run_dir, run.step, run.meta, run.config
-        self.tokenizer, self.direction, self.mode = run.tokenizer, run.direction, run.mode
+        self.tokenizer, self.direction, self.mode, self.unit = run.tokenizer, run.direction, run.mode, run.unit
         self.graphdef, self.params = run.graphdef, run.params
         self.scorer = Scorer(self.graphdef, self.params, pad_id=self.tokenizer.bos_id, tokens_per_call=tokens_per_call,
                              min_len=min_len)

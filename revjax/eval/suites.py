@@ -171,7 +171,7 @@ def in_context_train(load: Callable[[Any], tuple[str, list]]) -> Callable[[Train
         scorer = Scorer(run.graphdef, params, pad_id=run.tokenizer.bos_id)
         out = evaluate_tasks(specs, name, scorer, run.tokenizer, direction, known_directions(direction),
                              max_per_task=tc.core_max_per_task if tc.core_max_per_task > 0 else None,
-                             max_len=config.model.sequence_len)
+                             max_len=config.model.sequence_len, unit=config.direction.unit)
         row: dict = {}
         for way, part in out["ways"].items():
             row[f"{name}/{way}"] = part["score"]
@@ -206,10 +206,10 @@ def _bpb_evaluate(job: SuiteRun) -> dict:
     out = evaluate_bpb(run.graphdef, run.params, run.tokenizer, run.direction, texts, ways=job.ways,
                        seq_len=config.model.sequence_len, max_tokens=job.bpb_tokens,
                        token_bytes_method=config.tokenizer.token_bytes, packing=config.data.val_packing,
-                       packing_buffer=config.data.packing_buffer)
+                       packing_buffer=config.data.packing_buffer, unit=run.unit)
     job.tick("bpb")
     samples = greedy_samples(run.graphdef, run.params, run.tokenizer, run.direction, job.ways,
-                             config.model.sequence_len)
+                             config.model.sequence_len, unit=run.unit)
     job.tick("samples")
     return {"suite": "bpb", "ways": {w: {**out[w], "samples": samples[w]} for w in out}}
 
@@ -226,7 +226,7 @@ def _bpb_train(context: TrainingContext, params: Any) -> dict:
     out = evaluate_bpb(run.graphdef, params, run.tokenizer, config.direction.direction, context.cache["texts"],
                        ways=ways, seq_len=config.model.sequence_len, rows=run.local_rows, max_tokens=tokens,
                        packing=config.data.val_packing, packing_buffer=config.data.packing_buffer, mesh=run.mesh,
-                       eval_step=context.eval_step(run))
+                       eval_step=context.eval_step(run), unit=config.direction.unit)
     return {f"val_bpb/{way}": part["bpb"] for way, part in out.items()}
 
 
@@ -249,7 +249,7 @@ def _core_evaluate(job: SuiteRun) -> dict:
     run = job.run
     return evaluate_core(run.scorer, run.tokenizer, run.direction, run.config.base_path(), ways=job.ways,
                          max_per_task=job.max_per_task, max_len=run.config.model.sequence_len, bundle=job.bundle,
-                         progress=job.tick)
+                         progress=job.tick, unit=run.unit)
 
 
 def _core_tasks(config: Any) -> tuple[str, list]:
@@ -270,7 +270,7 @@ def _offline_evaluate(job: SuiteRun) -> dict:
     run = job.run
     return evaluate_offline(run.scorer, run.tokenizer, run.direction, ways=job.ways, max_per_task=job.max_per_task,
                             max_len=run.config.model.sequence_len, cache_dir=run.config.tasks_path(),
-                            progress=job.tick)
+                            progress=job.tick, unit=run.unit)
 
 
 def _offline_tasks(config: Any) -> tuple[str, list]:
@@ -285,7 +285,8 @@ def _chat_evaluate(job: SuiteRun) -> dict:
     run = job.run
     tasks, errors = load_chat_tasks(source=job.chat_source, cache_dir=run.config.tasks_path())
     return evaluate_chat(tasks, run.scorer, run.graphdef, run.params, run.tokenizer, run.direction, run.mode,
-                         ways=job.ways, max_per_task=job.max_per_task, errors=errors, progress=job.tick)
+                         ways=job.ways, max_per_task=job.max_per_task, errors=errors, progress=job.tick,
+                         unit=run.unit)
 
 
 def _chat_render(out: dict) -> list[str]:

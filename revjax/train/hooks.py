@@ -144,10 +144,10 @@ def sample_hook(run) -> Hook:
         ways = known_directions(d.direction)
         if run.phase.conversations:
             samples = chat_samples(run.graphdef, info.state.params, run.tokenizer, d.direction, d.conversation, ways,
-                                   config.model.sequence_len)
+                                   config.model.sequence_len, unit=d.unit)
         else:
             samples = greedy_samples(run.graphdef, info.state.params, run.tokenizer, d.direction, ways,
-                                     config.model.sequence_len)
+                                     config.model.sequence_len, unit=d.unit)
         return {"samples": samples}
 
     every = config.training.sample_every
