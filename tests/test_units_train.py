@@ -13,8 +13,9 @@ from revjax.config import ConfigError, load_config
 from revjax.data.conversations import ConversationDataError, ConversationDataset, orient_messages
 from revjax.data.pipeline import TokenBatchDataset
 from revjax.data.shards import write_shards
-from revjax.direction import Direction, Specials, Unit, document_direction
+from revjax.direction import Direction, Specials, Unit, document_direction, reverse_units
 from revjax.eval.bpb import document_rows, evaluate_bpb
+from revjax.eval.positions import pieces, read_pieces
 from revjax.eval.run import evaluate_run
 from revjax.eval.suites import validation_texts
 from revjax.interop.export import export_checkpoint
@@ -287,3 +288,18 @@ def test_word_unit_run_trains_records_exports_and_imports(base, tmp_path):
     del meta["unit"]  # an onanchat checkpoint says nothing of units: token
     meta_path.write_text(json.dumps(meta))
     assert load_run(import_checkpoint(flat.parent, tmp_path / "back_token")).unit is Unit.TOKEN
+
+
+def test_compare_pieces_keep_their_bytes_for_text_units(tokenizer):
+    texts = ["Ada Lovelace met Charles Babbage in London.\nThey wrote about the Engine — é ü 5 km."]
+    chunks = pieces(texts, tokenizer, window=9)
+    token_bytes = tokenizer.encoding.decode_single_token_bytes
+    text_of = lambda ids: b"".join(token_bytes(t) for t in ids).decode()  # noqa: E731
+    assert "".join(text_of(c) for c in chunks) == texts[0] and all(len(c) <= 9 for c in chunks)
+    for unit in ("word", "entity"):
+        read = read_pieces(chunks, tokenizer, "backward", unit, window=9)
+        assert all(len(r) <= 9 for r in read)
+        # each chunk's reversed text, whole: the same bytes, the words of each piece last first
+        assert "".join(text_of(r) for r in read) == "".join(reverse_units(text_of(c), unit) for c in chunks)
+    assert read_pieces(chunks, tokenizer, "forward", "word", window=9) == chunks
+    assert read_pieces(chunks, tokenizer, "backward", "token", window=9) == chunks

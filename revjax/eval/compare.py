@@ -5,7 +5,8 @@ For each model and each direction it reads (:func:`revjax.direction.known_direct
 * validation bits per byte and loss on the *same documents* for every model (the first run's validation split, or
   ``data``): each document is cut, in reading order, into pieces of ``window`` tokens (the shortest model's
   ``sequence_len − 1``), and each piece is read from its own BOS in the model's order, so every token is a target
-  exactly once in every direction and every model counts the same bytes (special tokens have none);
+  exactly once in every direction and every model counts the same bytes (special tokens have none); a backward
+  model of a word or entity unit reads each piece's reversed text (:mod:`revjax.eval.positions`);
 * the mean loss at each context position ``0 … window−1`` of those pieces (the arrow-of-time curve: position
   ``k`` is the loss of the token read after ``k`` others of its piece);
 * the chosen suites — by default (``--suite default``) the OLMo-offline suite, at most 50 examples per task; with
@@ -22,87 +23,27 @@ direction). Output: ``compare.json``, ``compare.md`` and two PNG plots in ``out`
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jax
-import numpy as np
-from flax import nnx
-
-from revjax.direction import Direction, Specials, known_directions
+from revjax.direction import known_directions
 from revjax.errors import run_command
 from revjax.eval.bpb import validation_documents
-from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
+from revjax.eval.positions import pieces, position_losses
 from revjax.eval.suites import DEFAULT_MAX_PER_TASK, SUITES, SuiteChoices, compare_suites, default_suite_names
 
 
 # bpb (compare's own measure only), each compare or in-context suite, default and all
 COMPARE_CHOICES = SuiteChoices(lambda row: row.compare or row.in_context, first=("bpb",))
-from revjax.model import cross_entropy
-
-LOGITS_BUDGET = 1 << 27  # batch · length · vocab fp32 logits per call (512 MiB)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _token_nll(graphdef, params, inputs, targets):
-    return cross_entropy(nnx.merge(graphdef, params)(inputs), targets, reduction="none")
 
 
 def _direction_cell(model: dict) -> str:
     """A model's direction as the table shows it, with its reversal unit unless that is ``token``."""
     unit = model.get("unit", "token")
     return model["direction"] if unit == "token" else f"{model['direction']} ({unit})"
-
-
-def pieces(texts: Sequence[str], tokenizer: Any, window: int) -> list[list[int]]:
-    """Each text's tokens (reading order, no BOS) cut into consecutive pieces of at most ``window`` tokens."""
-    out = []
-    for text in texts:
-        ids = tokenizer.encode(text)
-        out += [list(ids[i:i + window]) for i in range(0, len(ids), window)]
-    return out
-
-
-def position_losses(graphdef: Any, params: Any, tokenizer: Any, direction: Direction | str, way: Direction | str,
-                    chunks: Sequence[Sequence[int]], window: int, *, vocab_size: int,
-                    tokens_per_call: int = 8192, token_bytes_method: str = "decode") -> dict:
-    """Bits per byte, loss and per-position loss of ``chunks`` (reading-order pieces of at most ``window``
-    tokens), each read ``way`` from its own BOS by a model of ``direction``."""
-    specials = Specials.from_tokenizer(tokenizer)
-    table = tokenizer.token_bytes(token_bytes_method)
-    width = window + 1  # room for BOS and a bidirectional model's direction token
-    budget = max(1, min(tokens_per_call // width, LOGITS_BUDGET // (width * vocab_size)))
-    rows = min(1 << (budget.bit_length() - 1), 1 << max(0, (len(chunks) - 1).bit_length()))
-    pos_sum, pos_count = np.zeros(window), np.zeros(window, np.int64)
-    nats = loss_nats = 0.0
-    nbytes = scored = 0
-    for start in range(0, len(chunks), rows):
-        inputs = np.full((rows, width), specials.bos, np.int32)
-        targets = np.full((rows, width), -1, np.int32)
-        position = np.full((rows, width), -1, np.int64)
-        for r, chunk in enumerate(chunks[start:start + rows]):
-            ids, first = model_order(chunk, direction, way, specials)
-            n = len(ids) - 1
-            inputs[r, :n], targets[r, first - 1:n] = ids[:-1], ids[first:]
-            position[r, first - 1:n] = np.arange(n - first + 1)
-        nll = np.asarray(_token_nll(graphdef, params, inputs, targets), np.float64)
-        valid = targets >= 0
-        np.add.at(pos_sum, position[valid], nll[valid])
-        np.add.at(pos_count, position[valid], 1)
-        bytes_ = np.where(valid, table[np.maximum(targets, 0)], 0)
-        nats += float(nll[bytes_ > 0].sum())
-        nbytes += int(bytes_.sum())
-        loss_nats += float(nll[valid].sum())
-        scored += int(valid.sum())
-    if nbytes == 0:
-        raise EvalError("the validation documents hold no scored bytes; check the val split and the tokenizer")
-    curve = [float(s / c) if c else None for s, c in zip(pos_sum, pos_count)]
-    return {"bpb": nats / (np.log(2) * nbytes), "loss": loss_nats / scored, "bytes": nbytes, "tokens": scored,
-            "pieces": len(chunks), "per_position": curve, "per_position_count": pos_count.tolist()}
 
 
 # ------------------------------------------------------------------------------------------------ suites
@@ -217,13 +158,13 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.PathL
             bar.set_postfix_str(f"{name}: bits per byte")
             chunks = pieces(texts, run.tokenizer, window)
             entry = {"name": name, "run_dir": str(run.run_dir), "step": run.step, "direction": run.direction.value,
-                     "unit": run.meta.get("unit") or run.config.direction.unit, "mode": run.mode,
+                     "unit": run.unit.value, "mode": run.mode,
                      "phase": run.meta.get("phase"), "ways": {}, "suites": {}}
             for way in ways:
                 measured = position_losses(run.graphdef, run.params, run.tokenizer, run.direction, way, chunks,
                                            window, vocab_size=run.config.model.vocab_size,
                                            tokens_per_call=tokens_per_call,
-                                           token_bytes_method=run.config.tokenizer.token_bytes)
+                                           token_bytes_method=run.config.tokenizer.token_bytes, unit=run.unit)
                 entry["ways"][way] = {**measured, "metrics": {"bpb": measured["bpb"]}}
             bar.update(1)
             del run
