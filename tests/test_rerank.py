@@ -209,7 +209,7 @@ def test_serve_with_a_reranker(runs, tmp_path, capsys):
     reranker = chat_server.load_reranker(model, str(runs / "bwd"), 3, 0.0)
     app = chat_server.create_app(model, Limits(max_tokens=8), reranker=reranker, best_of=3)
     with TestClient(app, base_url="http://localhost") as client:
-        body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 1.0, "max_tokens": 6, "seed": 3}
+        body = {"messages": [{"role": "user", "content": QUESTION}], "temperature": 1.0, "max_tokens": 6, "seed": 2}
         reply = client.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200, reply.text
         data = reply.json()
@@ -217,6 +217,8 @@ def test_serve_with_a_reranker(runs, tmp_path, capsys):
         assert info["best_of"] == 3 and len(info["candidates"]) == 3
         reverse = [c["reverse"] for c in info["candidates"]]
         assert info["chosen"] == int(np.argmax(reverse))  # weight 0: the reverse reward alone
+        forward = [c["forward"] for c in info["candidates"]]
+        assert info["chosen_by"]["forward"] == int(np.argmax(forward)) != info["chosen"]  # seed 2: the rules differ
         assert data["choices"][0]["message"]["content"] == info["candidates"][info["chosen"]]["text"]
         assert [c["combined"] for c in info["candidates"]] == reverse
         streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
