@@ -227,3 +227,25 @@ def test_serve_with_a_reranker(runs, tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "cannot score a question given its answer" in err and err.count("\n") == 1
+
+
+def test_word_unit_reranker_reads_reversed_texts(models):
+    """A word-unit backward reranker (BackChat) scores B ae R(a) as ue R(q) us, R = the text's words reversed and
+    tokenized, over ue … us — by hand against a direct forward pass."""
+    from dataclasses import replace
+
+    from revjax.direction import Unit
+
+    g, tok = models["fwd"], models["fwd"].tokenizer
+    s, r = g.specials, replace(models["bwd"], unit=Unit.WORD)
+    q, answers = tok.encode(QUESTION), [tok.encode(a) for a in ANSWERS]
+    rq = tok.encode("5? plus 3 is What")
+    hand = []
+    for text, a in zip(["8 #### 8. = 5 + 3", "8", "all at idea no"], answers):
+        ids = [s.bos, s.assistant_end, *tok.encode(text), s.assistant_start, s.user_end, *rq, s.user_start]
+        request = reverse_request([q], a, r)
+        assert list(request.ids) == ids and request.first == len(ids) - len(rq) - 2
+        hand.append(hand_logprob(r, ids, request.first))
+    ranking = Reranker(g, r, weight=0.0).rank([[q]], [answers])[0]
+    np.testing.assert_allclose([c.reverse for c in ranking.candidates], hand, atol=1e-4)
+    assert ranking.chosen["reverse"] == int(np.argmax(hand))

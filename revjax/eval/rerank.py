@@ -9,7 +9,8 @@ answers. Every candidate gets two scores, both through :class:`revjax.eval.score
 * ``reverse`` (the reverse reward): the reranker's ``log P(question | answer)``. A backward model in ``sequence``
   conversation mode reads a conversation as ``B ae rev(a) as ue rev(q) us``, so the reward is the sum over the
   user turn's tokens (``ue … us``) that follow the assistant turn; a bidirectional reranker reads the same layout
-  after its ``<|backward|>`` marker. :func:`reverse_request` is the one place that lays the request out.
+  after its ``<|backward|>`` marker; a word or entity reranker (BackChat) reads each message as the tokens of its
+  reversed text. :func:`reverse_request` is the one place that lays the request out.
 
 Only a model whose order puts the answer before the question can rerank (backward or bidirectional, ``sequence``
 mode); a forward reranker, or a backward one in ``turn`` mode, is refused. The two models must share a tokenizer
@@ -29,8 +30,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from revjax.direction import (ConversationMode, Direction, Specials, chat_prompt, chat_reply, chat_stop_token,
-                              orient_conversation)
+from revjax.direction import (ConversationMode, Direction, Specials, Unit, chat_prompt, chat_reply, chat_stop_token,
+                              orient_conversation, orient_text)
 from revjax.errors import RevjaxError
 from revjax.eval.choice import bidirectional_index
 from revjax.eval.scorer import Request, Scorer
@@ -57,8 +58,10 @@ class RankModel:
     name: str = "model"
     scorer: Scorer | None = None
     tasks_dir: Path | None = None  # where the run's configuration keeps task downloads (GSM8K's offline copy)
+    unit: Unit = Unit.TOKEN  # what the model's backward reading reverses
 
     def __post_init__(self) -> None:
+        self.unit = Unit.parse(self.unit)
         self.direction = Direction.parse(self.direction)
         self.mode = ConversationMode.parse(self.mode)
         self.specials = Specials.from_tokenizer(self.tokenizer)
@@ -72,7 +75,7 @@ class RankModel:
 
         run = load_run(run_dir, step, command="eval")
         return cls(run.graphdef, run.params, run.tokenizer, run.direction, run.mode, run.config.model.sequence_len,
-                   name=run.run_dir.resolve().name, tasks_dir=run.config.tasks_path())
+                   name=run.run_dir.resolve().name, tasks_dir=run.config.tasks_path(), unit=run.unit)
 
     def identity(self) -> str:
         return self.tokenizer.identity()
@@ -110,11 +113,19 @@ def reverse_request(question: Sequence[Sequence[int]], answer: Sequence[int], re
     (``B [K] ae rev(answer) as ue rev(q) us``), scored over the question turns that follow the answer.
 
     ``question`` is the reading-order message contents before the answer (``[user]``, or ``[user, assistant, …,
-    user]``), ``answer`` the reading-order content of the candidate reply."""
+    user]``), ``answer`` the reading-order content of the candidate reply. A word or entity reranker reads each
+    content as the tokens of its reversed text."""
+    if reranker.unit is not Unit.TOKEN:
+        tok = reranker.tokenizer
+
+        def reread(ids: Sequence[int]) -> list[int]:
+            return tok.encode(orient_text(tok.decode([int(t) for t in ids]), Direction.BACKWARD, reranker.unit))
+
+        question, answer = [reread(c) for c in question], reread(answer)
     reading, before = _reading_conversation(question, answer, reranker.specials)
     index = bidirectional_index(Direction.BACKWARD)
     oriented, _ = orient_conversation(reading, [0] * len(reading), reranker.direction, reranker.specials,
-                                      mode=reranker.mode, index=index)
+                                      mode=reranker.mode, index=index, unit=reranker.unit)
     return Request(tuple(oriented), len(oriented) - before, len(oriented))
 
 
