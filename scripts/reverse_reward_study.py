@@ -1,24 +1,24 @@
-"""The reverse-reward study: best-of-N on ``sums`` with the default chain's forward model as generator and its
-backward model as reranker (:mod:`revjax.eval.rerank`), plus a GSM8K smoke check.
+"""The reverse-reward study: best-of-N on ``sums`` with a forward SFT model as generator and a backward SFT model as
+reranker (:mod:`revjax.eval.rerank`), plus a GSM8K smoke check.
 
-    python scripts/reverse_reward_study.py [--questions 1000] [--gsm8k 50] [--json OUT] [--plot PNG]
+    revjax sweep reverse_reward      # configs/experiments/reverse_reward.yaml: base → mid → SFT, forward and backward
+    python scripts/reverse_reward_study.py score EXPERIMENT_DIR [--questions 1000] [--gsm8k 50] [--json OUT] [--plot PNG]
+    python scripts/reverse_reward_study.py score --generator RUN --reranker RUN [...]    # any two run folders
+    python scripts/reverse_reward_study.py plot OUT.json --plot PNG                      # the plot again from the JSON
 
-Steps, all under ``$REVJAX_BASE_DIR`` (else ~/.cache/revjax):
+``EXPERIMENT_DIR`` is the sweep's folder (``<base_dir>/experiments/reverse_reward``): the generator is the last
+phase of its forward chain, the reranker the last phase of its backward chain (both SFT: a sequence-mode backward
+model writes questions, so the sweep has no RL phase), and both must have finished. The study then measures:
 
-1. ``revjax chain`` and ``revjax chain direction.direction=backward`` (the corpus, the tokenizer, then base → mid →
-   SFT → RL; finished phases are reused, so a second run of the study trains nothing). The generator is the forward
-   chain's last phase (``default-forward-rl``); the reranker is the backward chain's last one (``default-backward-sft``:
-   a sequence-mode backward model writes questions, so its chain has no RL phase).
-2. ``sums`` (test split): ``--questions`` questions, 16 samples each at temperature 1, scored by both models once;
+1. ``sums`` (test split): ``--questions`` questions, 16 samples each at temperature 1, scored by both models once;
    pass@1, best-of-N by forward log-probability, by reverse reward and by the combination (``reverse + weight ×
    forward``) at N = 1, 4, 16 with 95 % Wilson intervals, plus the oracle (any of the N right) and the combination's
    accuracy at N = 16 for several weights and paired counts with McNemar's exact test at N = 16 (the rules choose
    among the same samples of the same questions), all from the same samples.
-3. GSM8K's offline test copy, ``--gsm8k`` questions at N = 1, 4: a smoke check (the default models score about 0).
+2. GSM8K's offline test copy, ``--gsm8k`` questions at N = 1, 4: a smoke check (the default models score about 0).
 
-It writes the JSON (the tables, timings and every candidate's scores) and a plot: accuracy against N per rule, with
-the intervals. The study is a script rather than a sweep config: it trains no grid of runs, it scores two runs of
-the default chain. Measured wall times are in the README section "Study: the reverse reward".
+It writes the JSON (the run folders, the tables, timings and every candidate's scores) and a plot: accuracy against
+N per rule, with the intervals. Measured wall times are in the README section "Study: the reverse reward".
 """
 
 from __future__ import annotations
@@ -26,16 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
+from revjax.config import load_config
+from revjax.errors import RevjaxError
 from revjax.eval.rerank import RULES, RankModel, Reranker, accuracy_table, choose, evaluate_task
 from revjax.eval.rerank_cli import load_task
+from revjax.experiments.lineage import CONFIG_FILE, read_plan, read_status
 
 SAMPLES = (1, 4, 16)
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -45,16 +47,45 @@ LABELS = {"pass@1": "pass@1 (first sample)", "forward": "best by forward log P(a
           "oracle": "oracle (any of N right)"}
 
 
-def base_dir() -> Path:
-    return Path(os.environ.get("REVJAX_BASE_DIR", "~/.cache/revjax")).expanduser()
+class StudyError(RevjaxError):
+    """An experiment folder or run folder the study cannot score."""
+
+    exit_code = 2
 
 
-def chain(direction: str) -> float:
-    """Run (or resume, or find finished) the default chain in ``direction``; returns its wall time in seconds."""
-    start = time.perf_counter()
-    command = [sys.executable, "-m", "revjax.cli", "chain", f"direction.direction={direction}"]
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
+def sweep_runs(experiment_dir: Path) -> tuple[Path, Path]:
+    """The generator (the forward chain's last run) and the reranker (the backward chain's last run) of the sweep's
+    experiment folder; both must have finished."""
+    found: dict[str, list[Path]] = {}
+    for chain in read_plan(experiment_dir):
+        last = chain[-1]
+        config = last / CONFIG_FILE
+        if not config.is_file():
+            raise StudyError(f"{config} is missing; run `revjax sweep reverse_reward` to write and train {last.name}")
+        found.setdefault(load_config([config], []).direction.direction, []).append(last)
+    for direction in ("forward", "backward"):
+        if len(found.get(direction, [])) != 1:
+            raise StudyError(f"{experiment_dir} holds {len(found.get(direction, []))} {direction} chains, not one; "
+                             "score a folder of configs/experiments/reverse_reward.yaml or give --generator and "
+                             "--reranker")
+    generator, reranker = found["forward"][0], found["backward"][0]
+    for run in (generator, reranker):
+        state = read_status(run)["state"]
+        if state != "finished":
+            raise StudyError(f"the run {run} is {state}, not finished; run `revjax sweep reverse_reward` until it "
+                             "finishes")
+    return generator, reranker
+
+
+def training_seconds(experiment_dir: Path) -> dict:
+    """Each run folder's training wall time in seconds (its status's start to end, whole seconds), in plan order."""
+    out = {}
+    for run in (run for chain in read_plan(experiment_dir) for run in chain):
+        status = read_status(run)
+        if status.get("started") and status.get("ended"):
+            start, end = (datetime.fromisoformat(status[k]) for k in ("started", "ended"))
+            out[run.name] = (end - start).total_seconds()
+    return out
 
 
 def oracle(detail: list[dict], ns) -> dict:
@@ -117,14 +148,10 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def study(args: argparse.Namespace) -> dict:
+def study(generator_dir: Path, reranker_dir: Path, args: argparse.Namespace) -> dict:
     times = {}
-    if not args.no_train:
-        times["chain_forward_s"] = chain("forward")
-        times["chain_backward_s"] = chain("backward")
-    runs = base_dir() / "checkpoints"
-    generator = RankModel.from_run(runs / "default-forward-rl")
-    reranker = Reranker(generator, RankModel.from_run(runs / "default-backward-sft"), weight=args.weight)
+    generator = RankModel.from_run(generator_dir)
+    reranker = Reranker(generator, RankModel.from_run(reranker_dir), weight=args.weight)
     start = time.perf_counter()
     sums = evaluate_task(load_task("sums", args.questions), reranker, SAMPLES, limit=args.questions,
                          temperature=args.temperature, seed=args.seed, max_new_tokens=32,
@@ -133,7 +160,8 @@ def study(args: argparse.Namespace) -> dict:
     sums["oracle"] = oracle(sums["questions_detail"], SAMPLES)
     sums["weights"] = weight_sweep(sums["questions_detail"], WEIGHTS, SAMPLES[-1])
     sums["paired"] = paired(sums["questions_detail"], SAMPLES[-1], args.weight, PAIRS)
-    out = {"sums": sums, "times": times}
+    out = {"runs": {"generator": str(generator_dir), "reranker": str(reranker_dir)}, "sums": sums,
+           "times": times}
     if args.gsm8k:
         start = time.perf_counter()
         gsm = evaluate_task(load_task("gsm8k", args.gsm8k, generator.tasks_dir), reranker, (1, 4), limit=args.gsm8k,
@@ -155,32 +183,70 @@ def table(part: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=1000, help="sums questions")
-    parser.add_argument("--gsm8k", type=int, default=50, help="GSM8K questions (0: skip the smoke check)")
-    parser.add_argument("--weight", type=float, default=1.0, help="the combination's forward weight")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-train", action="store_true", help="use the chains' runs as they are")
-    parser.add_argument("--json", type=Path, default=Path("reverse_reward.json"))
-    parser.add_argument("--plot", type=Path, default=Path("reverse_reward.png"))
-    args = parser.parse_args(argv)
+def report(out: dict) -> str:
+    """The study's results as text: the sums table, the weights, the paired tests, the GSM8K table, the times."""
+    sums = out["sums"]
+    lines = [f"sums ({sums['questions']} questions, weight {sums['weight']:g}):", table(sums),
+             "combined at N=16 by weight: " + ", ".join(f"{w}: {r['accuracy']:.3f}" for w, r in sums["weights"].items()),
+             "paired at N=16: " + "; ".join(f"{k}: {v['only_first']} vs {v['only_second']} (p {v['p']:.3g})"
+                                             for k, v in sums["paired"].items())]
+    if "gsm8k" in out:
+        lines += ["", f"GSM8K smoke ({out['gsm8k']['questions']} questions):", table(out["gsm8k"])]
+    if out.get("training_s"):
+        lines += ["", "training: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["training_s"].items())]
+    return "\n".join([*lines, "", ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items())])
+
+
+def score(args: argparse.Namespace) -> dict:
+    """The runs to score (from the experiment folder, or as given), the study, then the JSON and the plot."""
+    if args.experiment is not None:
+        if args.generator is not None or args.reranker is not None:
+            raise StudyError("give either an experiment folder or --generator and --reranker, not both")
+        generator, reranker = sweep_runs(args.experiment)
+        trained = training_seconds(args.experiment)
+    elif args.generator is None or args.reranker is None:
+        raise StudyError("give the sweep's experiment folder, or both --generator RUN and --reranker RUN")
+    else:
+        generator, reranker, trained = args.generator, args.reranker, {}
     start = time.perf_counter()
-    out = study(args)
+    out = study(generator, reranker, args)
     out["times"]["total_s"] = time.perf_counter() - start
+    out["training_s"] = trained
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
     plot(out, args.plot)
-    print(f"sums ({out['sums']['questions']} questions, weight {out['sums']['weight']:g}):\n{table(out['sums'])}")
-    print("combined at N=16 by weight: " + ", ".join(f"{w}: {r['accuracy']:.3f}"
-                                                      for w, r in out["sums"]["weights"].items()))
-    print("paired at N=16: " + "; ".join(f"{k}: {v['only_first']} vs {v['only_second']} (p {v['p']:.3g})"
-                                          for k, v in out["sums"]["paired"].items()))
-    if "gsm8k" in out:
-        print(f"\nGSM8K smoke ({out['gsm8k']['questions']} questions):\n{table(out['gsm8k'])}")
-    print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in out["times"].items()))
-    print(f"wrote {args.json} and {args.plot}")
+    print(f"generator {generator}, reranker {reranker}\n{report(out)}\nwrote {args.json} and {args.plot}")
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    scoring = sub.add_parser("score", help="score the sweep's generator and reranker")
+    scoring.add_argument("experiment", type=Path, nargs="?", help="the sweep's experiment folder")
+    scoring.add_argument("--generator", type=Path, help="a forward (or bidirectional) run folder")
+    scoring.add_argument("--reranker", type=Path, help="a sequence-mode backward (or bidirectional) run folder")
+    scoring.add_argument("--questions", type=int, default=1000, help="sums questions")
+    scoring.add_argument("--gsm8k", type=int, default=50, help="GSM8K questions (0: skip the smoke check)")
+    scoring.add_argument("--weight", type=float, default=1.0, help="the combination's forward weight")
+    scoring.add_argument("--temperature", type=float, default=1.0)
+    scoring.add_argument("--seed", type=int, default=0)
+    scoring.add_argument("--json", type=Path, default=Path("reverse_reward.json"))
+    scoring.add_argument("--plot", type=Path, default=Path("reverse_reward.png"))
+    redraw = sub.add_parser("plot", help="draw the plot again from a JSON that score wrote")
+    redraw.add_argument("json", type=Path)
+    redraw.add_argument("--plot", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "score":
+            score(args)
+        else:
+            out = json.loads(args.json.read_text(encoding="utf-8"))
+            plot(out, args.plot)
+            print(f"{report(out)}\nwrote {args.plot}")
+    except RevjaxError as err:
+        print(f"reverse_reward_study: error: {err}", file=sys.stderr)
+        return err.exit_code
     return 0
 
 

@@ -249,3 +249,121 @@ def test_word_unit_reranker_reads_reversed_texts(models):
     ranking = Reranker(g, r, weight=0.0).rank([[q]], [answers])[0]
     np.testing.assert_allclose([c.reverse for c in ranking.candidates], hand, atol=1e-4)
     assert ranking.chosen["reverse"] == int(np.argmax(hand))
+
+
+def study_module():
+    import importlib.util
+
+    from tests.conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("reverse_reward_study",
+                                                  REPO_ROOT / "scripts" / "reverse_reward_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reverse_reward_sweep_is_the_default_chain_without_rl(tmp_path):
+    from revjax.config_args import find_config
+    from revjax.experiments.spec import load_sweep
+    from revjax.phases import PHASES
+    from revjax.train.chain import phase_config
+
+    sweep = load_sweep("reverse_reward", tmp_path / "exp")
+    assert [r.folder.split("-")[0] for r in sweep.runs] == [
+        f"direction={d},phase={p}" for d in ("forward", "backward") for p in ("base", "mid", "sft")]
+    for chain in sweep.chains:
+        base, mid, sft = chain
+        assert base.parent is None and mid.parent is base and sft.parent is mid
+        assert mid.config.training.init_from == str(base.dir) and sft.config.training.init_from == str(mid.dir)
+        assert [r.config.training.phase for r in chain] == ["base", "mid", "sft"]
+        assert [r.config.training.num_iterations for r in chain] == [120, 40, 60]
+        assert [r.config.schedule.init_lr_frac for r in chain] == [1.0, 1.0, 0.02]
+        assert {r.config.direction.conversation for r in chain} == {"sequence"}
+    assert PHASES["rl"].refuses("backward", "sequence")  # why the chain stops at SFT
+    for run in sweep.runs:  # each phase trains what `revjax chain` trains in that direction and phase
+        chained = phase_config([find_config("default")], [f"direction.direction={run.config.direction.direction}"],
+                               run.phase, run.parent.dir if run.parent else None)
+        ours, theirs = run.config.to_dict(), chained.to_dict()
+        for data in (ours, theirs):
+            data.pop("run_name"), data.pop("base_dir"), data["checkpoint"].pop("dir")
+            for section, key in (("tokenizer", "dir"), ("data", "dir"), ("tasks", "cache_dir")):
+                data[section].pop(key)
+        assert ours == theirs, run.folder
+
+
+def hand_detail(rows):
+    """Questions from (forward scores, reverse scores, right) rows of candidates."""
+    return [{"candidates": [{"forward": f, "reverse": r, "correct": c} for f, r, c in zip(*row)]} for row in rows]
+
+
+def test_study_oracle_weights_and_mcnemar_by_hand():
+    study = study_module()
+    # five questions where the reverse pick is right and the first sample wrong, one where only the first is right
+    rows = [([0.0, -1.0], [-5.0, 0.0], [False, True])] * 5 + [([0.0, -1.0], [-5.0, 0.0], [True, False])]
+    rows += [([-1.0, 0.0], [0.0, -1.0], [False, False])] * 2
+    detail = hand_detail(rows)
+    assert study.oracle(detail, (1, 2)) == {"1": 1 / 8, "2": 6 / 8}
+    got = study.paired(detail, 2, 1.0, (("reverse", "pass@1"), ("forward", "pass@1")))
+    # reverse vs pass@1: 5 vs 1, McNemar p = 2 × (1 + 6) / 2^6; forward picks sample 0 on all rows: same as pass@1
+    assert got["reverse vs pass@1"] == {"only_first": 5, "only_second": 1, "p": pytest.approx(14 / 64)}
+    assert got["forward vs pass@1"] == {"only_first": 0, "only_second": 0, "p": 1.0}
+    weights = study.weight_sweep(detail, (0.0, 10.0), 2)
+    # weight 0: the reverse pick (5 right); weight 10: the forward pick, sample 0 of rows 1-6, sample 1 of rows 7-8
+    assert weights["0.0"]["correct"] == 5 and weights["10.0"]["correct"] == 1
+
+
+def write_experiment(folder, runs, states):
+    """An experiment folder whose plan has one chain per (name, direction) of ``runs``, each of one run folder."""
+    import yaml
+
+    from revjax.config import load_config
+    from revjax.experiments.lineage import write_status
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "runs.json").write_text(json.dumps({"name": "reverse_reward", "chains": [[n] for n, _ in runs]}))
+    for (name, direction), state in zip(runs, states):
+        make_run(folder / name, direction, "sequence")
+        config = load_config(overrides=[f"direction.direction={direction}"]).to_dict()
+        (folder / name / "config.yaml").write_text(yaml.safe_dump(config))
+        write_status(folder / name, {"state": state, "attempts": 1, "started": "2026-01-01T10:00:00+00:00",
+                                     "ended": "2026-01-01T10:01:30+00:00" if state == "finished" else None})
+
+
+def test_study_scores_the_sweep_folder(tmp_path, capsys):
+    study = study_module()
+    exp = tmp_path / "exp"
+    write_experiment(exp, [("f-sft", "forward"), ("b-sft", "backward")], ["finished", "finished"])
+    out_json, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert study.main(["score", str(exp), "--questions", "3", "--gsm8k", "0", "--json", str(out_json),
+                       "--plot", str(png)]) == 0
+    data = json.loads(out_json.read_text())
+    assert data["runs"] == {"generator": str(exp / "f-sft"), "reranker": str(exp / "b-sft")}
+    assert data["training_s"] == {"f-sft": 90.0, "b-sft": 90.0}
+    sums = data["sums"]
+    assert sums["questions"] == 3 and list(sums["results"]) == ["1", "4", "16"] and "gsm8k" not in data
+    right = np.array([[c["correct"] for c in q["candidates"]] for q in sums["questions_detail"]])
+    assert right.shape == (3, 16)
+    assert sums["oracle"] == {str(n): pytest.approx(right[:, :n].any(axis=1).mean()) for n in (1, 4, 16)}
+    assert list(sums["weights"]) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0"]
+    assert sums["weights"]["1.0"] == sums["results"]["16"]["combined"]
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    text = capsys.readouterr().out
+    assert "sums (3 questions, weight 1):" in text and "training: f-sft 90 s, b-sft 90 s" in text
+    assert study.main(["plot", str(out_json), "--plot", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_study_refuses_unfinished_or_ambiguous_folders(tmp_path, capsys):
+    study = study_module()
+    write_experiment(tmp_path / "a", [("f", "forward"), ("b", "backward")], ["finished", "running"])
+    assert study.main(["score", str(tmp_path / "a"), "--questions", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is running, not finished" in err and str(tmp_path / "a" / "b") in err
+    write_experiment(tmp_path / "c", [("f", "forward"), ("g", "forward")], ["finished", "finished"])
+    assert study.main(["score", str(tmp_path / "c")]) == 2
+    assert "holds 2 forward chains, not one" in capsys.readouterr().err
+    assert study.main(["score", str(tmp_path / "a"), "--generator", str(tmp_path / "a" / "f")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert study.main(["score", "--generator", str(tmp_path / "a" / "f")]) == 2
+    assert "both --generator RUN and --reranker RUN" in capsys.readouterr().err
