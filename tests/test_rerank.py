@@ -314,14 +314,15 @@ def test_study_oracle_weights_and_mcnemar_by_hand():
 
 
 def write_experiment(folder, runs, states):
-    """An experiment folder whose plan has one chain per (name, direction) of ``runs``, each of one run folder."""
+    """An experiment folder whose plan has one chain per (name, direction) of ``runs``: an earlier phase that was
+    never written, then the run folder ``name`` (with its config and status)."""
     import yaml
 
     from revjax.config import load_config
     from revjax.experiments.lineage import write_status
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "runs.json").write_text(json.dumps({"name": "reverse_reward", "chains": [[n] for n, _ in runs]}))
+    (folder / "runs.json").write_text(json.dumps({"name": "reverse_reward", "chains": [[f"{n}-base", n] for n, _ in runs]}))
     for (name, direction), state in zip(runs, states):
         make_run(folder / name, direction, "sequence")
         config = load_config(overrides=[f"direction.direction={direction}"]).to_dict()
