@@ -1,8 +1,9 @@
 """The reverse-reward study: best-of-N on ``sums`` with a forward SFT model as generator and a backward SFT model as
 reranker (:mod:`revjax.eval.rerank`), plus a GSM8K smoke check.
 
-    revjax sweep reverse_reward      # configs/experiments/reverse_reward.yaml: base → mid → SFT, forward and backward
-    python scripts/reverse_reward_study.py score EXPERIMENT_DIR [--questions 1000] [--gsm8k 50] [--json OUT] [--plot PNG]
+    revjax sweep reverse_reward      # configs/experiments/reverse_reward.yaml: base → mid → SFT, both directions
+    python scripts/reverse_reward_study.py score EXPERIMENT_DIR [--questions 1000] [--gsm8k 50] [--json OUT]
+                                                                [--plot PNG]
     python scripts/reverse_reward_study.py score --generator RUN --reranker RUN [...]    # any two run folders
     python scripts/reverse_reward_study.py plot OUT.json --plot PNG                      # the plot again from the JSON
 
@@ -187,7 +188,8 @@ def report(out: dict) -> str:
     """The study's results as text: the sums table, the weights, the paired tests, the GSM8K table, the times."""
     sums = out["sums"]
     lines = [f"sums ({sums['questions']} questions, weight {sums['weight']:g}):", table(sums),
-             "combined at N=16 by weight: " + ", ".join(f"{w}: {r['accuracy']:.3f}" for w, r in sums["weights"].items()),
+             "combined at N=16 by weight: "
+             + ", ".join(f"{w}: {r['accuracy']:.3f}" for w, r in sums["weights"].items()),
              "paired at N=16: " + "; ".join(f"{k}: {v['only_first']} vs {v['only_second']} (p {v['p']:.3g})"
                                              for k, v in sums["paired"].items())]
     if "gsm8k" in out:

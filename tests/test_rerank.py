@@ -322,7 +322,8 @@ def write_experiment(folder, runs, states):
     from revjax.experiments.lineage import write_status
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "runs.json").write_text(json.dumps({"name": "reverse_reward", "chains": [[f"{n}-base", n] for n, _ in runs]}))
+    plan = {"name": "reverse_reward", "chains": [[f"{n}-base", n] for n, _ in runs]}
+    (folder / "runs.json").write_text(json.dumps(plan))
     for (name, direction), state in zip(runs, states):
         make_run(folder / name, direction, "sequence")
         config = load_config(overrides=[f"direction.direction={direction}"]).to_dict()
@@ -358,13 +359,15 @@ def test_study_scores_the_sweep_folder(tmp_path, capsys):
 def test_study_refuses_unfinished_or_ambiguous_folders(tmp_path, capsys):
     study = study_module()
     write_experiment(tmp_path / "a", [("f", "forward"), ("b", "backward")], ["finished", "running"])
-    assert study.main(["score", str(tmp_path / "a"), "--questions", "1"]) == 2
+    out = ["--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]  # where a wrong acceptance writes
+    assert study.main(["score", str(tmp_path / "a"), "--questions", "1", *out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is running, not finished" in err and str(tmp_path / "a" / "b") in err
     write_experiment(tmp_path / "c", [("f", "forward"), ("g", "forward")], ["finished", "finished"])
-    assert study.main(["score", str(tmp_path / "c")]) == 2
+    assert study.main(["score", str(tmp_path / "c"), *out]) == 2
     assert "holds 2 forward chains, not one" in capsys.readouterr().err
-    assert study.main(["score", str(tmp_path / "a"), "--generator", str(tmp_path / "a" / "f")]) == 2
+    assert study.main(["score", str(tmp_path / "a"), "--generator", str(tmp_path / "a" / "f"), *out]) == 2
     assert "not both" in capsys.readouterr().err
-    assert study.main(["score", "--generator", str(tmp_path / "a" / "f")]) == 2
+    assert study.main(["score", "--generator", str(tmp_path / "a" / "f"), *out]) == 2
+    assert not (tmp_path / "r.json").exists()
     assert "both --generator RUN and --reranker RUN" in capsys.readouterr().err
