@@ -24,8 +24,8 @@ from jax.sharding import PartitionSpec as P
 from revjax.config import MeshConfig
 from revjax.data.batches import global_batch
 from revjax.data.packing import PACKINGS, Packing, best_fit_rows
-from revjax.direction import Direction, Specials, Unit, continued_row, inputs_and_targets, orient_document, orient_text
-from revjax.eval.choice import bidirectional_index, model_order
+from revjax.direction import Direction, Specials, Unit, continued_row, inputs_and_targets, orient_text
+from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
 from revjax.eval.steps import build_eval_step, evaluate_loss
 from revjax.sharding import batch_sharding, make_mesh
@@ -65,15 +65,10 @@ def document_rows(texts: Iterable[str], tokenizer: Any, direction: Direction | s
 
 def _model_order(tokenizer: Any, text: str, direction: Direction | str, way: Direction | str, specials: Specials,
                  unit: Unit) -> tuple[np.ndarray, int]:
-    """``(ids, first)`` of ``text`` read ``way`` (:func:`revjax.eval.choice.model_order`), by a model of ``unit``."""
-    if unit is Unit.TOKEN:
-        return model_order(tokenizer.encode(text), direction, way, specials)
-    direction, way = Direction.parse(direction), Direction.parse(way)
-    if direction is not Direction.BIDIRECTIONAL and way is not direction:
-        raise ValueError(f"a {direction.value} model reads {direction.value} only, not {way.value}")
+    """``(ids, first)`` of ``text`` read ``way`` (:func:`revjax.eval.choice.model_order`), by a model of ``unit``: a
+    backward text unit reads the tokens of the reversed text."""
     body = tokenizer.encode(orient_text(text, way, unit))
-    ids, _ = orient_document(body, direction, specials, index=bidirectional_index(way), unit=unit)
-    return ids, len(ids) - len(body)
+    return model_order(body, direction, way, specials, unit)
 
 
 def _stream_rows(docs: list[tuple[np.ndarray, np.ndarray]], seq_len: int,
