@@ -108,8 +108,7 @@ def score(run_dirs: list[str], size: int, seed: int, demo_every: int, json_out: 
     for run_dir in run_dirs:
         run = LoadedRun(run_dir)
         ways = [w.value for w in known_directions(run.direction)]
-        unit = getattr(run.config.direction, "unit", "token")  # a Unit or its name
-        unit = str(getattr(unit, "value", unit))
+        unit = run.unit.value
         generate = engine_generate(run.graphdef, run.params, run.tokenizer, run.direction.value, unit=unit,
                                    max_len=run.config.model.sequence_len)
         measured = score_queries(generate, facts, ways, level, unit)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from revjax.config import load_config
-from revjax.errors import RevjaxError
+from revjax.analysis.plots import _pyplot, save_figure
+from revjax.errors import RevjaxError, run_command
+from revjax.eval.run import write_json
 from revjax.eval.rerank import RULES, RankModel, Reranker, accuracy_table, choose, evaluate_task
 from revjax.eval.rerank_cli import load_task
 from revjax.experiments.lineage import CONFIG_FILE, read_plan, read_status
@@ -122,11 +123,7 @@ def paired(detail: list[dict], n: int, weight: float, pairs) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sums = results["sums"]
     ns = sums["best_of"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -143,10 +140,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("sums accuracy (95% Wilson interval)")
     ax.set_title(f"best-of-N on sums, {sums['questions']} questions, weight {sums['weight']:g}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, plt, path)
 
 
 def study(generator_dir: Path, reranker_dir: Path, args: argparse.Namespace) -> dict:
@@ -214,8 +208,7 @@ def score(args: argparse.Namespace) -> dict:
     out = study(generator, reranker, args)
     out["times"]["total_s"] = time.perf_counter() - start
     out["training_s"] = trained
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2), encoding="utf-8")
+    write_json(args.json, out)
     plot(out, args.plot)
     print(f"generator {generator}, reranker {reranker}\n{report(out)}\nwrote {args.json} and {args.plot}")
     return out
@@ -239,17 +232,16 @@ def main(argv=None) -> int:
     redraw.add_argument("json", type=Path)
     redraw.add_argument("--plot", type=Path, required=True)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         if args.command == "score":
             score(args)
         else:
             out = json.loads(args.json.read_text(encoding="utf-8"))
             plot(out, args.plot)
             print(f"{report(out)}\nwrote {args.plot}")
-    except RevjaxError as err:
-        print(f"reverse_reward_study: error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
+
+    return run_command("reverse_reward_study", body)
 
 
 if __name__ == "__main__":

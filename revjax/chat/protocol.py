@@ -239,7 +239,8 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
     if not isinstance(stream, bool) or not isinstance(options, dict):
         raise _bad("'stream' must be true or false and 'stream_options' an object", "stream")
 
-    prompt = model.prompt([model.encode_message(t, way) for t in texts], way)
+    messages = [model.encode_message(t, way) for t in texts]
+    prompt = model.prompt(messages, way)
     most = limits.max_prompt_tokens
     if len(prompt) > most:
         raise _bad(f"the prompt is {len(prompt)} tokens; this model takes at most {most}; shorten the messages",
@@ -251,7 +252,7 @@ def parse_request(raw: bytes, model: ChatModel, limits: Limits) -> Completion:
         raise _bad(f"the prompt ({len(prompt)} tokens) and '{name}' ({max_tokens}) exceed the model's "
                    f"{model.max_len}-token context; ask for at most {room}", name, "context_length_exceeded")
     return Completion(way, task, prompt, max_tokens, float(temperature), top_k or None, top_p, seed, stream,
-                      bool(options.get("include_usage")), [model.encode(t) for t in texts])
+                      bool(options.get("include_usage")), messages)
 
 
 def completion_body(ident: str, created: int, model: str, request: Completion, text: str, finish_reason: str,

@@ -90,14 +90,14 @@ async def completions(request: Request):
     model, batcher, limits = request.app.state.model, request.app.state.batcher, request.app.state.limits
     raw = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
     parsed = parse_request(raw, model, limits)
+    if request.app.state.reranker is not None:
+        return await best_of(request, parsed)
     loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
     def emit(kind, value):  # called from the worker thread
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening any more
             loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
-    if getattr(request.app.state, "reranker", None) is not None:
-        return await best_of(request, parsed)
     job = Job(parsed, emit)
     try:
         batcher.submit(job)

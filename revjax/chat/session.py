@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from revjax.direction import (ConversationMode, Direction, Rendering, Specials, Unit, chat_prompt, chat_stop_token,
-                              chat_turn, chat_turn_ends, orient_text, render_reply)
+                              chat_turn, chat_turn_ends, orient_text, render_reply, reverses_text)
 from revjax.errors import RevjaxError
 from revjax.phases import PHASES
 
@@ -109,7 +109,7 @@ class ChatModel:
 
     def reverses_text(self, way: Direction) -> bool:
         """Whether messages read ``way`` are the tokens of their reversed text (a backward word or entity unit)."""
-        return way is Direction.BACKWARD and self.unit is not Unit.TOKEN
+        return reverses_text(way, self.unit)
 
     @property
     def tool_order(self) -> dict[Direction, str | None]:

@@ -74,6 +74,7 @@ from revjax.direction import (
     inputs_and_targets,
     orient_conversation,
     orient_text,
+    reverses_text,
 )
 from revjax.errors import RevjaxError
 from revjax.tokenizer import Tokenizer
@@ -83,6 +84,7 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 COMPAT_RENDER_TOKENS = 2048  # onanchat renders with render_conversation's default cut
 _UNCUT = 1 << 62
+_BEFORE = {"unit": "token"}  # what states saved before these keys existed had
 _FINGERPRINT = ("kind", "direction", "unit", "layout", "mode", "loss", "seed", "order_seed", "shuffle", "examples",
                 "global_rows", "seq_len")
 
@@ -95,7 +97,7 @@ def orient_messages(conversation: Any, way: Direction | str, unit: Unit | str) -
     """``conversation`` to render for a reading ``way`` with reversal ``unit``: for a backward text unit a copy whose
     message texts (a string content or each part's text) are reversed by pieces; a leading system message is merged
     into the first user message first, and neighbouring text parts into one, as each is one stretch of text."""
-    if Direction.parse(way) is not Direction.BACKWARD or Unit.parse(unit) is Unit.TOKEN:
+    if not reverses_text(way, unit):
         return conversation
     messages = list(conversation["messages"])
     if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
@@ -217,7 +219,7 @@ class ConversationDataset(grain.IterDataset):
     def check_state(self, state: dict[str, Any]) -> None:
         mine = self.fingerprint()
         for key in _FINGERPRINT:
-            saved = state.get(key, "token" if key == "unit" else None)  # states saved before reversal units
+            saved = state.get(key, _BEFORE.get(key))
             if saved != mine[key]:
                 raise ConversationDataError(
                     f"the conversation iterator state was saved with {key}={saved!r} but this pipeline has "

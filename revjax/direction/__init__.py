@@ -91,11 +91,11 @@ from revjax.direction.documents import (continued_row, document_direction, docum
                                         known_directions, orient_document, orient_documents, restore_document)
 from revjax.direction.render import Rendering, chat_turn, chat_turn_ends, render, render_reply
 from revjax.direction.units import (MEASURE_UNITS, Unit, UnitStream, flip, is_entity_word, orient_text,
-                                    reverse_units, segment_permutation, text_pieces)
+                                    reverse_units, reverses_text, segment_permutation, text_pieces)
 
 __all__ = [
     "MEASURE_UNITS", "ConversationMode", "Direction", "LossMask", "Rendering", "Specials", "Tokens", "Unit",
-    "UnitStream", "flip", "is_entity_word", "orient_text", "reverse_units", "segment_permutation", "text_pieces",
+    "UnitStream", "flip", "is_entity_word", "orient_text", "reverse_units", "reverses_text", "segment_permutation", "text_pieces",
     "chat_prompt", "chat_reply", "chat_stop_token", "chat_turn", "chat_turn_ends", "choose_direction",
     "compat_batches", "compat_chunk_to_batch", "compat_chunks", "compat_orient_chunk", "compat_orient_conversation",
     "compat_orient_sft_example",

@@ -119,11 +119,17 @@ def flip(ids: Sequence[int], unit: Unit | str, specials: Specials) -> list[int]:
     return [ids[p] for p in segment_permutation(ids, specials.all_ids())]
 
 
+def reverses_text(way: Direction | str, unit: Unit | str) -> bool:
+    """Whether a stretch read ``way`` by a model of ``unit`` is its reversed text (backward, a word or entity
+    unit)."""
+    return Direction.parse(way) is Direction.BACKWARD and Unit.parse(unit) is not Unit.TOKEN
+
+
 def orient_text(text: str, way: Direction | str, unit: Unit | str) -> str:
     """The text to tokenize for a stretch read ``way``: reversed by pieces for a backward text unit, else as is
-    (token units are reversed after tokenization, by :func:`flip`)."""
-    backward = Direction.parse(way) is Direction.BACKWARD
-    return reverse_units(text, unit) if backward and Unit.parse(unit) is not Unit.TOKEN else text
+    (token units are reversed after tokenization, by :func:`flip`). Its own inverse: applied to the decoded
+    model-order text it gives the reading-order text back."""
+    return reverse_units(text, unit) if reverses_text(way, unit) else text
 
 
 class UnitStream:

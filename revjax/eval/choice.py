@@ -33,7 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from revjax.direction import Direction, Specials, Unit, choose_direction, orient_document, orient_text
+from revjax.direction import (Direction, Specials, Unit, choose_direction, orient_document, orient_text,
+                              reverses_text)
 from revjax.eval.icl import EvalError, Example
 from revjax.eval.scorer import Request, Scorer
 
@@ -168,7 +169,7 @@ def score_tasks(tasks: Sequence[tuple[Sequence[Example], str]], scorer: Scorer, 
     """
     way, unit = Direction.parse(way), Unit.parse(unit)
     text = None
-    if unit is not Unit.TOKEN and way is Direction.BACKWARD:
+    if reverses_text(way, unit):
         if tokenizer is None:
             raise EvalError(f"scoring a {unit.value}-unit model backward reads the reversed text of each span; "
                             "pass its tokenizer")

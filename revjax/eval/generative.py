@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 from revjax import engine as engine_module
 from revjax.direction import (ConversationMode, Direction, Specials, Unit, chat_prompt, chat_reply, chat_stop_token,
-                              orient_text, reverse_units)
+                              orient_text, reverses_text)
 from revjax.eval.icl import EvalError
 
 NOT_APPLICABLE_SEQUENCE = ("in sequence mode a backward model generates the user turn that precedes an answer, "
@@ -45,7 +45,7 @@ def oriented_messages(conversation: dict, way: Direction | str = Direction.FORWA
     if messages and messages[0]["role"] == "system":
         messages = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"},
                     *messages[2:]]
-    if Direction.parse(way) is not Direction.BACKWARD or Unit.parse(unit) is Unit.TOKEN:
+    if not reverses_text(way, unit):
         return messages
     for m in messages:
         if not isinstance(m["content"], str):
@@ -89,7 +89,6 @@ def generative_replies(graphdef: Any, params: Any, tokenizer: Any, conversations
     generate_way = way if Direction.parse(direction) is Direction.BIDIRECTIONAL else None
     prompts = [chat_prompt(question_messages(c, tokenizer, way, unit), direction, specials, mode=mode,
                            generate=generate_way, unit=unit) for c in conversations]
-    reversed_text = way is Direction.BACKWARD and unit is not Unit.TOKEN
     stop = chat_stop_token(direction, specials, mode=mode, generate=generate_way)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[str] = [""] * len(prompts)
@@ -99,7 +98,7 @@ def generative_replies(graphdef: Any, params: Any, tokenizer: Any, conversations
                                    tools=way is Direction.FORWARD, temperature=temperature)
         for i, ids in zip(chunk, generated):
             text = tokenizer.decode(chat_reply(ids, direction, specials, mode=mode, generate=generate_way, unit=unit))
-            replies[i] = reverse_units(text, unit) if reversed_text else text
+            replies[i] = orient_text(text, way, unit)  # the model-order text back in reading order
         if progress is not None:
             progress(len(chunk))
     return replies

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from revjax.direction import Direction, Specials, Unit, orient_text
+from revjax.direction import Direction, Specials, Unit, orient_text, reverses_text
 from revjax.eval.choice import model_order
 from revjax.eval.icl import EvalError
 from revjax.model import cross_entropy
@@ -61,7 +61,7 @@ def read_pieces(chunks: Sequence[Sequence[int]], tokenizer: Any, way: Direction 
     """The bodies a model of reversal ``unit`` reads ``way``: the reading-order ``chunks`` themselves, or for a
     backward text unit the tokens of each chunk's reversed text (cut again where they pass ``window``); the bytes
     are the same."""
-    if Direction.parse(way) is not Direction.BACKWARD or Unit.parse(unit) is Unit.TOKEN:
+    if not reverses_text(way, unit):
         return [list(c) for c in chunks]
     token_bytes = tokenizer.encoding.decode_single_token_bytes
     out = []

@@ -31,9 +31,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from revjax.direction import (ConversationMode, Direction, Specials, Unit, chat_prompt, chat_reply, chat_stop_token,
-                              orient_conversation, orient_text)
+                              orient_conversation)
 from revjax.errors import RevjaxError
-from revjax.eval.choice import bidirectional_index
+from revjax.eval.choice import TextUnits, bidirectional_index
 from revjax.eval.scorer import Request, Scorer
 
 RULES = ("pass@1", "forward", "reverse", "combined")
@@ -73,9 +73,14 @@ class RankModel:
         """The model of a revjax run folder (:func:`revjax.runs.load_run`), newest intact step or ``step``."""
         from revjax.runs import load_run
 
-        run = load_run(run_dir, step, command="eval")
+        return cls.from_loaded(load_run(run_dir, step, command="eval"))
+
+    @classmethod
+    def from_loaded(cls, run: Any, scorer: Scorer | None = None) -> "RankModel":
+        """The model of a loaded run (:func:`revjax.runs.load_run`, or ``revjax eval``'s loaded run and its
+        ``scorer``)."""
         return cls(run.graphdef, run.params, run.tokenizer, run.direction, run.mode, run.config.model.sequence_len,
-                   name=run.run_dir.resolve().name, tasks_dir=run.config.tasks_path(), unit=run.unit)
+                   name=run.run_dir.resolve().name, scorer=scorer, tasks_dir=run.config.tasks_path(), unit=run.unit)
 
     def identity(self) -> str:
         return self.tokenizer.identity()
@@ -116,11 +121,7 @@ def reverse_request(question: Sequence[Sequence[int]], answer: Sequence[int], re
     user]``), ``answer`` the reading-order content of the candidate reply. A word or entity reranker reads each
     content as the tokens of its reversed text."""
     if reranker.unit is not Unit.TOKEN:
-        tok = reranker.tokenizer
-
-        def reread(ids: Sequence[int]) -> list[int]:
-            return tok.encode(orient_text(tok.decode([int(t) for t in ids]), Direction.BACKWARD, reranker.unit))
-
+        reread = TextUnits(reranker.unit, reranker.tokenizer).reversed_ids
         question, answer = [reread(c) for c in question], reread(answer)
     reading, before = _reading_conversation(question, answer, reranker.specials)
     index = bidirectional_index(Direction.BACKWARD)
@@ -307,18 +308,19 @@ def evaluate_task(task: Any, reranker: Reranker, best_of: Sequence[int], *, limi
         forward.append(f)
         reverse.append(r)
         for c, q, cands, fs, rs in zip(conversations, questions, answers, f, r):
-            right = [bool(task.evaluate(c, tokenizer.decode(a))) for a in cands]
+            texts = [tokenizer.decode(a) for a in cands]
+            right = [bool(task.evaluate(c, text)) for text in texts]
             correct.append(right)
             details.append({"question": tokenizer.decode(q[-1]), "candidates": [
-                {"text": tokenizer.decode(a), "forward": float(x), "reverse": float(y), "correct": ok}
-                for a, x, y, ok in zip(cands, fs, rs, right)]})
+                {"text": text, "forward": float(x), "reverse": float(y), "correct": ok}
+                for text, x, y, ok in zip(texts, fs, rs, right)]})
         if progress is not None:
             progress(len(conversations))
-    forward_all, reverse_all = np.concatenate(forward), np.concatenate(reverse)
-    table = accuracy_table(np.asarray(correct, bool), ns, forward_all, reverse_all, reranker.weight)
+    forward_all, reverse_all, correct = np.concatenate(forward), np.concatenate(reverse), np.asarray(correct, bool)
+    table = accuracy_table(correct, ns, forward_all, reverse_all, reranker.weight)
     return {"task": getattr(task, "name", type(task).__name__), "questions": count, "skipped": skipped,
             "best_of": ns,
             "weight": reranker.weight, "temperature": temperature, "seed": seed,
             "generator": reranker.generator.name, "reranker": reranker.reranker.name, "results": table,
-            "any_correct": float(np.mean(np.asarray(correct, bool).any(axis=1))) if count else 0.0,
+            "any_correct": float(np.mean(correct.any(axis=1))),
             "questions_detail": details}

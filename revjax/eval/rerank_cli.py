@@ -67,9 +67,7 @@ def evaluate_suite(job: Any) -> dict:
     if not job.ways:
         raise RerankError("a backward model cannot write the answers to rerank; evaluate a forward or bidirectional run")
     run = job.run
-    generator = RankModel(run.graphdef, run.params, run.tokenizer, run.direction, run.mode,
-                          run.config.model.sequence_len, name=run.run_dir.resolve().name, scorer=run.scorer,
-                          tasks_dir=run.config.tasks_path())
+    generator = RankModel.from_loaded(run, scorer=run.scorer)
     reranker = Reranker(generator, RankModel.from_run(job.reranker), weight=job.weight)
     part: dict = {"tasks": {}, "unavailable": {}}
     for name, label in (("sums", "sums"), ("gsm8k", "GSM8K")):

@@ -78,11 +78,12 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def suite_names(suite: str, reranker: str | None = None) -> list[str]:
-    """The suites ``--suite`` names: ``all`` every registered one (``rerank`` only with a reranker), ``default``
-    :data:`DEFAULT_SUITES`; a reranker adds ``rerank``."""
-    names = [n for n in SUITES if n != "rerank"] if suite == "all" else (
+    """The suites ``--suite`` names: ``all`` every registered one that needs no reranker, ``default``
+    :data:`DEFAULT_SUITES`; a reranker adds the suites that need one (``rerank``)."""
+    names = [n for n, row in SUITES.items() if not row.needs_reranker] if suite == "all" else (
         default_suite_names() if suite == "default" else [suite])
-    return names + ["rerank"] if reranker is not None and "rerank" not in names else names
+    extra = [n for n, row in SUITES.items() if row.needs_reranker and n not in names] if reranker is not None else []
+    return names + extra
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], suite: str = "all", directions: Sequence[str] | None = None,
@@ -215,8 +216,7 @@ def run(args: argparse.Namespace) -> int:
     def body() -> int:
         results = evaluate_run(args.run_dir, suite, directions, cap, args.step,
                                bundle=args.bundle, chat_source=args.chat_source, tokens_per_call=args.batch_tokens,
-                               reranker=getattr(args, "reranker", None), best_of=getattr(args, "best_of", 4),
-                               weight=getattr(args, "weight", 1.0))
+                               reranker=args.reranker, best_of=args.best_of, weight=args.weight)
         print(format_markdown(results))
         print(f"wrote {results_path(results['run_dir'], suite, results['step'])}")
         return 0

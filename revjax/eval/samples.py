@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from revjax.direction import (Direction, Specials, Unit, chat_prompt, chat_stop_token, orient_prompt, orient_text, render,
-                              render_reply)
+                              render_reply, reverses_text)
 from revjax.engine import generate
 
 SAMPLE_PROMPTS = {
@@ -39,7 +39,7 @@ def greedy_samples(graphdef: Any, params: Any, tokenizer: Any, direction: Direct
         token_bytes = tokenizer.encoding.decode_single_token_bytes
         texts = []
         for prompt, ids in zip(prompts, generated):
-            if way is Direction.BACKWARD and unit is not Unit.TOKEN:  # model order: the reversed prompt, then ids
+            if reverses_text(way, unit):  # model order: the reversed prompt, then ids
                 texts.append(render([*prompt[1:], *ids], token_bytes, specials, backward=True,
                                     ends=[tokenizer.bos_id], unit=unit))
                 continue

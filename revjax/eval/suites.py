@@ -56,6 +56,7 @@ class Suite:
     in_context: bool = False  # an in-context suite (compare names it as its "in_context_suite")
     fallback: str | None = None  # the suite compare runs instead when this one is not available
     available: Callable[[Any, str | None], bool] = lambda config, bundle: True  # (config, bundle) → can it run?
+    needs_reranker: bool = False  # runs only with ``revjax eval --reranker RUN`` (which adds it to any --suite)
 
 
 SUITES: dict[str, Suite] = {}
@@ -339,4 +340,5 @@ def _rerank_render(out: dict) -> list[str]:
 
 
 register_suite(Suite("rerank", _rerank_evaluate, _rerank_render, lambda out, way: {}, lambda way, parts: [],
-                     steps=lambda ways: 2, directions=lambda d: [] if d is Direction.BACKWARD else [Direction.FORWARD]))
+                     steps=lambda ways: 2, directions=lambda d: [] if d is Direction.BACKWARD else [Direction.FORWARD],
+                     needs_reranker=True))

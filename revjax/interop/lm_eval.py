@@ -46,7 +46,8 @@ import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from revjax.direction import ConversationMode, Direction, Specials, Unit, known_directions, orient_prompt
+from revjax.direction import (ConversationMode, Direction, Specials, Unit, known_directions, orient_prompt,
+                              reverses_text)
 from revjax.engine import Engine
 from revjax.errors import RevjaxError
 from revjax.eval.choice import model_order
@@ -127,7 +128,7 @@ class RevjaxLM(LM):
         self.specials = Specials.from_tokenizer(self.tokenizer)
         self.way = self._way(direction)
         unit = Unit.parse(getattr(loaded, "unit", None) or Unit.TOKEN)
-        if self.way is Direction.BACKWARD and unit is not Unit.TOKEN:
+        if reverses_text(self.way, unit):
             raise LMEvalError(f"this model reads backward by {unit.value}s (direction.unit={unit.value}), which "
                               "lm-eval's token spans cannot express; evaluate it with revjax eval instead")
         limit = loaded.config.model.sequence_len
