@@ -146,7 +146,8 @@ async def best_of(request: Request, parsed: Completion) -> dict:
     def work():
         with state.rerank_lock:
             return state.reranker.best_of([parsed.messages], state.best_of, temperature=parsed.temperature,
-                                          seed=parsed.seed or 0, max_new_tokens=parsed.max_tokens)[0]
+                                          seed=secrets.randbits(31) if parsed.seed is None else parsed.seed,
+                                          max_new_tokens=parsed.max_tokens)[0]
 
     try:
         ranking = await asyncio.to_thread(work)
