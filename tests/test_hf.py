@@ -275,3 +275,13 @@ def test_the_2026_recipe_is_refused_naming_what_transformers_lacks():
                                             r"vocabulary padded to 320 rows"):
         check_representable(m)
     check_representable(dataclasses.replace(m, recipe="onanchat-2025"))
+
+
+def test_missing_safetensors_is_one_sentence_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "safetensors", None)  # import safetensors raises ImportError
+    run_dir, target = tmp_path / "run", tmp_path / "no-safetensors"
+    run_dir.mkdir()  # refused before the run is even read
+    assert export_main([str(run_dir), str(target), "--format", "hf"]) != 0
+    err = capsys.readouterr().err
+    assert "needs the 'safetensors' package" in err and "pip install 'revjax[torch]'" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

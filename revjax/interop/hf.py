@@ -281,6 +281,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, fp32: bool = True, force:
     source = Path(run_dir).expanduser().resolve()
     if not source.is_dir():
         raise HFExportError(f"{run_dir} is not a folder; give a revjax run's checkpoint folder")
+    require("safetensors", "torch", "revjax export --format hf")  # before anything is read or written
+    if not fp32:
+        require("torch", "torch", "revjax export --format hf --bf16")
     run = load_run(source, step, lock=True, command="export")
     check_representable(run.config.model)
     tensors = hf_tensors(run.arrays, run.config.model)
